@@ -1,0 +1,55 @@
+"""The `forklens` command line. Subcommands only: parse, call the library, say where outputs went.
+
+Each subcommand lives in ``forklens.commands.<name>`` and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit
+status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from forklens import __version__
+from forklens.errors import ForklensError
+
+COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "audit", "passk"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forklens",
+        description="What RL does to a language model at the token level.",
+    )
+    parser.add_argument("--version", action="version", version=f"forklens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"forklens.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name == f"forklens.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ForklensError as exc:
+        print(f"forklens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"forklens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""``forklens passk``: unbiased pass@k curves (and PASS@(k, T)) from a samples JSONL file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from forklens.analysis.passk import (
+    PassAtKTable,
+    boundary_sets,
+    boundary_sets_to_json,
+    default_ks,
+    load_samples,
+    pass_at_k_table,
+    sample_counts,
+)
+
+DEFAULT_OUT = "runs/passk"
+
+DESCRIPTION = """\
+Compute the unbiased pass@k estimator (Chen et al., 2021) from sampled completions.
+
+The samples file has one JSON object per line with "problem_id" and "correct" (true/false or 0/1),
+and optionally "model" (default "model") and "T", the tool-round cap the sample was drawn under
+(default 0: a single static setting). pass@k is computed per problem and averaged per (model, T),
+which gives PASS@(k, T) curves when several T are present.
+
+k may not exceed a problem's number of samples n; such k are an error unless --skip-k-above-n is
+given, in which case they are omitted and listed as skipped (never replaced by a biased value).
+"""
+
+
+def _parse_ks(text: str) -> list[int]:
+    ks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"k values must be integers, got {part!r}") from None
+        if k < 1:
+            raise argparse.ArgumentTypeError(f"k values must be >= 1, got {k}")
+        ks.append(k)
+    if not ks:
+        raise argparse.ArgumentTypeError("give at least one k, e.g. --k 1,2,4,8")
+    return sorted(set(ks))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "passk",
+        help="unbiased pass@k / PASS@(k,T) curves from sampled completions",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("samples")
+    source.add_argument(
+        "--samples",
+        metavar="FILE.jsonl",
+        required=True,
+        help="JSONL file of graded samples: problem_id, correct[, model][, T]",
+    )
+    _add_generation_arguments(parser)
+    estimate = parser.add_argument_group("estimator")
+    estimate.add_argument(
+        "--k",
+        dest="ks",
+        metavar="K1,K2,...",
+        type=_parse_ks,
+        default=None,
+        help="comma-separated k values (default: powers of two up to the smallest per-problem n)",
+    )
+    estimate.add_argument(
+        "--skip-k-above-n",
+        action="store_true",
+        help="omit (and report as skipped) any k larger than a problem's sample count instead of failing",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        help=f"output folder for summary.json, per_problem.jsonl and pass_at_k.png/.svg (default: {DEFAULT_OUT})",
+    )
+    parser.set_defaults(func=run)
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hook for the sample-generation mode (not implemented yet).
+
+    A later ``forklens passk --model DIR --task NAME --n 256`` will draw and grade the samples first,
+    then continue exactly as with ``--samples``. Its arguments belong in an argument group
+    ("sample generation") added here, ``--samples`` then becomes one of two mutually exclusive
+    sources, and :func:`_resolve_samples` is where the generated file is produced. Until then there
+    are deliberately no such arguments, so ``--model`` is rejected by argparse as unknown.
+    """
+
+
+def _resolve_samples(args: argparse.Namespace) -> Path:
+    """The samples file to read. The generation mode (see :func:`_add_generation_arguments`) plugs in here."""
+    return Path(args.samples)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _print_summary(table: PassAtKTable, sets: dict[str, Any] | None, written: list[Path], n_range: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    several_T = len({T for by_T in table.counts.values() for T in by_T}) > 1
+    show_ks = table.ks if len(table.ks) <= 10 else table.ks[:: -(-len(table.ks) // 10)]
+    if table.ks[-1] not in show_ks:
+        show_ks = [*show_ks, table.ks[-1]]
+    title = "PASS@(k, T)" if several_T else "pass@k"
+    rich_table = Table(title=f"{title} (mean over problems)")
+    rich_table.add_column("model")
+    if several_T:
+        rich_table.add_column("T", justify="right")
+    rich_table.add_column("problems", justify="right")
+    rich_table.add_column("n", justify="right")
+    for k in show_ks:
+        rich_table.add_column(f"k={k}", justify="right")
+    for model in table.models:
+        for T in sorted(table.counts[model]):
+            lo, hi = n_range[model][T]
+            row = [model] + ([str(T)] if several_T else [])
+            row += [str(len(table.counts[model][T])), str(lo) if lo == hi else f"{lo}–{hi}"]
+            row += [_fmt(table.mean[model][T].get(k)) for k in show_ks]
+            rich_table.add_row(*row)
+    console.print(rich_table)
+    if len(show_ks) < len(table.ks):
+        console.print(f"(showing {len(show_ks)} of {len(table.ks)} k values; all are in summary.json)")
+    if table.skipped:
+        console.print(
+            f"[yellow]skipped[/] {len(table.skipped)} (problem, k) value(s) with k > n; "
+            f"{len(table.skipped_means)} group mean(s) left out (see summary.json)",
+            soft_wrap=True,
+        )
+    if sets is not None:
+        for T, entry in sets["by_T"].items():
+            pairs = [
+                f"{a} not {b}: {len(ids)} of {entry['shared_problems'][a][b]}"
+                for a, by_b in entry["a_not_b"].items()
+                for b, ids in by_b.items()
+            ]
+            if pairs:
+                prefix = f"T={T} " if several_T else ""
+                console.print(
+                    f"{prefix}solved (pass@{sets['k']} > 0) by one model only — " + "; ".join(pairs),
+                    soft_wrap=True,
+                )
+    console.print("wrote:")
+    for path in written:
+        console.print(f"  {path}", soft_wrap=True, highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    samples_path = _resolve_samples(args)
+    records = load_samples(samples_path)
+    counts = sample_counts(records)
+    ks = args.ks if args.ks is not None else default_ks(counts)
+    table = pass_at_k_table(records, ks, skip_k_above_n=args.skip_k_above_n)
+
+    n_range = {
+        model: {T: (min(n for n, _ in g.values()), max(n for n, _ in g.values())) for T, g in by_T.items()}
+        for model, by_T in table.counts.items()
+    }
+    # Boundary sets do not depend on k as long as k <= n (pass@k > 0 iff c > 0), so compare at the
+    # largest requested k that every problem supports, falling back to the largest k (with skips).
+    min_n = min(lo for by_T in n_range.values() for lo, _ in by_T.values())
+    budget_k = max((k for k in table.ks if k <= min_n), default=max(table.ks))
+    sets = boundary_sets(table, budget_k) if len(table.models) > 1 else None
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "samples": str(samples_path),
+        "estimator": "unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k), per problem, "
+        "averaged per (model, T)",
+        "ks": table.ks,
+        "skip_k_above_n": table.skip_k_above_n,
+        "pass_at_k": table.mean_json(),
+        "problems": {m: {str(T): len(g) for T, g in sorted(by_T.items())} for m, by_T in sorted(table.counts.items())},
+        "samples_per_problem": {
+            m: {str(T): {"min": lo, "max": hi} for T, (lo, hi) in sorted(by_T.items())}
+            for m, by_T in sorted(n_range.items())
+        },
+        "skipped": table.skipped,
+        "skipped_means": table.skipped_means,
+        "boundary_sets": boundary_sets_to_json(sets) if sets is not None else None,
+    }
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    per_problem_path = out / "per_problem.jsonl"
+    with per_problem_path.open("w", encoding="utf-8") as handle:
+        for row in table.per_problem_rows():
+            handle.write(json.dumps(row) + "\n")
+
+    from forklens.report.plots import plot_pass_at_k
+
+    several_T = len({T for by_T in table.counts.values() for T in by_T}) > 1
+    figures = plot_pass_at_k(
+        table.mean,
+        out / "pass_at_k",
+        problem_counts={m: {T: len(g) for T, g in by_T.items()} for m, by_T in table.counts.items()},
+        title="PASS@(k, T): unbiased estimator" if several_T else "pass@k: unbiased estimator",
+    )
+
+    _print_summary(table, sets, [summary_path, per_problem_path, *figures], n_range)
+    return 0

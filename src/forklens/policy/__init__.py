@@ -1,0 +1,213 @@
+"""Policy: a Hugging Face causal LM + tokenizer with two verbs, ``sample`` and ``score``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from forklens.errors import DataError
+from forklens.policy.load import context_length, load_causal_lm, load_tokenizer
+from forklens.policy.sample import sample_batch
+from forklens.policy.score import chunked_token_stats, hidden_states, verify_head
+
+
+@dataclass
+class Samples:
+    """Completions for a list of prompts, ``n`` per prompt, grouped prompt-major."""
+
+    prompt_ids: list[list[int]]  # one per completion (repeated n times per prompt)
+    response_ids: list[list[int]]  # includes the EOS token when the response finished
+    finished: list[bool]  # False when max_new_tokens was reached before EOS (truncated)
+    group: list[int]  # index of the prompt each completion answers
+    texts: list[str]  # decoded responses without special tokens
+    tokens_processed: int = 0  # prompt + generated tokens run through the model (for FLOPs)
+
+
+@dataclass
+class ScoredSequence:
+    """Teacher-forced statistics of one response, one entry per response token."""
+
+    token_ids: torch.Tensor  # [T]
+    logprob: torch.Tensor  # [T] log-prob of the response token
+    entropy: torch.Tensor  # [T] nats over the full vocabulary
+    argmax: torch.Tensor  # [T] the model's most likely token at each position
+    topk_ids: torch.Tensor | None = None  # [T, k]
+    topk_logprobs: torch.Tensor | None = None  # [T, k]
+    extra: dict = field(default_factory=dict)
+
+
+class Policy:
+    """A causal LM and its tokenizer. Build with :meth:`load` for a directory on disk."""
+
+    def __init__(self, model, tokenizer, path: str | Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = str(path) if path is not None else None
+        self.context = context_length(model.config)
+        eos = tokenizer.eos_token_id
+        cfg_eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+        ids = {eos}
+        if isinstance(cfg_eos, int):
+            ids.add(cfg_eos)
+        elif isinstance(cfg_eos, (list, tuple)):
+            ids.update(int(x) for x in cfg_eos)
+        self.eos_ids = sorted(i for i in ids if i is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        self._head_checked = False
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: str | None = None, device: str | None = None,
+             tokenizer_path: str | Path | None = None) -> "Policy":
+        model = load_causal_lm(path, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(path, tokenizer_path)
+        return cls(model, tokenizer, path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_params(self, exclude_embeddings: bool = True) -> int:
+        """Parameters that cost FLOPs per token (input embeddings are a lookup, not a matmul)."""
+        total = sum(p.numel() for p in self.model.parameters())
+        if exclude_embeddings:
+            emb = self.model.get_input_embeddings()
+            head = self.model.get_output_embeddings()
+            if emb is not None and (head is None or head.weight is not emb.weight):
+                total -= emb.weight.numel()
+        return total
+
+    # --- text <-> ids -------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, chat_template: bool = False) -> list[int]:
+        if chat_template:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise DataError(f"the tokenizer of {self.path} has no chat template; drop --chat-template")
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def encode_response(self, text: str, add_eos: bool = True) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return ids + [self.tokenizer.eos_token_id] if add_eos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def check_length(self, n_tokens: int, what: str) -> None:
+        if self.context is not None and n_tokens > self.context:
+            raise DataError(
+                f"{what} is {n_tokens} tokens, longer than the context of {self.path or 'the model'} "
+                f"({self.context} tokens)"
+            )
+
+    # --- sampling -----------------------------------------------------------------------------
+    def sample(self, prompts: Sequence[str] | Sequence[list[int]], n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+               chat_template: bool = False, progress=None) -> Samples:
+        """``n`` completions per prompt with the built-in KV-cache sampler (temperature 0 = greedy)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        ids = [p if isinstance(p, list) else self.encode_prompt(p, chat_template) for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise DataError(f"prompt {i} is empty after tokenization")
+            self.check_length(len(p), f"prompt {i}")
+            self.check_length(len(p) + max_new_tokens, f"prompt {i} plus max_new_tokens={max_new_tokens}")
+        flat = [(g, p) for g, p in enumerate(ids) for _ in range(n)]
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        was_training = self.model.training
+        self.model.eval()
+        responses, finished, processed = [], [], 0
+        try:
+            for s in range(0, len(flat), batch_size):
+                chunk = [p for _, p in flat[s:s + batch_size]]
+                r, f, c = sample_batch(self.model, chunk, pad_id=self.pad_id, eos_ids=self.eos_ids,
+                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_p=top_p, generator=gen)
+                responses += r
+                finished += f
+                processed += c
+                if progress is not None:
+                    progress(len(chunk))
+        finally:
+            self.model.train(was_training)
+        return Samples(
+            prompt_ids=[p for _, p in flat],
+            response_ids=responses,
+            finished=finished,
+            group=[g for g, _ in flat],
+            texts=[self.decode(r) for r in responses],
+            tokens_processed=processed,
+        )
+
+    # --- scoring ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], top_k: int = 0,
+              batch_tokens: int = 16384, chunk_tokens: int | None = None) -> list[ScoredSequence]:
+        """Teacher-force prompt+response; per response token: log-prob, entropy, argmax, top-k.
+
+        Sequences are batched up to ``batch_tokens`` padded tokens; the LM head is applied in chunks
+        (see :mod:`forklens.policy.score`), so memory does not grow with length x vocabulary.
+        """
+        if len(prompt_ids) != len(response_ids):
+            raise ValueError("prompt_ids and response_ids must have the same length")
+        was_training = self.model.training
+        self.model.eval()
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+        results: list[ScoredSequence | None] = [None] * len(prompt_ids)
+        device = self.device
+        try:
+            i = 0
+            while i < len(order):
+                batch = [order[i]]
+                width = len(prompt_ids[order[i]]) + len(response_ids[order[i]])
+                while i + len(batch) < len(order):
+                    j = order[i + len(batch)]
+                    w = max(width, len(prompt_ids[j]) + len(response_ids[j]))
+                    if w * (len(batch) + 1) > batch_tokens:
+                        break
+                    batch.append(j)
+                    width = w
+                i += len(batch)
+                for j in batch:
+                    self.check_length(len(prompt_ids[j]) + len(response_ids[j]), f"sequence {j}")
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                attn = torch.zeros((len(batch), width), dtype=torch.long)
+                sel = torch.zeros((len(batch), width), dtype=torch.bool)  # positions that predict a response token
+                for r, j in enumerate(batch):
+                    p, y = prompt_ids[j], response_ids[j]
+                    if not p:
+                        raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
+                    ids[r, :len(p) + len(y)] = torch.tensor(p + list(y))
+                    attn[r, :len(p) + len(y)] = 1
+                    sel[r, len(p) - 1:len(p) + len(y) - 1] = True
+                ids, attn, sel = ids.to(device), attn.to(device), sel.to(device)
+                if not self._head_checked:
+                    verify_head(self.model, ids, attn)
+                    self._head_checked = True
+                h = hidden_states(self.model, ids, attn)
+                targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(batch))])
+                stats = chunked_token_stats(self.model, h[sel], targets, top_k=top_k, chunk_tokens=chunk_tokens)
+                offset = 0
+                for r, j in enumerate(batch):
+                    t = len(response_ids[j])
+                    cut = slice(offset, offset + t)
+                    results[j] = ScoredSequence(
+                        token_ids=torch.tensor(list(response_ids[j]), dtype=torch.long),
+                        logprob=stats.logprob[cut].cpu(),
+                        entropy=stats.entropy[cut].cpu(),
+                        argmax=stats.argmax[cut].cpu(),
+                        topk_ids=stats.topk_ids[cut].cpu() if stats.topk_ids is not None else None,
+                        topk_logprobs=stats.topk_logprobs[cut].cpu() if stats.topk_logprobs is not None else None,
+                    )
+                    offset += t
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]

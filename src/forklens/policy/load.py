@@ -1,0 +1,91 @@
+"""Loading any local Hugging Face causal LM directory, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from forklens.errors import ModelLoadError
+
+
+def context_length(config) -> int | None:
+    """The model's maximum sequence length, from whichever config key the architecture uses."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is a file; expected a Hugging Face model directory (with config.json)")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a Hugging Face model directory "
+            "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))"
+        )
+    try:
+        json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{cfg_file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return path
+
+
+def load_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
+    from transformers import AutoTokenizer
+
+    src = Path(tokenizer_path) if tokenizer_path else Path(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
+        raise ModelLoadError(f"could not load a tokenizer from {src}: {exc}") from None
+    if tok.eos_token_id is None:
+        raise ModelLoadError(
+            f"the tokenizer in {src} has no EOS token: forklens needs one to know where a response ends; "
+            "set \"eos_token\" in its tokenizer_config.json"
+        )
+    if tok.pad_token_id is None:
+        # many causal LMs ship without a pad token; padding positions are always masked, so EOS is safe
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, dtype: str | None = None, device: str | None = None):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = check_model_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"could not read the model config in {path}: {exc}") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelLoadError(
+            f"{path} holds a {config.model_type!r} model ({type(config).__name__}), which is not a causal "
+            "language model; forklens needs a model loadable with AutoModelForCausalLM"
+        )
+    torch_dtype = {None: None, "auto": "auto", "float32": torch.float32, "fp32": torch.float32,
+                   "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                   "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in torch_dtype:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of float32, bfloat16, float16, auto")
+    kwargs = {}
+    if torch_dtype[dtype] is not None:
+        kwargs["dtype"] = torch_dtype[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except TypeError:
+        model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=kwargs.get("dtype"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the model weights in {path}: {exc}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model

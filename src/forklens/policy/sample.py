@@ -1,0 +1,89 @@
+"""The built-in sampler: batched, left-padded, KV-cached decoding with temperature and top-p.
+
+Rows that finish (emit EOS) keep a slot in the batch but their later tokens are discarded. Sampling
+draws from a ``torch.Generator`` seeded by the caller, so the same seed gives the same tokens.
+Temperature 0 is greedy decoding (argmax), token-for-token the same as ``generate(do_sample=False)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``top_p``."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    # drop a token if the mass strictly before it already reaches top_p (the top token always stays)
+    drop = (probs.cumsum(-1) - probs) >= top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_top_p(logits.float() / temperature, top_p)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
+                 temperature: float, top_p: float, generator: torch.Generator | None
+                 ) -> tuple[list[list[int]], list[bool], int]:
+    """Decode one batch. Returns (responses, finished flags, tokens processed by the model)."""
+    device = next(model.parameters()).device
+    b = len(prompts)
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((b, width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        attn[i, width - len(p):] = 1
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kwargs)
+    past, logits = out.past_key_values, out.logits[:, -1, :]
+    processed = int(attn.sum())
+    eos = torch.tensor(eos_ids, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens = []
+    next_pos = position_ids[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        tok = next_token(logits, temperature, top_p, generator)
+        tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        processed += int((~finished).sum())
+        finished = finished | torch.isin(tok, eos)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                    past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    gen = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
+    responses, done = [], []
+    eos_set = set(eos_ids)
+    for row in gen:
+        out_row = []
+        for t in row:
+            out_row.append(t)
+            if t in eos_set:
+                break
+        responses.append(out_row)
+        done.append(bool(out_row) and out_row[-1] in eos_set)
+    return responses, done, processed

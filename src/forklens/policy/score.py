@@ -1,0 +1,148 @@
+"""Teacher-forced per-token statistics, computed without materialising [tokens x vocab] at once.
+
+The model body runs once per batch; the LM head (the only part that touches the vocabulary) is
+applied to the *selected* positions in chunks of ``chunk_tokens`` rows. For each chunk we keep only
+what the caller asked for (log-prob of the token, entropy, top-k), so peak memory is
+``chunk_tokens x vocab`` floats whatever the sequence length.
+
+``head_logits`` reproduces the model's own logits from its final hidden states. For architectures
+that post-process logits (Gemma's soft-capping, Cohere's logit scale, Granite's scaling) the known
+transforms are applied, and :func:`verify_head` checks on real input that the result equals
+``model(...).logits`` before any number is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def body_and_head(model):
+    """(transformer body, output projection) of a Hugging Face causal LM, PEFT-wrapped or not."""
+    inner = model
+    if hasattr(inner, "get_base_model"):  # peft.PeftModel
+        inner = inner.get_base_model()
+    body = inner.base_model if inner.base_model is not inner else None
+    head = inner.get_output_embeddings()
+    if body is None or head is None:
+        raise ValueError(f"{type(inner).__name__} does not expose a base model and an output embedding")
+    return inner, body, head
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits (float32) from final hidden states, as the model's own forward would compute them."""
+    inner, _, head = body_and_head(model)
+    logits = head(hidden).float()
+    cfg = inner.config
+    scale = getattr(cfg, "logit_scale", None)  # Cohere
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    scaling = getattr(cfg, "logits_scaling", None)  # Granite divides
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        logits = logits / scaling
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    _, body, _ = body_and_head(model)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    out = body(**kwargs)
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+@torch.no_grad()
+def verify_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Raise if body+head logits differ from ``model(...).logits`` (an unknown logits transform)."""
+    ids, mask = input_ids[:1, :32], attention_mask[:1, :32]
+    ref = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    ours = head_logits(model, hidden_states(model, ids, mask))
+    valid = mask[0].bool()
+    err = (ref[0, valid] - ours[0, valid]).abs().max().item()
+    tol = 1e-3 * max(1.0, ref[0, valid].abs().max().item())
+    if err > tol:
+        raise ValueError(
+            f"{type(model).__name__}: logits from the final hidden state differ from the model's own "
+            f"logits by {err:.3g}; this architecture transforms its logits in a way forklens does not know"
+        )
+
+
+@dataclass
+class TokenStats:
+    """Per-position statistics for the selected positions (flattened, in order)."""
+
+    logprob: torch.Tensor  # [N] log-prob of the given target token
+    entropy: torch.Tensor  # [N] nats, full vocabulary, temperature 1
+    topk_ids: torch.Tensor | None  # [N, k]
+    topk_logprobs: torch.Tensor | None  # [N, k]
+    argmax: torch.Tensor  # [N]
+
+
+def chunked_token_stats(model, hidden: torch.Tensor, targets: torch.Tensor, top_k: int = 0,
+                        chunk_tokens: int | None = None, max_chunk_bytes: int = 256 * 2**20) -> TokenStats:
+    """Apply the LM head to ``hidden`` [N, H] chunk by chunk; stats of ``targets`` [N]."""
+    n = hidden.shape[0]
+    _, _, head = body_and_head(model)
+    vocab = head.weight.shape[0]
+    if chunk_tokens is None:
+        # logits, log-softmax and one temporary: ~3 float32 copies of the chunk
+        chunk_tokens = max(1, max_chunk_bytes // (vocab * 4 * 3))
+    lps, ents, tids, tlps, amax = [], [], [], [], []
+    for s in range(0, n, chunk_tokens):
+        logits = head_logits(model, hidden[s:s + chunk_tokens])
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        lps.append(logp.gather(-1, targets[s:s + chunk_tokens, None]).squeeze(-1))
+        ents.append(-(logp.exp() * logp).sum(-1))
+        if top_k:
+            v, i = logp.topk(top_k, dim=-1)
+            tids.append(i)
+            tlps.append(v)
+            amax.append(i[:, 0])
+        else:
+            amax.append(logp.argmax(-1))
+        del logp
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    return TokenStats(
+        logprob=cat(lps) if lps else empty,
+        entropy=cat(ents) if ents else empty,
+        topk_ids=cat(tids),
+        topk_logprobs=cat(tlps),
+        argmax=cat(amax) if amax else torch.zeros(0, dtype=torch.long),
+    )
+
+
+def token_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               target_mask: torch.Tensor, with_entropy: bool = True):
+    """Differentiable log-probs (and entropy) of ``input_ids`` at positions where ``target_mask`` is 1.
+
+    Returns two [B, L] tensors aligned with ``input_ids`` (zeros elsewhere). Position t is predicted
+    from the hidden state at t-1; only target positions go through the LM head. This is the forward
+    pass the trainer differentiates.
+    """
+    hidden = hidden_states(model, input_ids, attention_mask)
+    pred_mask = torch.zeros_like(target_mask, dtype=torch.bool)
+    pred_mask[:, :-1] = target_mask[:, 1:].bool()
+    h = hidden[pred_mask]  # [N, H]
+    targets = input_ids[:, 1:][target_mask[:, 1:].bool()]
+    logits = head_logits(model, h)
+    logp_all = F.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    out_lp = torch.zeros(target_mask.shape, dtype=lp.dtype, device=lp.device)
+    tm = target_mask.bool().clone()
+    tm[:, 0] = False
+    out_lp = out_lp.masked_scatter(tm, lp)
+    out_ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+        out_ent = torch.zeros(target_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(tm, ent)
+    return out_lp, out_ent

@@ -1,0 +1,134 @@
+"""Static figures for reports (PNG + SVG).
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``, so they
+need no display, do not touch the global backend and are safe to make from library code and tests.
+Each ``plot_*`` function takes plain data, writes ``<stem>.png`` and ``<stem>.svg`` and returns the
+paths written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+__all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "DEFAULT_FORMATS"]
+
+DEFAULT_FORMATS: tuple[str, ...] = ("png", "svg")
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _color_cycle() -> list[str]:
+    colors = rcParams["axes.prop_cycle"].by_key().get("color")
+    return list(colors) if colors else [f"C{i}" for i in range(10)]
+
+
+def new_figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, object]:
+    """A figure with one axes and an Agg canvas attached, styled for reports."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.grid(True, which="major", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def save_figure(
+    fig: Figure,
+    stem: str | Path,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 150,
+) -> list[Path]:
+    """Write ``fig`` as ``<stem>.<fmt>`` for each format (creating the folder); return the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=dpi)
+        paths.append(path)
+    return paths
+
+
+def series_label(model: str, T: int, *, several_models: bool, several_T: bool) -> str:
+    """A legend label for a ``(model, T)`` series that only names what varies."""
+    parts = []
+    if several_models or not several_T:
+        parts.append(model)
+    if several_T:
+        parts.append(f"T={T}")
+    return ", ".join(parts)
+
+
+def plot_pass_at_k(
+    curves: Mapping[str, Mapping[int, Mapping[int, float]]],
+    stem: str | Path,
+    *,
+    problem_counts: Mapping[str, Mapping[int, int]] | None = None,
+    title: str = "pass@k (unbiased estimator)",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> list[Path]:
+    """Plot mean pass@k against k on a log-2 axis, one line per ``(model, T)``.
+
+    ``curves`` is ``{model: {T: {k: value}}}`` (integer ``T`` and ``k``), as in
+    :attr:`forklens.analysis.passk.PassAtKTable.mean`. ``problem_counts`` (``{model: {T: count}}``)
+    adds the number of problems to each legend entry. Writes ``<stem>.png`` / ``<stem>.svg``.
+    """
+    models = sorted(curves)
+    all_T = sorted({T for m in models for T in curves[m]})
+    several_models = len(models) > 1
+    several_T = len(all_T) > 1
+    colors = _color_cycle()
+
+    fig, ax = new_figure()
+    all_k: set[int] = set()
+    plotted = 0
+    for mi, model in enumerate(models):
+        for ti, T in enumerate(all_T):
+            by_k = curves[model].get(T)
+            if not by_k:
+                continue
+            ks = sorted(by_k)
+            all_k.update(ks)
+            label = series_label(model, T, several_models=several_models, several_T=several_T)
+            if problem_counts and model in problem_counts and T in problem_counts[model]:
+                count = problem_counts[model][T]
+                label += f" ({count} problem{'s' if count != 1 else ''})"
+            ax.plot(
+                ks,
+                [by_k[k] for k in ks],
+                label=label,
+                color=colors[(mi if several_models else ti) % len(colors)],
+                linestyle=_LINESTYLES[ti % len(_LINESTYLES)] if several_models else "-",
+                marker=_MARKERS[(mi if several_models else ti) % len(_MARKERS)],
+                markersize=4,
+                linewidth=1.6,
+            )
+            plotted += 1
+
+    ax.set_xscale("log", base=2)
+    if all_k:
+        ticks = sorted(all_k)
+        lo, hi = ticks[0], ticks[-1]
+        ax.set_xlim(lo / 1.3, hi * 1.3)
+        if len(ticks) > 12:  # keep labels readable: at most ~12 ticks
+            step = -(-len(ticks) // 12)
+            ticks = ticks[::step] + ([ticks[-1]] if ticks[-1] not in ticks[::step] else [])
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: str(int(round(x)))))
+    else:
+        ax.text(0.5, 0.5, "no pass@k values to plot", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("k (samples drawn per problem, log$_2$ scale)")
+    ax.set_ylabel("mean pass@k over problems")
+    ax.set_title(title)
+    if plotted:
+        ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    return save_figure(fig, stem, formats)

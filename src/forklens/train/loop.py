@@ -1,0 +1,254 @@
+"""The one training loop. SFT, GRPO and later objectives are (objective, data source) pairs.
+
+Per optimizer step:
+
+1. the data source returns the step's batch (it may sample from the policy);
+2. the batch is split into micro-batches; for each, the objective returns ``(loss_sum, count)`` and
+   ``loss_sum`` is back-propagated *unnormalised*, so gradients add up to d(sum)/d(theta);
+3. counts are summed over micro-batches and all-reduced over ranks to the global ``N``; gradients are
+   multiplied by ``world_size / N`` (DDP has averaged them over ranks), giving exactly
+   d(global sum / N)/d(theta) whatever the micro-batching or world size;
+4. gradient clipping, optimizer and scheduler step, logging, and an atomic checkpoint every
+   ``save_every`` steps.
+
+``simulate_bug`` reproduces two published silent bugs, for experiments only (see docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+
+from forklens.config import field
+from forklens.objectives import ObjectiveResult, PolicyOutputs, get_objective
+from forklens.policy.score import token_logprobs_and_entropy
+from forklens.rollouts import Rollouts
+from forklens.train.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint
+from forklens.train.logging import StepLogger
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(100, help="Optimizer steps to run.")
+    learning_rate: float = field(1e-4, help="Peak learning rate (AdamW).")
+    weight_decay: float = field(0.0, help="AdamW weight decay.")
+    adam_beta1: float = field(0.9, help="AdamW beta1.")
+    adam_beta2: float = field(0.999, help="AdamW beta2.")
+    warmup_steps: int = field(0, help="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = field("constant", help="Decay after warm-up.")
+    micro_batch_size: int = field(64, help="Sequences per forward/backward pass; results do not depend on it.")
+    max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 = off).")
+    save_every: int = field(0, help="Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = field(2, help="How many checkpoints to keep.")
+    log_every: int = field(1, help="Print a log line every N steps (the JSONL log gets every step).")
+    seed: int = field(0, help="Seed of the data order, sampling and initialisation.")
+    tensorboard: bool = field(False, help="Also log to TensorBoard (needs the tensorboard extra).")
+    simulate_bug: Literal["none", "offload-accum", "mean-of-means"] = field(
+        "none", help="Reproduce a known training-stack bug, for experiments only: offload-accum (the optimizer "
+        "sees g_0 + g_{K-1} of K micro-batches) or mean-of-means (per-micro-batch token means averaged).")
+
+
+class DataSource(Protocol):
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        """The optimizer batch of ``step`` (deterministic in step and seed) and its info metrics.
+        Info may include ``sampled_tokens`` and ``scored_tokens`` for FLOP accounting."""
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        frac = min(1.0, (step - cfg.warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.lr_schedule == "cosine" else 1.0 - frac
+    return fn
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def forward(model, batch: Rollouts) -> PolicyOutputs:
+    lp, ent = token_logprobs_and_entropy(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+    return PolicyOutputs(logprobs=lp, entropy=ent)
+
+
+def accumulate_step(model, objective: Callable, objective_config: Any, micro_batches: list[Rollouts],
+                    simulate_bug: str = "none", no_sync: Callable | None = None) -> dict[str, float]:
+    """Forward/backward over the micro-batches of one optimizer step; leaves normalised gradients in
+    ``.grad`` and returns the step's loss and objective metrics (global over ranks)."""
+    dist = _dist()
+    world = dist.get_world_size() if dist else 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    k = len(micro_batches)
+    loss_sum, count = 0.0, 0.0
+    metric_sums: dict[str, list[float]] = {}
+    kept: list[torch.Tensor] | None = None
+    for j, mb in enumerate(micro_batches):
+        last = j == k - 1
+        ctx = no_sync() if (no_sync is not None and not last) else _null()
+        with ctx:
+            out = forward(model, mb)
+            res: ObjectiveResult = objective(out, mb, objective_config)
+            n_mb = float(res.count)
+            if simulate_bug == "mean-of-means":
+                loss = res.loss_sum / max(n_mb, 1e-12) / k
+            else:
+                loss = res.loss_sum
+            loss.backward()
+        if simulate_bug == "offload-accum" and k > 2:
+            # the accumulation buffer keeps micro-step 0 and the final micro-step only
+            if j == 0:
+                kept = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+            elif not last:
+                for p, g in zip(params, kept):
+                    p.grad = None if g is None else g.clone()
+        loss_sum += float(res.loss_sum.detach())
+        count += n_mb
+        for name, (s, c) in res.metrics.items():
+            acc = metric_sums.setdefault(name, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += c
+    names = sorted(metric_sums)
+    totals = torch.tensor([loss_sum, count] + [v for n in names for v in metric_sums[n]], dtype=torch.float64)
+    if dist:
+        dist.all_reduce(totals)
+    g_loss, g_count = float(totals[0]), float(totals[1])
+    if simulate_bug != "mean-of-means":
+        scale = world / max(g_count, 1e-12)  # DDP averaged over ranks; undo that, divide by global N
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    metrics = {"loss": g_loss / max(g_count, 1e-12), "loss_count": g_count}
+    for i, n in enumerate(names):
+        s, c = float(totals[2 + 2 * i]), float(totals[3 + 2 * i])
+        metrics[n] = s / c if c else float("nan")
+    return metrics
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class Trainer:
+    """Runs ``config.max_steps`` optimizer steps of ``objective`` on batches from ``source``."""
+
+    def __init__(self, policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
+                 out_dir: str | Path, accelerator=None, name: str = "train", progress: bool = True):
+        self.policy = policy
+        self.objective = get_objective(objective)
+        self.objective_name = objective
+        self.objective_config = objective_config
+        self.source = source
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.accelerator = accelerator
+        self.progress = progress
+        self.model = policy.model
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        if accelerator is not None and accelerator.num_processes > 1:
+            self.model = accelerator.prepare_model(self.model)
+        self.n_params = policy.num_params()
+        self.step = 0
+        self.flops = 0.0
+        self.wall_s = 0.0
+        self.metric_lines = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def resume(self) -> bool:
+        ckpt = latest_checkpoint(self.out_dir / "checkpoints")
+        if ckpt is None:
+            return False
+        load_weights(self.model, ckpt)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
+        self.metric_lines = state["metric_lines"]
+        log = self.out_dir / "metrics.jsonl"
+        if log.exists() and self.is_main:  # drop lines logged after the checkpoint
+            lines = log.read_text().splitlines(keepends=True)[: self.metric_lines]
+            log.write_text("".join(lines))
+        return True
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {"step": self.step, "flops": self.flops, "wall_s": self.wall_s, "metric_lines": self.metric_lines,
+                 "objective": self.objective_name, "train_config": asdict(self.config),
+                 "objective_config": asdict(self.objective_config) if self.objective_config is not None and
+                 hasattr(self.objective_config, "__dataclass_fields__") else None}
+        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.model, self.policy.tokenizer,
+                               self.optimizer, self.scheduler, state, keep=self.config.keep_checkpoints)
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to ``max_steps`` (or ``stop_after`` steps from now, for tests); returns the last metrics."""
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        torch.manual_seed(cfg.seed + self.step)
+        logger = StepLogger(self.out_dir / "metrics.jsonl", total=cfg.max_steps, start=self.step, name=self.name,
+                            enabled=self.is_main, progress=self.progress, tensorboard=cfg.tensorboard,
+                            log_every=cfg.log_every)
+        no_sync = getattr(self.model, "no_sync", None)
+        last: dict[str, Any] = {}
+        done_here = 0
+        with logger:
+            while self.step < cfg.max_steps:
+                if stop_after is not None and done_here >= stop_after:
+                    break
+                t0 = time.perf_counter()
+                self.model.train()
+                batch, info = self.source.batch(self.step, self.policy)
+                device = next(self.model.parameters()).device
+                micro = [mb.to(device) for mb in batch.split(cfg.micro_batch_size)]
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics = accumulate_step(self.model, self.objective, self.objective_config, micro,
+                                          simulate_bug=cfg.simulate_bug, no_sync=no_sync)
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                if cfg.max_grad_norm > 0:
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    gnorm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                self.optimizer.step()
+                self.scheduler.step()
+                trained_tokens = float(batch.attention_mask.sum())
+                self.flops += 2 * self.n_params * (info.pop("sampled_tokens", 0.0) + info.pop("scored_tokens", 0.0))
+                self.flops += 6 * self.n_params * trained_tokens
+                self.wall_s += time.perf_counter() - t0
+                self.step += 1
+                done_here += 1
+                last = {"step": self.step, **metrics, **info, "grad_norm": float(gnorm),
+                        "lr": self.scheduler.get_last_lr()[0], "trained_tokens": trained_tokens,
+                        "flops": self.flops, "wall_s": self.wall_s}
+                logger.log(last)
+                self.metric_lines += 1
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+        if self.step >= cfg.max_steps:
+            self.save()
+        return last
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

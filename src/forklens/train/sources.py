@@ -1,0 +1,139 @@
+"""Data sources: what an optimizer step trains on. Deterministic in (seed, step) for exact resume."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from forklens.config import field
+from forklens.errors import DataError
+from forklens.objectives.grpo import ScaleRewards, group_advantages
+from forklens.rollouts import Rollouts
+from forklens.tasks.base import Problem
+
+RewardFn = Callable[..., list]  # TRL signature: fn(prompts, completions, **columns) -> list[float | None]
+
+
+class SFTSource:
+    """Teacher-forced (prompt, response) pairs; the response gets EOS appended.
+
+    ``examples`` is either a fixed list (shuffled once per epoch with the seed) or a callable
+    ``(rng, n) -> list[(prompt, response)]`` that generates fresh examples (organism pretraining).
+    """
+
+    def __init__(self, examples: Sequence[tuple[str, str]] | Callable, batch_size: int, seed: int = 0):
+        if not callable(examples) and len(examples) == 0:
+            raise DataError("the SFT dataset is empty: nothing to train on")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _pairs(self, step: int) -> list[tuple[str, str]]:
+        if callable(self.examples):
+            return self.examples(random.Random(f"sft-{self.seed}-{step}"), self.batch_size)
+        n = len(self.examples)
+        out = []
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, i = divmod(k, n)
+            perm = list(range(n))
+            random.Random(f"sft-{self.seed}-epoch-{epoch}").shuffle(perm)
+            out.append(self.examples[perm[i]])
+        return out
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        pairs = self._pairs(step)
+        prompts = [policy.encode_prompt(p) for p, _ in pairs]
+        responses = [policy.encode_response(r) for _, r in pairs]
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            policy.check_length(len(p) + len(r), f"SFT example {i} of step {step}")
+        return Rollouts.from_ids(prompts, responses, policy.pad_id), {}
+
+
+def verifier_reward(task) -> RewardFn:
+    """The task's exact verifier in TRL's reward-function signature."""
+    def reward(prompts, completions, problem, **_):
+        return [task.verify(p, c) for p, c in zip(problem, completions)]
+    reward.__name__ = f"{task.name}_verifier"
+    return reward
+
+
+@dataclass
+class SamplingConfig:
+    prompts_per_step: int = field(16, help="Distinct prompts per optimizer step.")
+    group_size: int = field(8, help="Completions per prompt (TRL: num_generations).")
+    temperature: float = field(1.0, help="Sampling temperature of the rollouts.")
+    top_p: float = field(1.0, help="Nucleus sampling threshold of the rollouts.")
+    max_new_tokens: int = field(64, help="Completion length cap; longer completions are truncated.")
+    scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+
+
+class GRPOSource:
+    """Samples ``group_size`` completions for ``prompts_per_step`` training problems and scores them."""
+
+    def __init__(self, problems: list[Problem], reward_fns: list[RewardFn], config: SamplingConfig,
+                 seed: int = 0, ref_policy=None, reward_weights: list[float] | None = None):
+        if not problems:
+            raise DataError("the training split has no problems")
+        self.problems = problems
+        self.reward_fns = reward_fns
+        self.weights = reward_weights or [1.0] * len(reward_fns)
+        self.config = config
+        self.seed = seed
+        self.ref_policy = ref_policy
+
+    def rewards(self, problems: list[Problem], completions: list[str]) -> torch.Tensor:
+        columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
+        prompts = [p.prompt for p in problems]
+        total = torch.zeros(len(problems), dtype=torch.float32)
+        any_set = torch.zeros(len(problems), dtype=torch.bool)
+        for fn, w in zip(self.reward_fns, self.weights):
+            vals = fn(prompts, completions, **columns)
+            if len(vals) != len(problems):
+                raise ValueError(f"reward function {getattr(fn, '__name__', fn)} returned {len(vals)} values "
+                                 f"for {len(problems)} completions")
+            for i, v in enumerate(vals):
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    total[i] += w * float(v)
+                    any_set[i] = True
+        return total
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        c = self.config
+        rng = random.Random(f"grpo-{self.seed}-{step}")
+        chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
+        samples = policy.sample([p.prompt for p in chosen], n=c.group_size, temperature=c.temperature,
+                                top_p=c.top_p, max_new_tokens=c.max_new_tokens,
+                                seed=rng.randrange(2**31))
+        probs = [chosen[g] for g in samples.group]
+        rewards = self.rewards(probs, samples.texts)
+        group_ids = torch.tensor(samples.group, dtype=torch.long)
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards)
+        truncated = torch.tensor([not f for f in samples.finished], dtype=torch.bool)
+        batch = Rollouts.from_ids(samples.prompt_ids, samples.response_ids, policy.pad_id, rewards=rewards,
+                                  advantages=adv, group_ids=group_ids, truncated=truncated)
+        scored = 0.0
+        if self.ref_policy is not None:
+            ref = self.ref_policy.score(samples.prompt_ids, samples.response_ids)
+            batch.ref_logprobs = torch.zeros_like(batch.response_mask)
+            for i, s in enumerate(ref):
+                start = int(batch.prompt_lens[i])
+                batch.ref_logprobs[i, start:start + len(s.logprob)] = s.logprob
+            scored = float(batch.attention_mask.sum())
+        n_groups = len(chosen)
+        zero_std = float((stds.view(-1)[:: c.group_size] == 0).sum()) / n_groups if c.group_size > 1 else 1.0
+        lens = batch.response_lens
+        info = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "frac_zero_std_groups": zero_std,
+            "response_len_mean": float(lens.mean()),
+            "response_len_max": float(lens.max()),
+            "truncated_frac": float(truncated.float().mean()),
+            "sampled_tokens": float(samples.tokens_processed),
+            "scored_tokens": scored,
+        }
+        return batch, info

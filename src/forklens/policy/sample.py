@@ -19,6 +19,11 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``top_p``."""
     if top_p >= 1.0:
@@ -56,7 +61,9 @@ def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kwargs)
-    past, logits = out.past_key_values, out.logits[:, -1, :]
+    # transformers >= 5 renamed past_key_values to cache
+    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
+    past, logits = _cache_of(out), out.logits[:, -1, :]
     processed = int(attn.sum())
     eos = torch.tensor(eos_ids, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
@@ -72,8 +79,8 @@ def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[
             break
         attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
+                    use_cache=True, **{cache_arg: past})
+        past, logits = _cache_of(out), out.logits[:, -1, :]
         next_pos = next_pos + 1
     gen = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
     responses, done = [], []

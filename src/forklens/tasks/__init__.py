@@ -1,0 +1,20 @@
+"""Tasks: problems + exact verifiers. Built-in organisms are registered by name."""
+
+from __future__ import annotations
+
+from forklens.tasks.base import Problem, Task
+
+TASKS = {"arith"}
+
+
+def get_task(name: str, config=None) -> Task:
+    if name == "arith":
+        from forklens.tasks.arith import ArithTask
+
+        return ArithTask(config)
+    from forklens.errors import ConfigError
+
+    raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
+
+
+__all__ = ["Problem", "Task", "get_task", "TASKS"]

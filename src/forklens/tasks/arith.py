@@ -34,6 +34,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from forklens.config import field
 from forklens.tasks.base import Problem
 
 ANSWER_RE = re.compile(r"A=(\d+)")
@@ -41,12 +42,12 @@ ANSWER_RE = re.compile(r"A=(\d+)")
 
 @dataclass
 class ArithConfig:
-    digits: int = 3
-    p_drop_carry: float = 0.6
-    p_slip: float = 0.05
-    n_test: int = 200
-    test_fraction: float = 0.1
-    seed: int = 0
+    digits: int = field(3, help="Digits per operand (operands are zero-padded to this width).")
+    p_drop_carry: float = field(0.6, help="Noisy teacher: probability of writing carry 0 when the true carry is 1.")
+    p_slip: float = field(0.05, help="Noisy teacher: probability of writing a column sum off by one.")
+    n_test: int = field(200, help="Held-out test problems.")
+    test_fraction: float = field(0.1, help="Fraction of operand pairs reserved for the test split.")
+    seed: int = field(0, help="Seed of the split sampling.")
 
 
 def _pad(x: int, width: int) -> str:

@@ -1,23 +1,49 @@
-"""Building model organisms: a char-level Hugging Face tokenizer and a tiny Llama, from configs.
+"""Model organisms: a char-level Hugging Face tokenizer, a tiny Llama, and its pretraining.
 
 Everything is saved with ``save_pretrained`` so that loading goes through the same
-``AutoTokenizer`` / ``AutoModelForCausalLM`` path as any checkpoint from the Hub.
+``AutoTokenizer`` / ``AutoModelForCausalLM`` path as any checkpoint from the Hub. A base organism is
+pretrained from scratch with the SFT objective in the one trainer, on traces from the task's noisy
+teacher; see docs/organisms.md for why it is built this way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from forklens.config import field
+from forklens.tasks.arith import ArithConfig
+from forklens.train.loop import TrainConfig
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
 
 
 @dataclass
 class OrganismModelConfig:
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 128
+    hidden_size: int = field(128, help="Model width.")
+    intermediate_size: int = field(384, help="MLP width.")
+    num_hidden_layers: int = field(3, help="Transformer layers.")
+    num_attention_heads: int = field(4, help="Attention heads.")
+    max_position_embeddings: int = field(128, help="Context length in tokens.")
+
+
+def _pretrain_default() -> TrainConfig:
+    return TrainConfig(max_steps=600, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
+                       micro_batch_size=256, weight_decay=0.01)
+
+
+@dataclass
+class OrganismConfig:
+    task: str = field("arith", help="Built-in task the organism is pretrained on.")
+    arith: ArithConfig = field(default_factory=ArithConfig, help="Arithmetic task settings.")
+    model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
+    pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
+    batch_size: int = field(64, help="Teacher traces per pretraining step.")
+    seed: int = field(0, help="Seed of the initialisation and the teacher traces.")
 
 
 def build_char_tokenizer(alphabet: str):
@@ -38,9 +64,8 @@ def build_char_tokenizer(alphabet: str):
         bos_token=SPECIAL_TOKENS["bos"],
         eos_token=SPECIAL_TOKENS["eos"],
         unk_token=SPECIAL_TOKENS["unk"],
+        model_max_length=10_000,
     )
-    tok.padding_side = "left"
-    tok.model_max_length = 10_000
     return tok
 
 
@@ -63,5 +88,75 @@ def build_tiny_llama(tokenizer, config: OrganismModelConfig, seed: int = 0):
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    return model
+    return LlamaForCausalLM(cfg)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FORKLENS_CACHE", Path.home() / ".cache" / "forklens")) / "organisms"
+
+
+def organism_key(cfg: OrganismConfig) -> str:
+    from forklens import __version__
+
+    blob = json.dumps({"config": asdict(cfg), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_base_organism(cfg: OrganismConfig, out_dir: str | Path, use_cache: bool = True,
+                        progress: bool = True) -> dict:
+    """Pretrain (or fetch from the cache) the base organism and save it to ``out_dir`` in HF format.
+
+    Returns an info dict: cache key, whether the cache was used, pretraining steps, FLOPs, wall time.
+    """
+    from forklens.policy import Policy
+    from forklens.tasks import get_task
+    from forklens.train.loop import Trainer
+    from forklens.train.sources import SFTSource
+
+    out_dir = Path(out_dir)
+    key = organism_key(cfg)
+    cached = cache_root() / key
+    if use_cache and (cached / "organism.json").is_file():
+        _copy_model_dir(cached, out_dir)
+        info = json.loads((cached / "organism.json").read_text())
+        return {**info, "cache_hit": True, "cache_dir": str(cached)}
+
+    task = get_task(cfg.task, cfg.arith)
+    tokenizer = build_char_tokenizer(task.alphabet)
+    model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.seed)
+    policy = Policy(model, tokenizer)
+    source = SFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size, cfg.seed)
+    pre = replace(cfg.pretrain, seed=cfg.seed)
+    work = out_dir.parent / f".{out_dir.name}-pretrain"
+    if work.exists():
+        shutil.rmtree(work)
+    trainer = Trainer(policy, "sft", None, source, pre, work, name="pretrain base", progress=progress)
+    last = trainer.train()
+    staging = out_dir.parent / f".{out_dir.name}-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    info = {"key": key, "steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s,
+            "final_loss": last.get("loss"), "config": asdict(cfg)}
+    (staging / "organism.json").write_text(json.dumps(info, indent=2))
+    shutil.copy(work / "metrics.jsonl", staging / "pretrain_metrics.jsonl")
+    shutil.rmtree(work, ignore_errors=True)
+    if use_cache:
+        _copy_model_dir(staging, cached)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return {**info, "cache_hit": False, "cache_dir": str(cached) if use_cache else None}
+
+
+def _copy_model_dir(src: Path, dst: Path) -> None:
+    """Copy atomically: into a sibling temp dir, then rename over ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 
-SHOWN = ("loss", "reward_mean", "accuracy", "entropy", "clip_frac", "kl", "grad_norm")
+SHOWN = ("loss", "reward_mean", "entropy", "kl")
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,43 @@
+"""Accuracy of a policy on a task split, by exact verification of sampled or greedy completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forklens.config import field
+
+
+@dataclass
+class EvalConfig:
+    split: str = field("test", help="Task split to evaluate on.")
+    n: int = field(1, help="Completions per problem (accuracy is their mean).")
+    temperature: float = field(0.0, help="0 = greedy.")
+    top_p: float = field(1.0, help="Nucleus sampling threshold (temperature > 0).")
+    max_new_tokens: int = field(48, help="Completion length cap.")
+    limit: int = field(0, help="Evaluate only the first N problems (0 = all).")
+    seed: int = field(0, help="Sampling seed.")
+
+
+def evaluate(policy, task, config: EvalConfig | None = None) -> dict:
+    """Accuracy plus per-problem correct counts; greedy by default."""
+    c = config or EvalConfig()
+    problems = task.problems(c.split)
+    if c.limit:
+        problems = problems[: c.limit]
+    samples = policy.sample([p.prompt for p in problems], n=c.n, temperature=c.temperature, top_p=c.top_p,
+                            max_new_tokens=c.max_new_tokens, seed=c.seed)
+    correct = [0] * len(problems)
+    for g, text in zip(samples.group, samples.texts):
+        correct[g] += int(task.verify(problems[g], text) > 0)
+    n_total = len(problems) * c.n
+    return {
+        "accuracy": sum(correct) / n_total,
+        "n_problems": len(problems),
+        "n_per_problem": c.n,
+        "split": c.split,
+        "temperature": c.temperature,
+        "truncated_frac": sum(not f for f in samples.finished) / n_total,
+        "per_problem": [{"id": p.id, "correct": k, "n": c.n} for p, k in zip(problems, correct)],
+        "examples": [{"prompt": problems[g].prompt, "completion": t, "answer": problems[g].answer}
+                     for g, t in list(zip(samples.group, samples.texts))[:5]],
+    }

@@ -1,0 +1,116 @@
+"""Reading prompts and response files (JSONL) for ``forklens diff``, with line-numbered errors.
+
+Prompts file: one JSON object per line::
+
+    {"prompt": "What is 2+3?", "answer": "5", "id": "q1"}
+
+``prompt`` (a string) is required. ``answer`` (string or number) is optional; when present the
+correctness of each response is recorded. ``id`` (string or integer) is optional and defaults to
+the 1-based line number as a string (``"L3"`` for line 3); ids must be unique. Blank lines are
+skipped.
+
+Responses file (``--responses FILE``): one JSON object per line with ``response`` (a string) and
+either ``id`` (matching a prompt's id) or ``prompt`` (matching a prompt's text exactly). Several
+responses for the same prompt become samples 0, 1, ... in file order. An optional ``finished``
+(default true) says whether the response ended with EOS; when true, EOS is appended before
+teacher-forcing, as for generated responses that finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from forklens.errors import DataError
+
+__all__ = ["load_prompts", "load_responses", "read_jsonl"]
+
+
+def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line_number, object)`` for each non-blank line; clear errors for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{what} file {path} is a directory; expected a JSONL file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        out.append((lineno, obj))
+    if not out:
+        raise DataError(f"{what} file {path} is empty: expected one JSON object per line")
+    return out
+
+
+def _check_id(value: Any, path: Path, lineno: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{path} line {lineno}: \"id\" must be a string or an integer, got {value!r}")
+    return str(value)
+
+
+def load_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """Prompt records ``{"id", "prompt", "answer" (or None), "line"}`` in file order."""
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in read_jsonl(path, "prompts"):
+        if "prompt" not in obj:
+            raise DataError(f"{path} line {lineno}: missing the required \"prompt\" field")
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str):
+            raise DataError(f"{path} line {lineno}: \"prompt\" must be a string, got {type(prompt).__name__}")
+        answer = obj.get("answer")
+        if answer is not None:
+            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+                raise DataError(f"{path} line {lineno}: \"answer\" must be a string or a number, got {answer!r}")
+            answer = str(answer)
+        pid = _check_id(obj["id"], path, lineno) if "id" in obj else f"L{lineno}"
+        if pid in seen:
+            raise DataError(f"{path} line {lineno}: id {pid!r} was already used on line {seen[pid]}")
+        seen[pid] = lineno
+        records.append({"id": pid, "prompt": prompt, "answer": answer, "line": lineno})
+    return records
+
+
+def load_responses(path: str | Path, prompts: list[dict[str, Any]]) -> list[tuple[int, str, bool]]:
+    """Match a responses file to ``prompts``: ``(prompt index, response text, finished)`` in file order."""
+    path = Path(path)
+    by_id = {p["id"]: i for i, p in enumerate(prompts)}
+    by_text: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        by_text.setdefault(p["prompt"], i)
+    out = []
+    for lineno, obj in read_jsonl(path, "responses"):
+        if "response" not in obj:
+            raise DataError(f"{path} line {lineno}: missing the required \"response\" field")
+        text = obj["response"]
+        if not isinstance(text, str):
+            raise DataError(f"{path} line {lineno}: \"response\" must be a string, got {type(text).__name__}")
+        finished = obj.get("finished", True)
+        if not isinstance(finished, bool):
+            raise DataError(f"{path} line {lineno}: \"finished\" must be true or false, got {finished!r}")
+        if "id" in obj:
+            rid = _check_id(obj["id"], path, lineno)
+            if rid not in by_id:
+                raise DataError(f"{path} line {lineno}: id {rid!r} is not in the prompts file")
+            idx = by_id[rid]
+        elif "prompt" in obj:
+            if not isinstance(obj["prompt"], str) or obj["prompt"] not in by_text:
+                raise DataError(f"{path} line {lineno}: this \"prompt\" text is not in the prompts file")
+            idx = by_text[obj["prompt"]]
+        else:
+            raise DataError(f"{path} line {lineno}: give \"id\" or \"prompt\" to say which prompt this answers")
+        out.append((idx, text, finished))
+    return out

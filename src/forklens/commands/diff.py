@@ -1,0 +1,139 @@
+"""``forklens diff``: token-level diff of a base and an RL model (see docs/diff.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_OUT = "runs/diff"
+
+DESCRIPTION = """\
+Teacher-force responses through a base and an RL model and measure, at every response token, the
+base rank of the RL model's argmax (unshifted = 1, reranked = 2..K, shifted > K), both entropies
+and KL(base || RL).
+
+Prompts JSONL: {"prompt": ..., "answer": ... (optional), "id": ... (optional)} per line.
+--responses picks what is scored: rl-greedy (default), rl-sample, base-sample, or a JSONL file of
+{"id" or "prompt", "response"} texts. Writes tokens.jsonl (tokens.parquet when pyarrow is
+installed), responses.jsonl, summary.json and a self-contained report.html into --out.
+
+Several processes (torchrun / accelerate launch) shard the prompts; rank 0 writes the outputs.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "diff",
+        help="token-level diff of a base and an RL model (ranks, entropy, KL, HTML report)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models = parser.add_argument_group("models and prompts")
+    models.add_argument("--base", metavar="DIR", required=True, help="base model directory (Hugging Face format)")
+    models.add_argument("--rl", metavar="DIR", required=True, help="RL model directory (same tokenizer as --base)")
+    models.add_argument("--prompts", metavar="FILE.jsonl", required=True,
+                        help="prompts JSONL: prompt (required), answer and id (optional)")
+    models.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
+    models.add_argument("--device", default=None,
+                        help="device for both models (default: cuda:<local rank> if CUDA is available, else cpu)")
+    resp = parser.add_argument_group("responses")
+    resp.add_argument("--responses", default="rl-greedy", metavar="rl-greedy|rl-sample|base-sample|FILE",
+                      help="which responses to score (default: rl-greedy)")
+    resp.add_argument("--n", type=int, default=1, help="samples per prompt for rl-sample / base-sample (default 1)")
+    resp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    resp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
+    resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
+    resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    resp.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    parser.add_argument("--top-k", type=int, default=5,
+                        help="K: ranks 2..K are 'reranked', ranks > K 'shifted' (default 5)")
+    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _init_distributed():
+    """Initialise torch.distributed under torchrun / accelerate launch (WORLD_SIZE > 1); else nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def _print(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.2f}%"
+
+    def num(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    console = Console()
+    table = Table(title=f"forklens diff ({summary['n_responses']} responses, {summary['n_tokens']} tokens)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in [
+        ("unshifted", pct(summary["unshifted_frac"])),
+        ("reranked", pct(summary["reranked_frac"])),
+        ("shifted", pct(summary["shifted_frac"])),
+        ("mean rank at disagreement", num(summary["mean_rank_at_disagreement"])),
+        ("mean base entropy (all / disagreement)",
+         f"{num(summary['entropy_mean_all'])} / {num(summary['entropy_mean_disagreement'])}"),
+        ("entropy ratio", num(summary["entropy_ratio"])),
+        ("disagreement in top entropy decile", pct(summary["disagreement_in_top_entropy_decile"])),
+        ("mean KL(base || RL)", num(summary["kl_mean"])),
+    ]:
+        table.add_row(label, value)
+    if summary.get("correctness"):
+        table.add_row("accuracy", pct(summary["correctness"]["accuracy"]))
+    console.print(table)
+    console.print("wrote:")
+    for name in (summary.get("files") or {}).values():
+        console.print(f"  {out / name}", soft_wrap=True, highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from forklens.analysis.diff import run_diff
+    from forklens.analysis.prompts import load_prompts
+    from forklens.policy import Policy
+
+    started = _init_distributed()
+    try:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        device = args.device
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        prompts = load_prompts(args.prompts)
+        base = Policy.load(args.base, dtype=args.dtype, device=device)
+        rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+        out = Path(args.out)
+        summary = run_diff(
+            base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+            chat_template=args.chat_template, seed=args.seed, out_dir=out,
+            progress=False if args.no_progress else None,
+        )
+        if rank == 0:
+            _print(summary, out)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,93 @@
+"""`forklens train grpo|sft`: the one trainer with an objective and a data source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.config import field
+from forklens.errors import DataError
+from forklens.train.loop import TrainConfig
+
+
+@dataclass
+class SFTRunConfig:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4),
+                               help="Optimizer and loop settings.")
+    batch_size: int = field(64, help="Examples per optimizer step.")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="Train a model: grpo or sft.")
+    tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
+    g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
+    g.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
+    g.add_argument("--task", default="arith", help="Built-in task (default: arith).")
+    g.add_argument("--out", default="runs/grpo", help="Run directory (checkpoints, metrics.jsonl, model/).")
+    g.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
+    add_config_args(g)
+    g.set_defaults(func=run_grpo)
+    s = tsub.add_parser("sft", help="Supervised fine-tuning on a JSONL of {prompt, response}.")
+    s.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
+    s.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"response\": ...} per line.")
+    s.add_argument("--out", default="runs/sft", help="Run directory.")
+    s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
+    add_config_args(s)
+    s.set_defaults(func=run_sft)
+
+
+def run_grpo(args) -> int:
+    quiet_third_party()
+    from forklens.experiments.demo import RLConfig, run_grpo as grpo
+    from forklens.tasks import get_task
+
+    cfg = resolve_config(RLConfig, args)
+    if handle_config_flags(RLConfig, cfg, args):
+        return 0
+    info = grpo(Path(args.model), get_task(args.task), cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume)
+    console.print(f"GRPO: {info['steps']} steps, {info['flops']:.3g} FLOPs, {info['wall_s']:.0f} s; "
+                  f"model saved to {info['model_dir']}; metrics in {args.out}/metrics.jsonl")
+    return 0
+
+
+def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {p} does not exist")
+    pairs = []
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p} line {i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("response"), str):
+            raise DataError(f"{p} line {i}: expected an object with string fields \"prompt\" and \"response\"")
+        pairs.append((rec["prompt"], rec["response"]))
+    if not pairs:
+        raise DataError(f"{p} is empty: no examples to train on")
+    return pairs
+
+
+def run_sft(args) -> int:
+    quiet_third_party()
+    from forklens.policy import Policy
+    from forklens.train.loop import Trainer
+    from forklens.train.sources import SFTSource
+
+    cfg = resolve_config(SFTRunConfig, args)
+    if handle_config_flags(SFTRunConfig, cfg, args):
+        return 0
+    pairs = read_sft_jsonl(args.data)
+    policy = Policy.load(args.model)
+    trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.batch_size, cfg.train.seed), cfg.train, args.out,
+                      name="SFT")
+    trainer.train(resume=args.resume)
+    model_dir = Path(args.out) / "model"
+    policy.model.save_pretrained(str(model_dir))
+    policy.tokenizer.save_pretrained(str(model_dir))
+    console.print(f"SFT: {trainer.step} steps, {trainer.flops:.3g} FLOPs; model saved to {model_dir}")
+    return 0

@@ -1,0 +1,136 @@
+"""`forklens demo`: organism -> GRPO -> held-out evaluation -> token diff, in one command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from forklens.analysis.evaluate import EvalConfig, evaluate
+from forklens.config import field
+from forklens.objectives.grpo import GRPOLossConfig
+from forklens.tasks.organism import OrganismConfig, build_base_organism
+from forklens.train.loop import TrainConfig
+from forklens.train.sources import SamplingConfig
+
+console = Console(stderr=True)
+
+
+def _rl_train_default() -> TrainConfig:
+    return TrainConfig(max_steps=60, learning_rate=1e-4, micro_batch_size=128, save_every=20)
+
+
+@dataclass
+class RLConfig:
+    train: TrainConfig = field(default_factory=_rl_train_default, help="Optimizer and loop settings.")
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48),
+                                     help="Rollout sampling.")
+    loss: GRPOLossConfig = field(default_factory=lambda: GRPOLossConfig(max_new_tokens=48),
+                                 help="GRPO loss settings.")
+
+
+@dataclass
+class DemoConfig:
+    organism: OrganismConfig = field(default_factory=OrganismConfig, help="The base organism.")
+    rl: RLConfig = field(default_factory=RLConfig, help="GRPO from the base organism.")
+    eval: EvalConfig = field(default_factory=EvalConfig, help="Held-out evaluation (greedy by default).")
+    diff: bool = field(True, help="End with the token-level diff of base vs RL.")
+    diff_prompts: int = field(100, help="Held-out prompts the diff uses.")
+    seed: int = field(0, help="Seed of the organism, the rollouts and the evaluation.")
+
+
+def run_grpo(base_dir: Path, task, rl: RLConfig, out_dir: Path, seed: int, resume: bool = False,
+             progress: bool = True) -> dict:
+    """GRPO from the model in ``base_dir``; the final model is saved to ``out_dir / 'model'``."""
+    from forklens.policy import Policy
+    from forklens.train.loop import Trainer
+    from forklens.train.sources import GRPOSource, verifier_reward
+
+    policy = Policy.load(base_dir)
+    ref = Policy.load(base_dir) if rl.loss.beta > 0 else None
+    loss = replace(rl.loss, max_new_tokens=rl.sampling.max_new_tokens)
+    source = GRPOSource(task.problems("train"), [verifier_reward(task)], rl.sampling, seed=seed, ref_policy=ref)
+    trainer = Trainer(policy, "grpo", loss, source, replace(rl.train, seed=seed), out_dir, name="GRPO",
+                      progress=progress)
+    last = trainer.train(resume=resume)
+    model_dir = out_dir / "model"
+    policy.model.save_pretrained(str(model_dir))
+    policy.tokenizer.save_pretrained(str(model_dir))
+    return {"steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s, "last": last,
+            "model_dir": str(model_dir)}
+
+
+def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
+    from forklens.policy import Policy
+    from forklens.tasks import get_task
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    org = replace(cfg.organism, seed=cfg.seed)
+    task = get_task(org.task, org.arith)
+
+    console.rule("[bold]1/4 base organism")
+    base_info = build_base_organism(org, out / "base", use_cache=use_cache, progress=progress)
+    console.print(f"base organism: {'reused from cache ' + base_info['cache_dir'] if base_info['cache_hit'] else 'pretrained'}"
+                  f" ({base_info['steps']} SFT steps, final loss {base_info['final_loss']:.4f})")
+
+    console.rule("[bold]2/4 GRPO")
+    rl_work = out / "rl_train"
+    if rl_work.exists():
+        shutil.rmtree(rl_work)
+    rl_info = run_grpo(out / "base", task, cfg.rl, rl_work, seed=cfg.seed, progress=progress)
+    rl_dir = out / "rl"
+    if rl_dir.exists():
+        shutil.rmtree(rl_dir)
+    shutil.move(rl_info["model_dir"], rl_dir)
+
+    console.rule("[bold]3/4 held-out evaluation")
+    ev = replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.seed)
+    base_policy, rl_policy = Policy.load(out / "base"), Policy.load(rl_dir)
+    base_eval, rl_eval = evaluate(base_policy, task, ev), evaluate(rl_policy, task, ev)
+
+    summary = {
+        "task": org.task,
+        "seed": cfg.seed,
+        "base": {"accuracy": base_eval["accuracy"], "path": str(out / "base"),
+                 "pretrain_steps": base_info["steps"], "pretrain_flops": base_info["flops"],
+                 "pretrain_wall_s": base_info["wall_s"], "cache_hit": base_info["cache_hit"]},
+        "rl": {"accuracy": rl_eval["accuracy"], "path": str(rl_dir)},
+        "eval": {k: base_eval[k] for k in ("split", "n_problems", "n_per_problem", "temperature")},
+        "train": {"steps": rl_info["steps"], "flops": rl_info["flops"], "wall_s": rl_info["wall_s"],
+                  "final_reward_mean": rl_info["last"].get("reward_mean"),
+                  "metrics": str(rl_work / "metrics.jsonl")},
+        "config": asdict(cfg),
+    }
+    (out / "eval_base.json").write_text(json.dumps(base_eval, indent=2))
+    (out / "eval_rl.json").write_text(json.dumps(rl_eval, indent=2))
+
+    console.rule("[bold]4/4 token diff")
+    summary["diff"] = run_demo_diff(cfg, base_policy, rl_policy, task, out) if cfg.diff else None
+
+    summary["total_wall_s"] = time.perf_counter() - t_start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_demo_diff(cfg: DemoConfig, base_policy, rl_policy, task, out: Path) -> dict | None:
+    """The token-level diff of the demo's base and RL models on held-out prompts (see `forklens diff`)."""
+    try:
+        from forklens.analysis.diff import run_diff
+    except ImportError:
+        console.print("token diff not available in this build")
+        return None
+    problems = task.problems("test")[: cfg.diff_prompts]
+    prompts = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in problems]
+    by_id = {p.id: p for p in problems}
+    summary = run_diff(base_policy, rl_policy, prompts, responses="rl-greedy",
+                       max_new_tokens=cfg.rl.sampling.max_new_tokens, top_k=5, seed=cfg.seed,
+                       verifier=lambda rec, text: task.verify(by_id[rec["id"]], text) > 0, out_dir=out / "diff")
+    keys = ("n_tokens", "n_responses", "unshifted_frac", "reranked_frac", "shifted_frac",
+            "mean_rank_at_disagreement", "entropy_ratio")
+    return {**{k: summary.get(k) for k in keys}, "report": str(out / "diff" / "report.html")}

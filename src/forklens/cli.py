@@ -14,7 +14,7 @@ import sys
 from forklens import __version__
 from forklens.errors import ForklensError
 
-COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "audit", "passk"]
+COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "intervene", "passk", "experiment", "audit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

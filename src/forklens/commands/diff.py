@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
     resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     resp.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    resp.add_argument("--block-size", type=int, default=16,
+                      help="prompts per generation batch; the unit of seeding and of sharding over processes "
+                           "(results do not depend on the number of processes; default 16)")
     parser.add_argument("--top-k", type=int, default=5,
                         help="K: ranks 2..K are 'reranked', ranks > K 'shifted' (default 5)")
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_diff(
             base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-            chat_template=args.chat_template, seed=args.seed, out_dir=out,
+            chat_template=args.chat_template, seed=args.seed, out_dir=out, block_size=args.block_size,
             progress=False if args.no_progress else None,
         )
         if rank == 0:

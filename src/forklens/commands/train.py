@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,9 @@ from forklens.commands._common import add_config_args, console, handle_config_fl
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.train.loop import TrainConfig
+
+
+EXTRA_TRAIN_COMMANDS = ["train_fork_contrast"]
 
 
 @dataclass
@@ -36,6 +40,14 @@ def register(sub) -> None:
     s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
     add_config_args(s)
     s.set_defaults(func=run_sft)
+    for name in EXTRA_TRAIN_COMMANDS:  # further objectives register their own `forklens train NAME`
+        try:
+            module = importlib.import_module(f"forklens.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"forklens.commands.{name}":
+                continue
+            raise
+        module.register(tsub)
 
 
 def run_grpo(args) -> int:

@@ -557,7 +557,7 @@ def test_two_processes_equal_one(dirs, tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{i}+{i % 3}=", "answer": str(i + i % 3), "id": f"q{i}"}
                                                   for i in range(10)])
     common = ["diff", "--base", str(base), "--rl", str(rl), "--prompts", str(prompts), "--responses", "rl-sample",
-              "--n", "2", "--max-new-tokens", "12", "--block-size", "3", "--seed", "3", "--no-progress"]
+              "--num-samples", "2", "--max-new-tokens", "12", "--block-size", "3", "--seed", "3", "--no-progress"]
     assert main(common + ["--out", str(tmp_path / "one")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp = parser.add_argument_group("responses")
     resp.add_argument("--responses", default="rl-greedy", metavar="rl-greedy|rl-sample|base-sample|FILE",
                       help="which responses to score (default: rl-greedy)")
-    resp.add_argument("--n", type=int, default=1, help="samples per prompt for rl-sample / base-sample (default 1)")
+    resp.add_argument("--n", "--num-samples", dest="n", type=int, default=1,
+                      help="samples per prompt for rl-sample / base-sample (default 1); under torchrun or "
+                           "accelerate launch spell it --num-samples, since their own parsers take --n as an "
+                           "ambiguous abbreviation of their options")
     resp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     resp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
     resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
@@ -56,8 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _init_distributed():
-    """Initialise torch.distributed under torchrun / accelerate launch (WORLD_SIZE > 1); else nothing."""
+def _init_distributed(device: str | None) -> bool:
+    """Initialise torch.distributed under torchrun / accelerate launch (WORLD_SIZE > 1); else nothing.
+
+    NCCL when the models go on CUDA, gloo otherwise. Returns whether this call initialised it.
+    """
     import torch
     import torch.distributed as dist
 
@@ -65,7 +71,7 @@ def _init_distributed():
         return False
     if dist.is_initialized():
         return False
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not (device or "").startswith("cpu"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     else:
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from forklens.analysis.prompts import load_prompts
     from forklens.policy import Policy
 
-    started = _init_distributed()
+    started = _init_distributed(args.device)
     try:
         import torch.distributed as dist
 

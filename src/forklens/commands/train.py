@@ -98,8 +98,6 @@ def run_sft(args) -> int:
     trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.batch_size, cfg.train.seed), cfg.train, args.out,
                       name="SFT")
     trainer.train(resume=args.resume)
-    model_dir = Path(args.out) / "model"
-    policy.model.save_pretrained(str(model_dir))
-    policy.tokenizer.save_pretrained(str(model_dir))
+    model_dir = trainer.save_model(Path(args.out) / "model")
     console.print(f"SFT: {trainer.step} steps, {trainer.flops:.3g} FLOPs; model saved to {model_dir}")
     return 0

@@ -57,9 +57,7 @@ def run_grpo(base_dir: Path, task, rl: RLConfig, out_dir: Path, seed: int, resum
     trainer = Trainer(policy, "grpo", loss, source, replace(rl.train, seed=seed), out_dir, name="GRPO",
                       progress=progress)
     last = trainer.train(resume=resume)
-    model_dir = out_dir / "model"
-    policy.model.save_pretrained(str(model_dir))
-    policy.tokenizer.save_pretrained(str(model_dir))
+    model_dir = trainer.save_model(out_dir / "model")
     return {"steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s, "last": last,
             "model_dir": str(model_dir)}
 

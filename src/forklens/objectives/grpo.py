@@ -41,9 +41,11 @@ class GRPOLossConfig:
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "group",
-                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+                     eps: float = 1e-4, batch_std: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, per-row group std). ``r - mean_group``, divided by the group std, the batch std
-    or nothing. Stds are unbiased (as TRL). Groups may have different sizes and any order."""
+    or nothing. Stds are unbiased (as TRL). Groups may have different sizes and any order.
+    ``batch_std`` overrides the std of ``rewards`` for ``scale="batch"`` (the global std under data
+    parallelism, where each rank holds only its share of the batch)."""
     rewards = rewards.float()
     uniq, inv = torch.unique(group_ids, return_inverse=True)
     g = len(uniq)
@@ -56,7 +58,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scal
     if scale == "group":
         adv = adv / (stds[inv] + eps)
     elif scale == "batch":
-        adv = adv / (rewards.std() + eps if len(rewards) > 1 else 1.0)
+        std = batch_std if batch_std is not None else (float(rewards.std()) if len(rewards) > 1 else 0.0)
+        adv = adv / (std + eps)
     elif scale != "none":
         raise ValueError(f"unknown scale_rewards {scale!r}; expected group, batch or none")
     return adv, stds[inv]

@@ -146,3 +146,16 @@ def token_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: t
             ent = -(logp_all.exp() * logp_all).sum(-1)
         out_ent = torch.zeros(target_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(tm, ent)
     return out_lp, out_ent
+
+
+class TokenLogProbs(torch.nn.Module):
+    """The trainer's differentiable forward as a module: ``(input_ids, attention_mask, target_mask) ->
+    (logprobs, entropy)`` [B, L]. Data-parallel wrappers (DDP, FSDP via accelerate) wrap *this*
+    module, so their forward hooks run while only response positions go through the LM head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, target_mask, with_entropy: bool = True):
+        return token_logprobs_and_entropy(self.model, input_ids, attention_mask, target_mask, with_entropy)

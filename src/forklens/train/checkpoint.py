@@ -62,8 +62,7 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    unwrapped = getattr(model, "module", model)
-    unwrapped.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -100,14 +99,13 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_weights(model, ckpt: Path) -> None:
     from safetensors.torch import load_file
 
-    unwrapped = getattr(model, "module", model)
     files = sorted(ckpt.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in checkpoint {ckpt}")
     state = {}
     for f in files:
         state.update(load_file(str(f)))
-    missing, unexpected = unwrapped.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing is an error
     tied = {k for k in missing if k.endswith("lm_head.weight") or "embed" in k}
     bad = [k for k in missing if k not in tied]

@@ -27,7 +27,7 @@ import torch
 
 from forklens.config import field
 from forklens.objectives import ObjectiveResult, PolicyOutputs, get_objective
-from forklens.policy.score import token_logprobs_and_entropy
+from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
 from forklens.train.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint
 from forklens.train.logging import StepLogger
@@ -78,8 +78,31 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def forward(model, batch: Rollouts) -> PolicyOutputs:
-    lp, ent = token_logprobs_and_entropy(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def world_size() -> int:
+    """Processes in this run: from torch.distributed when initialised, else the launcher's WORLD_SIZE."""
+    import os
+
+    dist = _dist()
+    return dist.get_world_size() if dist else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    import os
+
+    dist = _dist()
+    return dist.get_rank() if dist else int(os.environ.get("RANK", "0"))
+
+
+def forward(module, batch: Rollouts) -> PolicyOutputs:
+    """Differentiable per-token log-probs of ``batch`` under ``module`` (a :class:`TokenLogProbs`, possibly
+    wrapped by DDP, or a bare causal LM)."""
+    if not isinstance(getattr(module, "module", module), TokenLogProbs):
+        module = TokenLogProbs(module)
+    lp, ent = module(batch.input_ids, batch.attention_mask, batch.response_mask)
     return PolicyOutputs(logprobs=lp, entropy=ent)
 
 
@@ -159,13 +182,26 @@ class Trainer:
         self.name = name
         self.accelerator = accelerator
         self.progress = progress
-        self.model = policy.model
+        self.model = TokenLogProbs(policy.model)  # what is differentiated (and wrapped by DDP)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            betas=(config.adam_beta1, config.adam_beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        if accelerator is None and world_size() > 1:
+            from accelerate import Accelerator
+
+            # launched with torchrun / accelerate launch: one rank of several. On a machine without
+            # accelerators accelerate only goes multi-process when told it runs on CPU.
+            accelerator = Accelerator(cpu=not _has_accelerator())
+            self.accelerator = accelerator
+        if accelerator is not None and accelerator.num_processes != world_size():
+            raise RuntimeError(
+                f"accelerate sees {accelerator.num_processes} process(es) but {world_size()} were launched; "
+                "gradients would not be synchronised. Launch with `accelerate launch` or set ACCELERATE_USE_CPU=1 "
+                "for CPU runs under torchrun."
+            )
         if accelerator is not None and accelerator.num_processes > 1:
-            self.model = accelerator.prepare_model(self.model)
+            self.model = accelerator.prepare_model(self.model)  # DDP: gradients averaged over ranks
         self.n_params = policy.num_params()
         self.step = 0
         self.flops = 0.0
@@ -180,7 +216,7 @@ class Trainer:
         ckpt = latest_checkpoint(self.out_dir / "checkpoints")
         if ckpt is None:
             return False
-        load_weights(self.model, ckpt)
+        load_weights(self.policy.model, ckpt)
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
         self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
         self.metric_lines = state["metric_lines"]
@@ -197,8 +233,18 @@ class Trainer:
                  "objective": self.objective_name, "train_config": asdict(self.config),
                  "objective_config": asdict(self.objective_config) if self.objective_config is not None and
                  hasattr(self.objective_config, "__dataclass_fields__") else None}
-        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.model, self.policy.tokenizer,
+        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.policy.model, self.policy.tokenizer,
                                self.optimizer, self.scheduler, state, keep=self.config.keep_checkpoints)
+
+    def save_model(self, directory: str | Path) -> Path:
+        """Save the trained model and tokenizer in Hugging Face format (main process only)."""
+        directory = Path(directory)
+        if self.is_main:
+            self.policy.model.save_pretrained(str(directory))
+            self.policy.tokenizer.save_pretrained(str(directory))
+        if _dist():
+            _dist().barrier()
+        return directory
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
         """Train to ``max_steps`` (or ``stop_after`` steps from now, for tests); returns the last metrics."""
@@ -232,9 +278,12 @@ class Trainer:
                     gnorm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
                 self.optimizer.step()
                 self.scheduler.step()
-                trained_tokens = float(batch.attention_mask.sum())
-                self.flops += 2 * self.n_params * (info.pop("sampled_tokens", 0.0) + info.pop("scored_tokens", 0.0))
-                self.flops += 6 * self.n_params * trained_tokens
+                tokens = torch.tensor([float(batch.attention_mask.sum()), info.pop("sampled_tokens", 0.0),
+                                       info.pop("scored_tokens", 0.0)], dtype=torch.float64)
+                if _dist():
+                    _dist().all_reduce(tokens)  # FLOPs of every rank
+                trained_tokens, inference_tokens = float(tokens[0]), float(tokens[1] + tokens[2])
+                self.flops += 2 * self.n_params * inference_tokens + 6 * self.n_params * trained_tokens
                 self.wall_s += time.perf_counter() - t0
                 self.step += 1
                 done_here += 1

@@ -14,6 +14,7 @@ from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
+from forklens.train.loop import rank, world_size
 
 RewardFn = Callable[..., list]  # TRL signature: fn(prompts, completions, **columns) -> list[float | None]
 
@@ -45,7 +46,7 @@ class SFTSource:
         return out
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
-        pairs = self._pairs(step)
+        pairs = self._pairs(step)[rank()::world_size()]  # this rank's share of the global batch
         prompts = [policy.encode_prompt(p) for p, _ in pairs]
         responses = [policy.encode_response(r) for _, r in pairs]
         for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -69,6 +70,18 @@ class SamplingConfig:
     top_p: float = field(1.0, help="Nucleus sampling threshold of the rollouts.")
     max_new_tokens: int = field(64, help="Completion length cap; longer completions are truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+
+
+def _global_std(values: torch.Tensor) -> float | None:
+    """Unbiased std over all ranks' values (None in a single process)."""
+    if world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    stats = torch.tensor([values.sum(), (values ** 2).sum(), float(len(values))], dtype=torch.float64)
+    dist.all_reduce(stats)
+    s, sq, n = stats.tolist()
+    return math.sqrt(max(sq - s * s / n, 0.0) / max(n - 1, 1))
 
 
 class GRPOSource:
@@ -105,13 +118,14 @@ class GRPOSource:
         c = self.config
         rng = random.Random(f"grpo-{self.seed}-{step}")
         chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
+        seeds = [rng.randrange(2**31) for _ in range(world_size())]
+        chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
         samples = policy.sample([p.prompt for p in chosen], n=c.group_size, temperature=c.temperature,
-                                top_p=c.top_p, max_new_tokens=c.max_new_tokens,
-                                seed=rng.randrange(2**31))
+                                top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seeds[rank()])
         probs = [chosen[g] for g in samples.group]
         rewards = self.rewards(probs, samples.texts)
         group_ids = torch.tensor(samples.group, dtype=torch.long)
-        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards)
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         truncated = torch.tensor([not f for f in samples.finished], dtype=torch.bool)
         batch = Rollouts.from_ids(samples.prompt_ids, samples.response_ids, policy.pad_id, rewards=rewards,
                                   advantages=adv, group_ids=group_ids, truncated=truncated)

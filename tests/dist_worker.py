@@ -1,0 +1,42 @@
+"""Run under `torchrun --nproc_per_node 2` (gloo): each rank computes gradients of its share of the
+batch of tests/test_invariance.py with DDP and accumulation; rank 0 saves them for comparison."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+from forklens.objectives import get_objective  # noqa: E402
+from forklens.policy.score import TokenLogProbs  # noqa: E402
+from forklens.train.loop import accumulate_step  # noqa: E402
+from tests.conftest import make_tiny  # noqa: E402
+from tests.test_invariance import CASES, make_batch  # noqa: E402
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for name, cfg in CASES:
+        model, _ = make_tiny("llama", seed=1)
+        ddp = DDP(TokenLogProbs(model))
+        batch = make_batch()
+        rows = list(range(len(batch)))[rank * len(batch) // world:(rank + 1) * len(batch) // world]
+        mine = batch.select(rows)  # rank 0: 13 response tokens, rank 1: 22 (uneven)
+        metrics = accumulate_step(ddp, get_objective(name), cfg, mine.split(1), no_sync=ddp.no_sync)
+        key = f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}" if cfg else name
+        results[key] = {"grad": torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]),
+                        "loss": metrics["loss"]}
+    if rank == 0:
+        torch.save(results, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

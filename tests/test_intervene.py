@@ -1,0 +1,178 @@
+"""`forklens intervene`: paired base/RL decoding with oracle, entropy and random gates."""
+
+import json
+
+import pytest
+import torch
+
+from forklens.analysis.intervene import (Gate, decode, default_verify, gate_keys, parse_gate, random_positions,
+                                         run_intervention)
+from forklens.cli import main
+from forklens.errors import ConfigError, DataError
+from forklens.policy import Policy
+from tests.conftest import make_tiny
+
+PROMPTS = ["12+34=", "7+8=", "123+456=", "9=", "55+5=", "1+1+1="]
+
+
+def policies(seed_rl=2):
+    base_model, tok = make_tiny("llama", seed=1)
+    rl_model, _ = make_tiny("llama", seed=seed_rl)
+    return Policy(base_model, tok), Policy(rl_model, tok)
+
+
+def test_gate_off_reproduces_greedy_base_decoding():
+    base, _ = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    ref = base.sample(PROMPTS, n=1, temperature=0.0, max_new_tokens=12)
+    got = decode(base, None, ids, temperature=0.0, max_new_tokens=12)
+    assert got.responses == ref.response_ids
+    assert got.finished == ref.finished
+    assert got.processed == ref.tokens_processed
+    assert all(f == [] for f in got.fired)
+
+
+def test_gate_off_reproduces_sampled_base_decoding():
+    base, _ = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    ref = base.sample(PROMPTS, n=1, temperature=0.9, top_p=0.95, max_new_tokens=12, seed=7)
+    got = decode(base, None, ids, temperature=0.9, top_p=0.95, max_new_tokens=12, seed=7)
+    assert got.responses == ref.response_ids
+
+
+def test_oracle_with_identical_models_makes_no_substitutions():
+    base, _ = policies()
+    same = Policy(base.model, base.tokenizer)
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    plain = decode(base, None, ids, max_new_tokens=12)
+    res = decode(base, same, ids, gate=Gate("oracle"), max_new_tokens=12)
+    assert sum(len(f) for f in res.fired) == 0
+    assert res.responses == plain.responses
+
+
+def test_oracle_fires_exactly_where_rl_argmax_differs_within_base_top5():
+    base, rl = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    res = decode(base, rl, ids, gate=Gate("oracle"), max_new_tokens=12)
+    sb = base.score(ids, res.responses, top_k=5)
+    sr = rl.score(ids, res.responses)
+    n_fired = 0
+    for i, resp in enumerate(res.responses):
+        for t in range(len(resp)):
+            rl_arg = int(sr[i].argmax[t])
+            base_arg = int(sb[i].argmax[t])
+            expect = rl_arg != base_arg and rl_arg in sb[i].topk_ids[t].tolist()
+            assert (t in res.fired[i]) == expect, (i, t)
+            # emitted token: the RL argmax where fired, the base argmax elsewhere
+            assert resp[t] == (rl_arg if expect else base_arg)
+            n_fired += expect
+    assert n_fired > 0  # two random models disagree somewhere: the test exercised the gate
+
+
+def test_entropy_gate_fires_above_tau_only():
+    base, rl = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    res = decode(base, rl, ids, gate=Gate("entropy", 2.8), max_new_tokens=10)
+    sb = base.score(ids, res.responses)
+    for i, resp in enumerate(res.responses):
+        fired = {t for t in range(len(resp)) if float(sb[i].entropy[t]) > 2.8}
+        assert set(res.fired[i]) == fired
+    none = decode(base, rl, ids, gate=Gate("entropy", 1e9), max_new_tokens=10)
+    assert none.responses == decode(base, None, ids, max_new_tokens=10).responses
+
+
+def test_random_protocol_draws_oracle_count_within_reached_steps():
+    base, rl = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    oracle = decode(base, rl, ids, gate=Gate("oracle"), max_new_tokens=12)
+    pos = random_positions(oracle, seed=0, draw=0)
+    for p, f, r in zip(pos, oracle.fired, oracle.responses):
+        assert len(p) == len(f) and all(0 <= s < len(r) for s in p)
+    assert random_positions(oracle, 0, 0) == pos  # deterministic
+    res = decode(base, rl, ids, gate=Gate("random"), forced_steps=pos, max_new_tokens=12)
+    for p, f in zip(pos, res.fired):
+        assert set(f) <= p
+
+
+def test_parse_gate_and_keys():
+    assert parse_gate("oracle") == Gate("oracle")
+    assert parse_gate("entropy:0.5") == Gate("entropy", 0.5)
+    assert parse_gate("entropy", default_tau=0.3) == Gate("entropy", 0.3)
+    for bad in ("bogus", "entropy:x", "entropy:-1"):
+        with pytest.raises(ConfigError):
+            parse_gate(bad)
+    assert list(gate_keys([Gate("oracle"), Gate("entropy", 0.3)])) == ["oracle", "entropy"]
+    assert list(gate_keys([Gate("entropy", 0.3), Gate("entropy", 1.0)])) == ["entropy:0.3", "entropy:1"]
+
+
+@pytest.mark.parametrize("answer,text,ok", [
+    ("832", "7+5+0=12;A=0832", True),
+    ("832", "A=0833", False),
+    ("1024", "the answer is 1,024.", True),
+    ("-1.5", "x = -1.5", True),
+    ("12", "so 112", False),
+    ("Paris", "The capital is Paris.", True),
+    ("Paris", "The capital is NotParis", False),
+    ("yes", "", False),
+])
+def test_default_verify(answer, text, ok):
+    assert default_verify(answer, text) is ok
+
+
+def test_run_intervention_summary_layout(tmp_path):
+    base, rl = policies()
+    recs = [{"id": str(i), "prompt": p, "answer": "2"} for i, p in enumerate(PROMPTS)]
+    # a verifier that makes the RL model's choices matter: correct iff the response has a '1'
+    s = run_intervention(base, rl, recs, lambda r, t: "1" in t, [Gate("oracle"), Gate("random"), Gate("entropy", 2.5)],
+                         seeds=2, max_new_tokens=8, out_dir=tmp_path)
+    assert set(s["accuracy"]) == {"base", "rl", "oracle", "random", "entropy"}
+    assert set(s["gain_recovered"]) == {"oracle", "random", "entropy"}
+    assert set(s["substitutions_per_response"]) == {"oracle", "random", "entropy"}
+    assert len(s["accuracy_per_seed"]["random"]) == 2 and len(s["accuracy_per_seed"]["oracle"]) == 1
+    assert s["substitutions_per_response"]["random"] <= s["substitutions_per_response"]["oracle"] + 1e-9
+    assert json.loads((tmp_path / "summary.json").read_text())["accuracy"] == s["accuracy"]
+    lines = (tmp_path / "responses.jsonl").read_text().splitlines()
+    assert len(lines) == len(PROMPTS) * 5
+    # identical models: gain undefined, nothing substituted
+    same = Policy(base.model, base.tokenizer)
+    s2 = run_intervention(base, same, recs, lambda r, t: "1" in t, [Gate("oracle")], seeds=1, max_new_tokens=8)
+    assert s2["gain_recovered"]["oracle"] is None and s2["substitutions_per_response"]["oracle"] == 0
+
+
+def test_cli_intervene_and_errors(tmp_path, tiny_dir, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p, "answer": "3"}) for p in PROMPTS[:3]) + "\n")
+    out = tmp_path / "out"
+    args = ["intervene", "--base", str(tiny_dir), "--rl", str(tiny_dir), "--prompts", str(prompts),
+            "--gate", "oracle", "--gate", "entropy:2.0", "--seeds", "1", "--max-new-tokens", "6", "--out", str(out)]
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["accuracy"]) == {"base", "rl", "oracle", "entropy"}
+    assert s["substitutions_per_response"]["oracle"] == 0
+    # no answers -> a clear error, exit 2
+    bad = tmp_path / "noanswer.jsonl"
+    bad.write_text(json.dumps({"prompt": "1+1="}) + "\n")
+    assert main(args[:5] + ["--prompts", str(bad)]) == 2
+    assert "answer" in capsys.readouterr().err
+    assert main(args[:5] + ["--prompts", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(args + ["--gate", "sometimes"]) == 2
+    assert main(args[:-2] + ["--seeds", "0", "--out", str(out)]) == 2
+
+
+def test_different_vocabularies_are_rejected():
+    base, _ = policies()
+    other_model, other_tok = make_tiny("llama", seed=3, alphabet="abc")
+    with pytest.raises(DataError, match="tokenizers differ"):
+        run_intervention(base, Policy(other_model, other_tok), [{"id": "1", "prompt": "1=", "answer": "1"}],
+                         lambda r, t: True, [Gate("oracle")], seeds=1, max_new_tokens=2)
+
+
+def test_record_stats_match_teacher_forced_scores():
+    base, _ = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    res = decode(base, None, ids, temperature=1.0, max_new_tokens=10, seed=3, record_stats=5)
+    sc = base.score(ids, res.responses, top_k=5)
+    for i in range(len(ids)):
+        assert torch.allclose(torch.tensor(res.entropy[i]), sc[i].entropy, atol=1e-4)
+        assert torch.equal(res.topk_ids[i], sc[i].topk_ids)
+        assert torch.allclose(res.topk_logprobs[i], sc[i].topk_logprobs, atol=1e-4)

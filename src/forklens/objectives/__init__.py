@@ -40,7 +40,13 @@ def register(name: str):
 
 
 def get_objective(name: str):
-    from forklens.objectives import grpo, sft  # noqa: F401  (register)
+    import importlib
+    import pkgutil
+
+    import forklens.objectives as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):  # importing a module registers its objectives
+        importlib.import_module(f"forklens.objectives.{mod.name}")
 
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")

@@ -69,9 +69,23 @@ class ForkOutputs(PolicyOutputs):
     kl_logprobs: torch.Tensor | None = None
 
 
+def _causal_lm(module):
+    """The causal LM inside what the trainer differentiates (a bare LM or a ``TokenLogProbs`` wrapper)."""
+    if hasattr(module, "module") and not hasattr(module, "model"):  # DDP / FSDP wrapper
+        raise NotImplementedError(
+            "fork_contrast under data parallelism needs the trainer's DDP-wrapped forward to return the "
+            "gathered log-probs (docs/forks.md, 'Trainer hook'); run it in one process for now")
+    inner = module
+    while type(inner).__name__ == "TokenLogProbs":
+        inner = inner.model
+    return inner
+
+
 def fork_forward(model, batch: Rollouts) -> ForkOutputs:
     """The trainer's forward (same log-probs and entropy as ``token_logprobs_and_entropy``) plus
-    ``log pi`` at ``batch.tags["kl_ids"]`` for every response token."""
+    ``log pi`` at ``batch.tags["kl_ids"]`` for every response token. ``model`` is a causal LM or the
+    trainer's ``TokenLogProbs`` wrapper around one."""
+    model = _causal_lm(model)
     ids, attn, tmask = batch.input_ids, batch.attention_mask, batch.response_mask
     hidden = hidden_states(model, ids, attn)
     tm = tmask.bool().clone()

@@ -86,8 +86,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_new_to
     raise ValueError(f"unknown loss_agg_mode {mode!r}")
 
 
-@register("grpo")
-def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
+def clipped_pg_per_token(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig):
+    """(per-token loss [B, L], token mask [B, L], ratio, metrics) of the clipped policy gradient + KL."""
     logp = out.logprobs
     old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
     adv = batch.advantages
@@ -106,11 +106,21 @@ def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> Ob
         kl = torch.exp(d) - d - 1
         per_token = per_token + config.beta * kl
         metrics["kl"] = (float((kl.detach() * mask).sum()), float(mask.sum()))
-    loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)
     with torch.no_grad():
-        n_tok = float(mask.sum())
         is_clipped = ((ratio < 1 - config.epsilon) & (adv < 0)) | ((ratio > 1 + config.epsilon_high) & (adv > 0))
-        metrics["clip_frac"] = (float((is_clipped.float() * mask).sum()), n_tok)
-        if out.entropy is not None:
-            metrics["entropy"] = (float((out.entropy * mask).sum()), n_tok)
+        metrics["clip_frac"] = (float((is_clipped.float() * mask).sum()), float(mask.sum()))
+    return per_token, mask, metrics
+
+
+def entropy_metric(out: PolicyOutputs, mask: torch.Tensor) -> dict:
+    if out.entropy is None:
+        return {}
+    return {"entropy": (float((out.entropy * mask).sum()), float(mask.sum()))}
+
+
+@register("grpo")
+def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
+    per_token, mask, metrics = clipped_pg_per_token(out, batch, config)
+    loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)
+    metrics.update(entropy_metric(out, mask))
     return ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics)

@@ -145,6 +145,10 @@ class ArithTask:
             self._split_cache[split] = out
         return self._split_cache[split]
 
+    def expert_response(self, problem: Problem) -> str:
+        """The gold (expert) trace for a problem: the scratchpad with every carry right."""
+        return gold_trace(problem.meta["a"], problem.meta["b"], self.config.digits)
+
     def teacher_example(self, rng: random.Random) -> tuple[str, str]:
         """A (prompt, response) pair from the noisy teacher on a train-split problem."""
         a, b = self.sample_pair(rng, "train")

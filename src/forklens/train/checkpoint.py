@@ -55,7 +55,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, source_state: dict | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
@@ -65,8 +65,8 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, schedule
     model.save_pretrained(str(tmp), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               str(tmp / "trainer_state.pt"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "source": source_state}, str(tmp / "trainer_state.pt"))
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -113,9 +113,12 @@ def load_weights(model, ckpt: Path) -> None:
         raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_training_state(ckpt: Path, optimizer, scheduler) -> dict:
+def load_training_state(ckpt: Path, optimizer, scheduler, source=None) -> dict:
+    """Restore optimizer, scheduler, RNG and (for stateful data sources) the source's state."""
     blob = torch.load(str(ckpt / "trainer_state.pt"), weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
+    if source is not None and hasattr(source, "load_state_dict") and blob.get("source") is not None:
+        source.load_state_dict(blob["source"])
     return json.loads((ckpt / "trainer_state.json").read_text())

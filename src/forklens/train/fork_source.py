@@ -68,7 +68,9 @@ class ForkDataConfig:
     kl_top_k: int = field(20, help="Base top-K log-probs stored per token for the KL term (capped at the vocabulary).")
     rescore: bool = field(False, help="Teacher-force the rollouts through the base for entropy/top-K (2N FLOPs/token) "
                           "instead of reusing the sampler's logits.")
-    batch_size: int = field(16, help="Rollouts per optimizer step.")
+    problems_per_step: int = field(0, help="Serve whole problems: all kept rollouts of this many problems per step, "
+                                   "so each batch's advantages sum to ~0 (0 = batch_size single rollouts).")
+    batch_size: int = field(16, help="Rollouts per optimizer step (when problems_per_step = 0).")
     sample_batch_size: int = field(256, help="Sequences decoded together while sampling.")
 
 
@@ -258,23 +260,35 @@ def step_weights(batch: Rollouts) -> dict[str, torch.Tensor]:
 
 
 class ForkContrastSource:
-    """Serves the prepared rollouts, ``batch_size`` per step, reshuffled each epoch (deterministic)."""
+    """Serves the prepared rollouts, reshuffled each epoch (deterministic in seed and step): either
+    ``batch_size`` single rollouts per step, or (``problems_per_step > 0``) all kept rollouts of that
+    many problems, so that every batch holds whole groups whose advantages sum to about zero."""
 
-    def __init__(self, data: ForkData, batch_size: int, seed: int = 0):
+    def __init__(self, data: ForkData, batch_size: int, seed: int = 0, problems_per_step: int = 0):
         if len(data.rollouts) == 0:
             raise DataError("the fork-contrast dataset is empty: nothing to train on")
         self.data = data
         self.batch_size = batch_size
+        self.problems_per_step = problems_per_step
         self.seed = seed
+        groups: dict[int, list[int]] = {}
+        gids = data.rollouts.group_ids.tolist() if data.rollouts.group_ids is not None else range(len(data.rollouts))
+        for row, g in enumerate(gids):
+            groups.setdefault(int(g), []).append(row)
+        self.groups = [groups[g] for g in sorted(groups)]
+        self.n_units = len(self.groups) if problems_per_step > 0 else len(data.rollouts)
+        self.per_step = problems_per_step if problems_per_step > 0 else batch_size
 
     def rows(self, step: int) -> list[int]:
-        n = len(self.data.rollouts)
         out = []
-        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, i = divmod(k, n)
-            perm = list(range(n))
+        for k in range(step * self.per_step, (step + 1) * self.per_step):
+            epoch, i = divmod(k, self.n_units)
+            perm = list(range(self.n_units))
             random.Random(f"fork-{self.seed}-epoch-{epoch}").shuffle(perm)
-            out.append(perm[i])
+            if self.problems_per_step > 0:
+                out.extend(self.groups[perm[i]])
+            else:
+                out.append(perm[i])
         return out
 
     def batch(self, step: int, policy=None) -> tuple[Rollouts, dict[str, float]]:
@@ -286,7 +300,7 @@ class ForkContrastSource:
         info = {"decision_tokens": float(dec.sum()),
                 "kl_tokens": float((full.response_mask - dec).sum()),
                 "reward_mean": float(full.rewards.mean()),
-                "epoch": step * self.batch_size / len(self.data.rollouts)}
+                "epoch": step * self.per_step / self.n_units}
         if step == 0:  # the one-off cost of preparing the offline data, counted once by the trainer
             info["sampled_tokens"] = self.data.sampled_tokens / world
             info["scored_tokens"] = self.data.scored_tokens / world
@@ -377,7 +391,7 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
             f"gate {s['gate']}, tau {s['tau']:g})")
     if cfg.lora.enabled:
         policy.model = apply_lora(policy.model, cfg.lora)
-    source = ForkContrastSource(data, cfg.data.batch_size, seed=seed)
+    source = ForkContrastSource(data, cfg.data.batch_size, seed=seed, problems_per_step=cfg.data.problems_per_step)
     trainer = Trainer(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
                       name="fork-contrast", progress=progress)
     with trainer_forward_hook():

@@ -55,9 +55,13 @@ class TrainConfig:
 
 
 class DataSource(Protocol):
+    """What a step trains on. ``batch(step, policy)`` must be deterministic in (seed, step) and the
+    source's state; a source whose batches depend on history (a replay buffer, say) also defines
+    ``state_dict()`` / ``load_state_dict(state)``, which checkpoints save and resume restores."""
+
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
-        """The optimizer batch of ``step`` (deterministic in step and seed) and its info metrics.
-        Info may include ``sampled_tokens`` and ``scored_tokens`` for FLOP accounting."""
+        """The optimizer batch of ``step`` and its info metrics. Info may include ``sampled_tokens``
+        and ``scored_tokens`` for FLOP accounting."""
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -217,7 +221,7 @@ class Trainer:
         if ckpt is None:
             return False
         load_weights(self.policy.model, ckpt)
-        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler, self.source)
         self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
         self.metric_lines = state["metric_lines"]
         log = self.out_dir / "metrics.jsonl"
@@ -234,7 +238,8 @@ class Trainer:
                  "objective_config": asdict(self.objective_config) if self.objective_config is not None and
                  hasattr(self.objective_config, "__dataclass_fields__") else None}
         return save_checkpoint(self.out_dir / "checkpoints", self.step, self.policy.model, self.policy.tokenizer,
-                               self.optimizer, self.scheduler, state, keep=self.config.keep_checkpoints)
+                               self.optimizer, self.scheduler, state, keep=self.config.keep_checkpoints,
+                               source_state=self.source.state_dict() if hasattr(self.source, "state_dict") else None)
 
     def save_model(self, directory: str | Path) -> Path:
         """Save the trained model and tokenizer in Hugging Face format (main process only)."""

@@ -72,6 +72,11 @@ class SamplingConfig:
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
 
 
+def group_reduce(values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, op: str) -> torch.Tensor:
+    """Per-group max/min/sum/mean of ``values`` (``op`` as in ``Tensor.scatter_reduce``)."""
+    return torch.zeros(n_groups, dtype=values.dtype).scatter_reduce(0, group_ids, values, op, include_self=False)
+
+
 def _global_std(values: torch.Tensor) -> float | None:
     """Unbiased std over all ranks' values (None in a single process)."""
     if world_size() == 1:
@@ -85,24 +90,36 @@ def _global_std(values: torch.Tensor) -> float | None:
 
 
 class GRPOSource:
-    """Samples ``group_size`` completions for ``prompts_per_step`` training problems and scores them."""
+    """Samples ``group_size`` completions for ``prompts_per_step`` training problems and scores them.
+
+    With ``expert_fn`` (problem -> expert response text) and ``n_expert > 0`` each group holds
+    ``group_size - n_expert`` on-policy samples plus ``n_expert`` copies of the expert trace, tagged
+    ``extras["off_policy"]`` (LUFFY-style mixed-policy GRPO; train with the ``mixed_policy`` objective).
+    """
 
     def __init__(self, problems: list[Problem], reward_fns: list[RewardFn], config: SamplingConfig,
-                 seed: int = 0, ref_policy=None, reward_weights: list[float] | None = None):
+                 seed: int = 0, ref_policy=None, reward_weights: list[float] | None = None,
+                 expert_fn: Callable[[Problem], str] | None = None, n_expert: int = 0):
         if not problems:
             raise DataError("the training split has no problems")
+        if n_expert and expert_fn is None:
+            raise ValueError("n_expert > 0 needs expert_fn")
+        if n_expert >= config.group_size:
+            raise ValueError(f"n_expert ({n_expert}) must be smaller than group_size ({config.group_size})")
         self.problems = problems
         self.reward_fns = reward_fns
         self.weights = reward_weights or [1.0] * len(reward_fns)
         self.config = config
         self.seed = seed
         self.ref_policy = ref_policy
+        self.expert_fn = expert_fn
+        self.n_expert = n_expert
+        self.last_chosen: list[Problem] = []
 
     def rewards(self, problems: list[Problem], completions: list[str]) -> torch.Tensor:
         columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
         prompts = [p.prompt for p in problems]
         total = torch.zeros(len(problems), dtype=torch.float32)
-        any_set = torch.zeros(len(problems), dtype=torch.bool)
         for fn, w in zip(self.reward_fns, self.weights):
             vals = fn(prompts, completions, **columns)
             if len(vals) != len(problems):
@@ -111,7 +128,6 @@ class GRPOSource:
             for i, v in enumerate(vals):
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     total[i] += w * float(v)
-                    any_set[i] = True
         return total
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
@@ -120,34 +136,92 @@ class GRPOSource:
         chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
         seeds = [rng.randrange(2**31) for _ in range(world_size())]
         chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
-        samples = policy.sample([p.prompt for p in chosen], n=c.group_size, temperature=c.temperature,
+        self.last_chosen = chosen
+        n_policy = c.group_size - self.n_expert
+        samples = policy.sample([p.prompt for p in chosen], n=n_policy, temperature=c.temperature,
                                 top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seeds[rank()])
-        probs = [chosen[g] for g in samples.group]
-        rewards = self.rewards(probs, samples.texts)
-        group_ids = torch.tensor(samples.group, dtype=torch.long)
+        prompt_ids, response_ids = list(samples.prompt_ids), list(samples.response_ids)
+        groups, texts, finished = list(samples.group), list(samples.texts), list(samples.finished)
+        off_policy = [False] * len(groups)
+        if self.n_expert:
+            for g, problem in enumerate(chosen):
+                text = self.expert_fn(problem)
+                ids = policy.encode_response(text)
+                at = (g + 1) * n_policy + g * self.n_expert  # after the group's own samples
+                for _ in range(self.n_expert):
+                    prompt_ids.insert(at, prompt_ids[g * (n_policy + self.n_expert)])
+                    response_ids.insert(at, ids)
+                    groups.insert(at, g)
+                    texts.insert(at, text)
+                    finished.insert(at, True)
+                    off_policy.insert(at, True)
+        probs = [chosen[g] for g in groups]
+        rewards = self.rewards(probs, texts)
+        group_ids = torch.tensor(groups, dtype=torch.long)
         adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
-        truncated = torch.tensor([not f for f in samples.finished], dtype=torch.bool)
-        batch = Rollouts.from_ids(samples.prompt_ids, samples.response_ids, policy.pad_id, rewards=rewards,
+        truncated = torch.tensor([not f for f in finished], dtype=torch.bool)
+        batch = Rollouts.from_ids(prompt_ids, response_ids, policy.pad_id, rewards=rewards,
                                   advantages=adv, group_ids=group_ids, truncated=truncated)
+        if self.n_expert:
+            batch.extras["off_policy"] = torch.tensor(off_policy)
         scored = 0.0
         if self.ref_policy is not None:
-            ref = self.ref_policy.score(samples.prompt_ids, samples.response_ids)
+            ref = self.ref_policy.score(prompt_ids, response_ids)
             batch.ref_logprobs = torch.zeros_like(batch.response_mask)
             for i, s in enumerate(ref):
                 start = int(batch.prompt_lens[i])
                 batch.ref_logprobs[i, start:start + len(s.logprob)] = s.logprob
             scored = float(batch.attention_mask.sum())
-        n_groups = len(chosen)
-        zero_std = float((stds.view(-1)[:: c.group_size] == 0).sum()) / n_groups if c.group_size > 1 else 1.0
-        lens = batch.response_lens
+        on = ~torch.tensor(off_policy)
+        group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
+        group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
+        lens = batch.response_lens[on]
         info = {
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "frac_zero_std_groups": zero_std,
+            "reward_mean": float(rewards[on].mean()),
+            "reward_std": float(rewards[on].std()) if int(on.sum()) > 1 else 0.0,
+            "frac_zero_std_groups": float((group_max == group_min).float().mean()),
             "response_len_mean": float(lens.mean()),
             "response_len_max": float(lens.max()),
-            "truncated_frac": float(truncated.float().mean()),
+            "truncated_frac": float(truncated[on].float().mean()),
             "sampled_tokens": float(samples.tokens_processed),
             "scored_tokens": scored,
         }
         return batch, info
+
+
+class InterleavedSFTSource:
+    """ReLIFT-style interleaving: RL steps from ``rl_source``; problems whose whole group failed go to
+    a buffer; every ``sft_every``-th step (when the buffer holds at least ``min_buffer`` problems) is
+    an SFT step on their expert traces instead (rows tagged ``extras["sft"]``, ``mixed_policy``
+    objective). The buffer is part of the checkpoint, so resume is exact."""
+
+    def __init__(self, rl_source: GRPOSource, expert_fn: Callable[[Problem], str], sft_every: int = 5,
+                 min_buffer: int = 4, max_buffer: int = 64):
+        self.rl = rl_source
+        self.expert_fn = expert_fn
+        self.sft_every = sft_every
+        self.min_buffer = min_buffer
+        self.max_buffer = max_buffer
+        self.buffer: list[Problem] = []
+        self.by_id = {p.id: p for p in rl_source.problems}
+
+    def state_dict(self) -> dict:
+        return {"buffer": [p.id for p in self.buffer]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = [self.by_id[i] for i in state["buffer"]]
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        if (step + 1) % self.sft_every == 0 and len(self.buffer) >= self.min_buffer:
+            problems, self.buffer = self.buffer, []
+            prompts = [policy.encode_prompt(p.prompt) for p in problems]
+            responses = [policy.encode_response(self.expert_fn(p)) for p in problems]
+            batch = Rollouts.from_ids(prompts, responses, policy.pad_id)
+            batch.extras["sft"] = torch.ones(len(problems), dtype=torch.bool)
+            return batch, {"sft_step": 1.0, "sft_rows": float(len(problems))}
+        batch, info = self.rl.batch(step, policy)
+        failed = group_reduce(batch.rewards, batch.group_ids, len(self.rl.last_chosen), "amax") <= 0
+        for g in failed.nonzero().flatten().tolist():
+            if len(self.buffer) < self.max_buffer:
+                self.buffer.append(self.rl.last_chosen[g])
+        return batch, {**info, "sft_step": 0.0, "buffer_size": float(len(self.buffer))}

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
@@ -28,7 +29,7 @@ class StepLogger:
         self.path = path
         self.enabled = enabled
         self.log_every = max(1, log_every)
-        self.progress = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{escape(name)}[/]"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                  console=console, transient=False, disable=not (enabled and progress))
         self.task = self.progress.add_task(name, total=total, completed=start, info="")

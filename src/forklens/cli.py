@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except ForklensError as exc:
         print(f"forklens {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"forklens {args.command}: interrupted", file=sys.stderr)
         return 130

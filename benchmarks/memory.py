@@ -146,7 +146,7 @@ def child(mode: str, vocab: int, tokens: int, hidden: int, threads: int | None) 
 def _run_child(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--vocab", str(args.vocab), "--tokens", str(args.tokens),
            "--hidden", str(args.hidden)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} run failed (exit {proc.returncode}; killed for memory if -9):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,7 +25,7 @@ from forklens.analysis.diff import (
 )
 from forklens.analysis.prompts import load_prompts, load_responses
 from forklens.cli import main
-from forklens.errors import ConfigError, DataError, ForklensError, ModelLoadError
+from forklens.errors import ConfigError, DataError, ModelLoadError
 from forklens.policy import Policy
 from forklens.report.html import render_diff_report, visible_text
 from forklens.tasks.organism import build_char_tokenizer
@@ -306,9 +306,10 @@ def test_summarize_pure_edge_cases():
     empty = summarize([], top_k=5)
     assert empty["n_tokens"] == 0 and empty["unshifted_frac"] is None and empty["entropy_mean_all"] is None
     json.dumps(empty, allow_nan=False)
-    row = lambda rank, h, correct=None, s=0: {  # noqa: E731
-        "prompt_index": 0, "sample_id": s, "rank_under_base": rank, "base_entropy": h, "rl_entropy": h,
-        "kl_base_rl": 0.1, "correct": correct}
+    def row(rank, h, correct=None, s=0):
+        return {
+            "prompt_index": 0, "sample_id": s, "rank_under_base": rank, "base_entropy": h, "rl_entropy": h,
+            "kl_base_rl": 0.1, "correct": correct}
     rows = [row(1, 0.1 * i) for i in range(19)] + [row(7, 5.0)]
     s = summarize(rows, top_k=5)
     assert s["shifted_frac"] == 1 / 20 and s["reranked_frac"] == 0.0
@@ -324,7 +325,8 @@ def test_summarize_pure_edge_cases():
 
 
 def test_default_verifier():
-    v = lambda ans, text: default_verifier({"answer": ans}, text)  # noqa: E731
+    def v(ans, text):
+        return default_verifier({"answer": ans}, text)
     assert v("123", "d1:5+8=13;d2:...;A=123")
     assert v("1234", "so the total is 1,234.")
     assert v("42", "the answer is 42.0\n")
@@ -524,7 +526,7 @@ def test_html_escapes_token_text():
     assert "␣" in page and "↵" in page and "∅" in page and "⇥" in page
     assert page.count("<script") == 2  # the JSON data block and the inline JS, nothing else
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
-    data = re.search(r'<script type="application/json" id="forklens-data">(.*?)</script>', page, re.S).group(1)
+    data = re.search(r'<script type="application/json" id="forklens-data">(.*?)</script>', page, re.DOTALL).group(1)
     tokens = json.loads(data)["tokens"]
     assert [t["t"] for t in tokens] == [visible_text(t) for t in texts]
     assert tokens[0]["l"][0][0] == "</script>" and tokens[0]["l"][4][0] == "⟨U+200B⟩"
@@ -562,7 +564,7 @@ def test_two_processes_equal_one(dirs, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "forklens.cli", *common, "--out", str(tmp_path / "two")],
-                          capture_output=True, text=True, timeout=180, env=env)
+                          check=False, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("wrote:") == 1  # only rank 0 reports
     one, two = tmp_path / "one", tmp_path / "two"

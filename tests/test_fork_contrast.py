@@ -151,8 +151,7 @@ def grads(model, batch, micro, cfg):
     return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]), metrics
 
 
-@pytest.mark.parametrize("kl_coef", [0.1, 0.0])
-def test_microbatch_invariance(kl_coef):
+def test_microbatch_invariance(kl_coef=0.1):
     model, _ = make_tiny("llama", seed=1)
     model.float()
     cfg = ForkContrastLossConfig(kl_coef=kl_coef)
@@ -213,7 +212,7 @@ def test_prepare_source_and_train_end_to_end(tmp_path, tiny_dir):
     assert len(lines) == 2 and all(math.isfinite(x["loss"]) for x in lines)
 
 
-def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir):
+def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys):
     from forklens.cli import main
 
     data = tmp_path / "d.jsonl"
@@ -227,6 +226,72 @@ def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir):
     assert rc in (0, 2)
     if rc == 0:
         assert (out / "summary.json").is_file()
+    else:
+        assert "mixed outcomes" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "1+1="}) + "\n")
     assert main(args[:4] + ["--data", str(bad), "--out", str(out)]) == 2
+
+
+def test_whole_problem_batches_balance_advantages():
+    from forklens.train.fork_source import advantages as adv_fn
+
+    rewards = [[1, 0, 0, 1], [0, 0, 1, 0], [1, 1, 1, 0]]
+    prompts, resp, adv, gid = [], [], [], []
+    for g, rs in enumerate(rewards):
+        for j, r in enumerate(adv_fn(rs, 2.5)):
+            prompts.append([5 + g])
+            resp.append([6] * (2 + j))
+            adv.append(r)
+            gid.append(g)
+    b = Rollouts.from_ids(prompts, resp, pad_id=0, advantages=torch.tensor(adv), group_ids=torch.tensor(gid),
+                          rewards=torch.tensor([float(r) for rs in rewards for r in rs]))
+    b.tags = {"decision": b.response_mask.clone()}
+    src = ForkContrastSource(ForkData(rollouts=b), batch_size=99, seed=0, problems_per_step=1)
+    seen = []
+    for step in range(3):
+        batch, info = src.batch(step)
+        assert len(set(batch.group_ids.tolist())) == 1 and len(batch) == 4
+        assert abs(float(batch.advantages.sum())) < 1e-5
+        seen.append(int(batch.group_ids[0]))
+    assert sorted(seen) == [0, 1, 2]  # one epoch visits every problem once
+    assert src.batch(4)[0].input_ids.tolist() == src.batch(4)[0].input_ids.tolist()
+
+
+def test_packaged_recipes_match_the_code_defaults():
+    from forklens.commands._common import packaged_config
+    from forklens.config import load_config
+    from forklens.experiments.fork_vs_rl import ForkVsRLConfig, organism_fork_recipe
+    from forklens.train.fork_source import ForkContrastConfig
+
+    assert load_config(ForkContrastConfig, packaged_config("fork-contrast-arith")) == organism_fork_recipe()
+    assert load_config(ForkVsRLConfig, packaged_config("fork-vs-rl")) == ForkVsRLConfig()
+    generic = load_config(ForkContrastConfig, packaged_config("fork-contrast"))
+    assert generic.data.tau == 1.4 and generic.lora.enabled and generic.lora.r == 32 and generic.loss.kl_coef == 0.1
+    quick = load_config(ForkVsRLConfig, packaged_config("fork-vs-rl-quick"))
+    assert quick.seeds == 1 and quick.rl.train.max_steps == 30
+
+
+def test_experiment_aggregation_and_targets(tmp_path):
+    from forklens.experiments.fork_vs_rl import aggregate, aggregate_interventions, plot, targets, variant
+
+    per = {"grpo": [{"seed": 0, "accuracy": 0.98, "flops": 1e12, "wall_s": 10.0},
+                    {"seed": 1, "accuracy": 1.0, "flops": 1e12, "wall_s": 12.0}],
+           "fork-contrast": [{"seed": 0, "accuracy": 0.97, "flops": 9e9, "wall_s": 1.0},
+                             {"seed": 1, "accuracy": 0.99, "flops": 9e9, "wall_s": 1.0}],
+           "fork-contrast-gate-none": [{"seed": 0, "accuracy": 0.0, "flops": 9e9, "wall_s": 1.0}]}
+    m = aggregate(per)
+    assert m["grpo"]["accuracy_mean"] == pytest.approx(0.99) and m["grpo"]["accuracy_std"] == pytest.approx(0.01414, rel=1e-3)
+    assert m["fork-contrast"]["flops_frac_of_grpo"] == pytest.approx(0.009)
+    runs = [{"accuracy": {"base": 0.3, "rl": 1.0, "oracle": 0.95, "random": 0.35},
+             "gain_recovered": {}, "substitutions_per_response": {"oracle": 1.0, "random": 1.0},
+             "changed_per_response": {"oracle": 1.0, "random": 0.1}, "gates": {"oracle": "oracle", "random": "random"}}]
+    inter = aggregate_interventions(runs)
+    assert inter["gain_recovered"]["oracle"] == pytest.approx(0.65 / 0.7)
+    t = targets(m, inter)
+    assert t["fork_within_2_points_of_grpo_or_better"] and t["fork_flops_at_most_1pct_of_grpo"]
+    assert t["entropy_gate_beats_none"] and t["oracle_recovers_at_least_70pct"] and t["random_recovers_at_most_25pct"]
+    assert variant(__import__("forklens.experiments.fork_vs_rl", fromlist=["x"]).organism_fork_recipe(),
+                   "fork-contrast-gate-random").data.gate == "random"
+    paths = plot(m, 0.3, tmp_path / "p")
+    assert all((tmp_path / f"p.{ext}").is_file() for ext in ("png", "svg")) and len(paths) == 2

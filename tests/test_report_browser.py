@@ -118,6 +118,11 @@ def test_report_in_chromium(browser, report):
     assert page.evaluate("document.activeElement.getAttribute('aria-label')").startswith("token ")
     page.keyboard.press("Escape")
     assert page.locator("#tip").is_hidden()
+    page.keyboard.press("Enter")  # tokens are toggle buttons for their tooltip
+    assert page.locator("#tip").is_visible()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.classList.contains('tok')")
+    assert page.locator("#tip").is_visible()
 
     # a reranked token, focused: the tooltip lists 5 base and 5 RL candidates with probabilities
     tok = page.locator(".tok.c-reranked[data-i]").first

@@ -331,7 +331,8 @@ def summarize(rows: Sequence[dict[str, Any]], *, top_k: int, entropy_bins: int =
     finite_ent = [e for e in ent if e is not None]
     thr = top_decile_threshold(finite_ent)
     responses = {(r["prompt_index"], r["sample_id"]) for r in rows}
-    frac = lambda c: (sum(1 for x in classes if x == c) / n) if n else None  # noqa: E731
+    def frac(c):
+        return (sum(1 for x in classes if x == c) / n) if n else None
     ent_all = _mean(ent)
     ent_dis = _mean([ent[i] for i in dis])
     elo = min(finite_ent) if finite_ent else 0.0
@@ -672,7 +673,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
             "top_k": top_k,
             "verifier": None if not any(r.get("answer") is not None for r in records) else (
                 "default (last number or last line equals the normalised answer)" if verifier is None
-                else getattr(verifier, "__name__", "custom")),
+                else (getattr(verifier, "__name__", "") if not getattr(verifier, "__name__", "<").startswith("<")
+                      else "custom")),
             "definitions": {"tie_rule": TIE_RULE, "top_entropy_decile": TOP_DECILE_RULE,
                             "disagreement": "a position whose rank_under_base > 1",
                             "entropy": "nats, full vocabulary, temperature 1, raw logits"},

@@ -14,7 +14,7 @@ random and entropy):
 
   oracle        where the RL argmax differs from the base argmax and is in the base top-5
   entropy:TAU   where the base entropy exceeds TAU nats (no knowledge of the RL model's choice);
-                bare "entropy" uses 1.4 (the paper's gate), or 0.3 with --task arith
+                bare "entropy" uses 1.4 (the paper's gate), or 0.5 with --task arith
   random        control: as many substitutions per response as the oracle made, at step indices
                 drawn uniformly (before decoding) from the oracle response's steps
 

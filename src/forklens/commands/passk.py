@@ -1,4 +1,5 @@
-"""``forklens passk``: unbiased pass@k curves (and PASS@(k, T)) from a samples JSONL file."""
+"""``forklens passk``: unbiased pass@k curves (and PASS@(k, T)) from a samples JSONL file, or from samples
+it draws first from one or more models on a built-in task (``--model DIR --task NAME``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ which gives PASS@(k, T) curves when several T are present.
 
 k may not exceed a problem's number of samples n; such k are an error unless --skip-k-above-n is
 given, in which case they are omitted and listed as skipped (never replaced by a biased value).
+
+Instead of --samples, --model DIR (repeatable) with --task NAME generates the samples first: n fresh
+samples per problem (per tool-call cap T for a multi-turn task such as agent, with the answer forced
+at the cap), graded by the task's verifier and saved to OUT/samples.jsonl, e.g.
+
+  forklens passk --model runs/boundary/agent/base --model runs/boundary/agent/rl --task agent --n 256
 """
 
 
@@ -57,14 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_argument_group("samples")
+    group = parser.add_argument_group("samples (give --samples, or --model with --task to generate them)")
+    source = group.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--samples",
         metavar="FILE.jsonl",
-        required=True,
         help="JSONL file of graded samples: problem_id, correct[, model][, T]",
     )
-    _add_generation_arguments(parser)
+    _add_generation_arguments(parser, source)
     estimate = parser.add_argument_group("estimator")
     estimate.add_argument(
         "--k",
@@ -88,19 +95,122 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Hook for the sample-generation mode (not implemented yet).
+def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
+    """The sample-generation mode: ``--model DIR [--model DIR ...] --task NAME --n 256 [--T 0,1,2,3,5]``.
 
-    A later ``forklens passk --model DIR --task NAME --n 256`` will draw and grade the samples first,
-    then continue exactly as with ``--samples``. Its arguments belong in an argument group
-    ("sample generation") added here, ``--samples`` then becomes one of two mutually exclusive
-    sources, and :func:`_resolve_samples` is where the generated file is produced. Until then there
-    are deliberately no such arguments, so ``--model`` is rejected by argparse as unknown.
+    ``--model`` is the alternative to ``--samples`` (``source`` is their mutually exclusive group).
+    Each model draws ``n`` fresh samples per problem of the task's split (for a multi-turn task: ``n``
+    fresh episodes per problem and tool-call cap ``T``, answer forced at the cap), graded by the
+    task's verifier and written to ``OUT/samples.jsonl``; the run then continues as with ``--samples``.
     """
+    source.add_argument(
+        "--model",
+        dest="models",
+        metavar="[NAME=]DIR",
+        action="append",
+        default=None,
+        help="generate the samples from this model directory (repeatable; NAME defaults to the folder name)",
+    )
+    gen = parser.add_argument_group("sample generation (with --model)")
+    gen.add_argument("--task", metavar="NAME", help="built-in task to sample on: arith, agent")
+    gen.add_argument("--n", type=int, default=256, help="samples per problem (and per T) (default: 256)")
+    gen.add_argument(
+        "--T",
+        dest="Ts",
+        metavar="T1,T2,...",
+        type=_parse_Ts,
+        default=None,
+        help="tool-call caps of a multi-turn task, one fresh run each (default: 0,1,2,3,5; static tasks: 0)",
+    )
+    gen.add_argument("--split", default="test", help="task split to sample on (default: test)")
+    gen.add_argument("--limit", type=int, default=0, help="use only the first N problems of the split (0 = all)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
+    gen.add_argument("--max-new-tokens", type=int, default=48, help="completion cap of a static task (default: 48)")
+    gen.add_argument("--turn-tokens", type=int, default=12, help="token cap of one turn of a multi-turn task")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    gen.add_argument("--batch-size", type=int, default=512, help="sequences decoded together (default: 512)")
+
+
+def _parse_Ts(text: str) -> list[int]:
+    Ts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            T = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"T values must be integers, got {part!r}") from None
+        if T < 0:
+            raise argparse.ArgumentTypeError(f"T values must be >= 0, got {T}")
+        Ts.append(T)
+    if not Ts:
+        raise argparse.ArgumentTypeError("give at least one T, e.g. --T 0,1,2,3,5")
+    return sorted(set(Ts))
+
+
+def _model_names(specs: list[str]) -> list[tuple[str, Path]]:
+    """``[NAME=]DIR`` specs -> unique (name, dir) pairs."""
+    from forklens.errors import DataError
+
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name or spec, spec
+        if not name:
+            raise DataError(f"--model {spec!r}: empty model name")
+        if name in {n for n, _ in out}:
+            raise DataError(f"two models are named {name!r}; name them with --model NAME=DIR")
+        out.append((name, Path(path)))
+    return out
+
+
+def _generate(args: argparse.Namespace) -> Path:
+    from rich.console import Console
+
+    from forklens.errors import ConfigError, DataError
+    from forklens.experiments.boundary import generate_samples, task_by_name, write_jsonl
+    from forklens.policy import Policy
+
+    if not args.task:
+        raise ConfigError("--model needs --task NAME (the task to sample and grade on: arith or agent)")
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    task = task_by_name(args.task)
+    multi = getattr(task, "multi_turn", False)
+    Ts = args.Ts if args.Ts is not None else ([0, 1, 2, 3, 5] if multi else [0])
+    if not multi and Ts != [0]:
+        raise ConfigError(f"task {args.task!r} has no tools: only T=0 applies (got --T {','.join(map(str, Ts))})")
+    try:
+        problems = task.problems(args.split)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.limit:
+        problems = problems[: args.limit]
+    if not problems:
+        raise DataError(f"task {args.task!r} has no problems in split {args.split!r}")
+    console = Console(stderr=True)
+    records = []
+    for name, path in _model_names(args.models):
+        console.print(f"sampling {name} ({path}): {len(problems)} problems x {args.n} samples x T in {Ts}",
+                      highlight=False)
+        policy = Policy.load(path)
+        records += generate_samples(policy, task, problems, name, Ts, args.n, args.temperature, args.top_p,
+                                    args.seed, max_new_tokens=args.max_new_tokens, turn_tokens=args.turn_tokens,
+                                    batch_size=args.batch_size)
+    return write_jsonl(records, Path(args.out) / "samples.jsonl")
 
 
 def _resolve_samples(args: argparse.Namespace) -> Path:
-    """The samples file to read. The generation mode (see :func:`_add_generation_arguments`) plugs in here."""
+    """The samples file to read: ``--samples``, or the file the generation mode writes."""
+    if getattr(args, "models", None):
+        return _generate(args)
+    if getattr(args, "task", None):
+        from forklens.errors import ConfigError
+
+        raise ConfigError("--task only applies when generating samples with --model; --samples are already graded")
     return Path(args.samples)
 
 

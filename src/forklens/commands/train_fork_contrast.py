@@ -16,7 +16,7 @@ verifier, keep the problems whose pass rate is closest to 0.5, and train with
   L = sum_{t in D} A_i (-log pi(y_t)) / |D|  +  lambda * mean_{t not in D} KL(P_base || pi)_t
 
 where D are the response tokens whose base entropy exceeds tau. --task uses the task's training
-split and exact verifier (and, for arith, the packaged fork-contrast-arith.yaml recipe: tau 0.3,
+split and exact verifier (and, for arith, the packaged fork-contrast-arith.yaml recipe: tau 0.5,
 full fine-tuning); --data reads {"prompt": ..., "answer": ...} lines and checks an answer against
 the completion's last number (numeric answers) or its ending (other answers). Writes
 metrics.jsonl, data.json (selection and entropy statistics), checkpoints/ and model/ into --out.

@@ -16,7 +16,7 @@ import unicodedata
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
-__all__ = ["visible_text", "render_diff_report", "svg_bar_chart", "svg_grouped_histogram", "esc"]
+__all__ = ["esc", "render_diff_report", "svg_bar_chart", "svg_grouped_histogram", "visible_text"]
 
 CLASS_COLORS = {"unshifted": "#6b7280", "reranked": "#d97706", "shifted": "#dc2626"}
 AGREE_COLOR = "#2563eb"
@@ -160,7 +160,8 @@ def svg_grouped_histogram(edges: Sequence[float], series: Sequence[tuple[str, Se
     top = _nice_max(max((v for _, vals, _ in series for v in vals), default=0))
     lo, hi = edges[0], edges[-1]
     span = (hi - lo) or 1.0
-    xpos = lambda v: ml + pw * (v - lo) / span  # noqa: E731
+    def xpos(v):
+        return ml + pw * (v - lo) / span
     parts = _svg_open(width, height, title, desc, ident)
     parts.append(f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" class="ct">{esc(title)}</text>')
     lx = ml

@@ -108,7 +108,11 @@
     if (e.altKey || e.ctrlKey || e.metaKey) return;
     var t = document.activeElement;
     var onTok = isTok(t);
-    if (onTok && e.key === "ArrowRight") { e.preventDefault(); move(t, 1); }
+    if (onTok && (e.key === "Enter" || e.key === " ")) {
+      e.preventDefault();  // the token is a toggle button for its tooltip
+      if (tip.hidden || active !== t) show(t); else hide();
+    }
+    else if (onTok && e.key === "ArrowRight") { e.preventDefault(); move(t, 1); }
     else if (onTok && e.key === "ArrowLeft") { e.preventDefault(); move(t, -1); }
     else if (e.key === "n" || e.key === "p") {
       if (t && t.tagName === "INPUT") return;

@@ -1,0 +1,404 @@
+"""The `agent` model organism: multi-hop questions answered through a lookup tool.
+
+Every question comes with its own **knowledge base**, a random function over (relation, entity)
+seeded by a per-question ``kb_seed`` that the model never sees. The answer is therefore independent
+of the prompt text: nothing can be memorised, and the only way to the answer is the tool.
+
+Entities are ``entity_len`` lowercase letters (``qwe``); relations ``A``-``F`` map an entity to an
+entity; attributes ``X``-``Z`` map an entity to a digit. Two kinds of question:
+
+* **bridge** (``d`` sequential lookups): ``qwe.A.C>`` asks for the C of the A of qwe. Each lookup
+  needs the previous lookup's result;
+* **comparison** (``d`` independent lookups): ``^X(qwe,rty)>`` asks which listed entity has the
+  largest attribute X (the maximum is unique by construction).
+
+An episode, with the observation tokens the environment appends in brackets::
+
+    prompt    qwe.A.C>
+    episode   ?A(qwe)[=rty;]?C(rty)[=uio;]!uio<eos>
+
+The model writes a tool call ``?R(ent)``; its turn ends at ``)`` and the environment appends
+``=VALUE;`` (``=-;`` for a malformed or unknown call). The model answers with ``!ANSWER<eos>``. With a
+cap of ``T`` tool calls, the environment appends the answer marker ``!`` right after the ``T``-th
+observation, so the model's next turn must be the answer; with ``T = 0`` the marker follows the
+prompt and the model answers without tools. Any turn that is not a tool call ends the episode.
+
+**The noisy teacher.** The base organism is pretrained on teacher trajectories that look up one
+more fact with probability ``p_continue`` at each point where more is needed and otherwise stop
+and answer with what they have: the last entity seen for a bridge question (answering the
+sub-question instead of the question), the best entity looked up so far for a comparison. Full
+chains therefore have probability ``p_continue ** d``: the right strategy is in the base at low
+probability, lower the deeper the question. The teacher looks up a comparison's entities in a random
+order; **gold** trajectories (for SFT) always do the full lookups, in the order the question lists.
+
+The verifier parses the text after the final ``!`` and requires it to equal the answer exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from forklens.config import field
+from forklens.tasks.base import Problem
+from forklens.tasks.organism import OrganismModelConfig
+from forklens.train.loop import TrainConfig
+
+ENTITY_CHARS = "abcdefghijklmnopqrstuvwxyz"
+RELATIONS = "ABCDEF"
+ATTRIBUTES = "XYZ"
+ANSWER_MARKER = "!"
+END_OF_PROMPT = ">"
+UNKNOWN = "-"
+#: bump when the task format or the teacher changes, so cached base organisms are rebuilt
+FORMAT_VERSION = 1
+
+CALL_RE = re.compile(r"\?([A-Z])\(([a-z]*)\)")
+ANSWER_RE = re.compile(r"!([a-z]+)$")
+
+
+@dataclass
+class AgentConfig:
+    entity_len: int = field(3, help="Letters per entity code.")
+    bridge_depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4],
+                                     help="Lookups a bridge question needs (drawn uniformly).")
+    comparison_sizes: list[int] = field(default_factory=lambda: [2, 3],
+                                        help="Entities a comparison question compares (drawn uniformly).")
+    p_comparison: float = field(0.25, help="Fraction of comparison questions (the rest are bridge questions).")
+    p_continue: float = field(0.5, help="Noisy teacher: probability of one more lookup wherever one is needed.")
+    n_train: int = field(200, help="Training questions (RL and the matched SFT set).")
+    n_test: int = field(100, help="Held-out test questions.")
+    seed: int = field(0, help="Seed of the question splits.")
+
+
+# ------------------------------------------------------------------------------------ knowledge base
+
+
+def _rng(*parts) -> random.Random:
+    return random.Random("-".join(str(p) for p in parts))  # str seeds hash with sha512: stable everywhere
+
+
+def kb_entity(kb_seed: int, relation: str, entity: str, entity_len: int = 3) -> str:
+    """The ``relation`` of ``entity`` in knowledge base ``kb_seed`` (an entity code)."""
+    rng = _rng("kb", kb_seed, relation, entity)
+    return "".join(rng.choice(ENTITY_CHARS) for _ in range(entity_len))
+
+
+def kb_value(kb_seed: int, attribute: str, entity: str) -> int:
+    """The ``attribute`` of ``entity`` in knowledge base ``kb_seed`` (a digit)."""
+    return _rng("kb", kb_seed, attribute, entity).randrange(10)
+
+
+def is_entity(text: str, entity_len: int = 3) -> bool:
+    return len(text) == entity_len and all(c in ENTITY_CHARS for c in text)
+
+
+def lookup(kb_seed: int, name: str, entity: str, entity_len: int = 3) -> str | None:
+    """The tool: ``name(entity)`` in knowledge base ``kb_seed``, or None for an unknown call."""
+    if not is_entity(entity, entity_len):
+        return None
+    if name in RELATIONS:
+        return kb_entity(kb_seed, name, entity, entity_len)
+    if name in ATTRIBUTES:
+        return str(kb_value(kb_seed, name, entity))
+    return None
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+@dataclass
+class EnvState:
+    """Per-episode state of :class:`ToolEnv`."""
+
+    T: int
+    calls: list[str]
+    forced: bool = False  # the answer marker was appended at the cap: the next turn is the answer
+
+
+class ToolEnv:
+    """The lookup tool with a cap of ``T`` calls per episode (see the module docstring).
+
+    The episode sampler drives it: :meth:`reset` gives the text appended after the prompt (the
+    forced answer marker when ``T == 0``), :meth:`step` takes the text of a model turn that ended
+    with one of :attr:`stop_strings` and returns ``(observation, done)``.
+    """
+
+    stop_strings = (")",)
+
+    def __init__(self, entity_len: int = 3):
+        self.entity_len = entity_len
+
+    def reset(self, problem: Problem, T: int) -> tuple[EnvState, str]:
+        if T < 0:
+            raise ValueError(f"the tool-call cap T must be >= 0, got {T}")
+        state = EnvState(T=T, calls=[], forced=T == 0)
+        return state, ANSWER_MARKER if T == 0 else ""
+
+    def step(self, problem: Problem, state: EnvState, turn_text: str) -> tuple[str, bool]:
+        if state.forced:  # the turn after the forced marker is the answer, whatever it says
+            return "", True
+        m = CALL_RE.fullmatch(turn_text)
+        if m is None:  # an answer, or anything that is not a tool call, ends the episode
+            return "", True
+        state.calls.append(turn_text)
+        value = lookup(problem.meta["kb_seed"], m.group(1), m.group(2), self.entity_len)
+        obs = f"={value if value is not None else UNKNOWN};"
+        if len(state.calls) >= state.T:
+            obs += ANSWER_MARKER
+            state.forced = True
+        return obs, False
+
+
+def parse_answer(completion: str) -> str | None:
+    """The entity after the final answer marker, when the transcript ends with ``!ANSWER``."""
+    m = ANSWER_RE.search(completion.strip())
+    return m.group(1) if m else None
+
+
+def tool_calls(completion: str) -> list[str]:
+    """The tool calls in a transcript, in order (``?R(ent)`` strings)."""
+    return [m.group(0) for m in CALL_RE.finditer(completion)]
+
+
+# ------------------------------------------------------------------------------------ the task
+
+Segment = tuple[str, bool]  # (text, written by the environment)
+
+
+class AgentTask:
+    """Bridge and comparison questions over per-question knowledge bases, answered with a tool."""
+
+    name = "agent"
+    multi_turn = True
+    alphabet = ENTITY_CHARS + RELATIONS + ATTRIBUTES + "0123456789" + ".^(),>?=;!" + UNKNOWN
+
+    def __init__(self, config: AgentConfig | None = None):
+        self.config = config or AgentConfig()
+        c = self.config
+        if not c.bridge_depths or min(c.bridge_depths) < 1:
+            raise ValueError("bridge_depths must be a non-empty list of depths >= 1")
+        if not c.comparison_sizes or min(c.comparison_sizes) < 2:
+            raise ValueError("comparison_sizes must be a non-empty list of sizes >= 2")
+        self._split_cache: dict[str, list[Problem]] = {}
+
+    def environment(self) -> ToolEnv:
+        return ToolEnv(self.config.entity_len)
+
+    # --- questions ---------------------------------------------------------------------------
+    def _entity(self, rng: random.Random) -> str:
+        return "".join(rng.choice(ENTITY_CHARS) for _ in range(self.config.entity_len))
+
+    def bridge(self, rng: random.Random, depth: int, pid: str = "bridge") -> Problem:
+        """A bridge question of ``depth`` sequential lookups; all entities on the chain are distinct."""
+        L = self.config.entity_len
+        while True:
+            kb_seed = rng.randrange(2**31)
+            start = self._entity(rng)
+            rels = "".join(rng.choice(RELATIONS) for _ in range(depth))
+            chain = [start]
+            for r in rels:
+                chain.append(kb_entity(kb_seed, r, chain[-1], L))
+            if len(set(chain)) == len(chain):
+                break
+        return Problem(id=pid, prompt=f"{start}." + ".".join(rels) + END_OF_PROMPT, answer=chain[-1],
+                       meta={"type": "bridge", "depth": depth, "kb_seed": kb_seed, "start": start,
+                             "relations": rels, "chain": chain})
+
+    def comparison(self, rng: random.Random, size: int, pid: str = "comparison") -> Problem:
+        """Which of ``size`` distinct entities has the largest attribute (a unique maximum)."""
+        while True:
+            kb_seed = rng.randrange(2**31)
+            attr = rng.choice(ATTRIBUTES)
+            ents: list[str] = []
+            while len(ents) < size:
+                e = self._entity(rng)
+                if e not in ents:
+                    ents.append(e)
+            values = [kb_value(kb_seed, attr, e) for e in ents]
+            if values.count(max(values)) == 1:
+                break
+        answer = ents[values.index(max(values))]
+        return Problem(id=pid, prompt=f"^{attr}(" + ",".join(ents) + ")" + END_OF_PROMPT, answer=answer,
+                       meta={"type": "comparison", "depth": size, "kb_seed": kb_seed, "attribute": attr,
+                             "entities": ents, "values": values})
+
+    def random_problem(self, rng: random.Random, pid: str = "q") -> Problem:
+        c = self.config
+        if rng.random() < c.p_comparison:
+            return self.comparison(rng, rng.choice(c.comparison_sizes), pid)
+        return self.bridge(rng, rng.choice(c.bridge_depths), pid)
+
+    def kinds(self) -> list[tuple[str, int, float]]:
+        """(type, depth, probability) of every kind of question the task draws."""
+        c = self.config
+        out = [("bridge", d, (1 - c.p_comparison) / len(c.bridge_depths)) for d in c.bridge_depths]
+        out += [("comparison", s, c.p_comparison / len(c.comparison_sizes)) for s in c.comparison_sizes]
+        return [k for k in out if k[2] > 0]
+
+    def problems(self, split: str) -> list[Problem]:
+        """A fixed split, stratified: each kind of question gets its share of the ``n`` questions
+        (largest remainders), in a seeded random order."""
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+        if split not in self._split_cache:
+            n = self.config.n_test if split == "test" else self.config.n_train
+            rng = _rng("agent", split, self.config.seed)
+            kinds = self.kinds()
+            counts = [int(n * w) for _, _, w in kinds]
+            by_remainder = sorted(range(len(kinds)), key=lambda i: -(n * kinds[i][2] - counts[i]))
+            for i in by_remainder[: n - sum(counts)]:
+                counts[i] += 1
+            schedule = [k[:2] for k, m in zip(kinds, counts) for _ in range(m)]
+            rng.shuffle(schedule)
+            out = []
+            for i, (kind, d) in enumerate(schedule):
+                make = self.bridge if kind == "bridge" else self.comparison
+                out.append(make(rng, d, f"{split}-{i:04d}"))
+            self._split_cache[split] = out
+        return self._split_cache[split]
+
+    # --- trajectories ------------------------------------------------------------------------
+    def _call(self, problem: Problem, name: str, entity: str) -> list[Segment]:
+        value = lookup(problem.meta["kb_seed"], name, entity, self.config.entity_len)
+        return [(f"?{name}({entity})", False), (f"={value if value is not None else UNKNOWN};", True)]
+
+    def trajectory(self, problem: Problem, n_lookups: int, order: list[int] | None = None,
+                   rng: random.Random | None = None) -> list[Segment]:
+        """Segments of an episode that makes ``n_lookups`` correct lookups, then answers with what it has.
+
+        Bridge: the chain's first ``n_lookups`` hops, answer = the last entity seen. Comparison: the
+        entities at ``order[:n_lookups]`` (default: listed order), answer = the one with the largest
+        value among them (first on ties); with no lookup a listed entity drawn with ``rng`` (the first
+        without one). The final answer segment has no EOS (the SFT source appends it).
+        """
+        meta = problem.meta
+        segs: list[Segment] = []
+        if meta["type"] == "bridge":
+            n_lookups = min(n_lookups, meta["depth"])
+            for i in range(n_lookups):
+                segs += self._call(problem, meta["relations"][i], meta["chain"][i])
+            answer = meta["chain"][n_lookups]
+        else:
+            ents, values = meta["entities"], meta["values"]
+            order = list(range(len(ents))) if order is None else order
+            seen = order[:min(n_lookups, len(ents))]
+            for i in seen:
+                segs += self._call(problem, meta["attribute"], ents[i])
+            if seen:
+                answer = ents[max(seen, key=lambda i: (values[i], -seen.index(i)))]
+            else:
+                answer = ents[rng.randrange(len(ents))] if rng is not None else ents[0]
+        return segs + [(ANSWER_MARKER + answer, False)]
+
+    def gold_trajectory(self, problem: Problem) -> list[Segment]:
+        """The expert trajectory: every lookup, in the question's order, then the right answer."""
+        return self.trajectory(problem, problem.meta["depth"])
+
+    def teacher_trajectory(self, problem: Problem, rng: random.Random) -> list[Segment]:
+        """The noisy teacher: one more lookup with probability ``p_continue`` wherever one is needed."""
+        d = problem.meta["depth"]
+        n = 0
+        while n < d and rng.random() < self.config.p_continue:
+            n += 1
+        order = list(range(d))
+        if problem.meta["type"] == "comparison":
+            rng.shuffle(order)
+        return self.trajectory(problem, n, order, rng)
+
+    def teacher_example(self, rng: random.Random) -> tuple[str, list[Segment]]:
+        """A (prompt, segments) pretraining example on a fresh random question."""
+        problem = self.random_problem(rng)
+        return problem.prompt, self.teacher_trajectory(problem, rng)
+
+    def expert_response(self, problem: Problem) -> str:
+        """The gold trajectory as one text (observations included)."""
+        return "".join(t for t, _ in self.gold_trajectory(problem))
+
+    # --- verifier ----------------------------------------------------------------------------
+    def verify(self, problem: Problem, completion: str) -> float:
+        """1.0 when the transcript ends with ``!`` and exactly the answer, else 0.0."""
+        got = parse_answer(completion)
+        return 1.0 if got is not None and got == problem.answer else 0.0
+
+
+# ------------------------------------------------------------------------------------ base organism
+
+
+def _pretrain_default() -> TrainConfig:
+    return TrainConfig(max_steps=800, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
+                       micro_batch_size=256, weight_decay=0.01)
+
+
+@dataclass
+class AgentOrganismConfig:
+    agent: AgentConfig = field(default_factory=AgentConfig, help="Questions, knowledge bases and the teacher.")
+    model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
+    pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
+    batch_size: int = field(64, help="Teacher trajectories per pretraining step.")
+    seed: int = field(0, help="Seed of the initialisation and the teacher trajectories.")
+
+
+def agent_organism_key(cfg: AgentOrganismConfig) -> str:
+    from forklens import __version__
+
+    blob = json.dumps({"organism": "agent", "format": FORMAT_VERSION, "config": asdict(cfg),
+                       "version": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cache: bool = True,
+                         progress: bool = True) -> dict:
+    """Pretrain (or fetch from the cache) the agent base organism; save it to ``out_dir`` in HF format.
+
+    Pretraining is SFT with the one trainer on fresh noisy-teacher trajectories every step
+    (:class:`~forklens.train.episode_source.EpisodeSFTSource`: observation tokens are in the
+    sequence but not trained on). Cached like the arith organism (``FORKLENS_CACHE``).
+    """
+    from forklens.policy import Policy
+    from forklens.tasks.organism import _copy_model_dir, build_char_tokenizer, build_tiny_llama, cache_root
+    from forklens.train.episode_source import EpisodeSFTSource
+    from forklens.train.loop import Trainer
+
+    out_dir = Path(out_dir)
+    key = agent_organism_key(cfg)
+    cached = cache_root() / key
+    if use_cache and (cached / "organism.json").is_file():
+        _copy_model_dir(cached, out_dir)
+        info = json.loads((cached / "organism.json").read_text())
+        return {**info, "cache_hit": True, "cache_dir": str(cached)}
+
+    task = AgentTask(cfg.agent)
+    tokenizer = build_char_tokenizer(task.alphabet)
+    model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.seed)
+    policy = Policy(model, tokenizer)
+    source = EpisodeSFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size,
+                              cfg.seed)
+    work = out_dir.parent / f".{out_dir.name}-pretrain"
+    if work.exists():
+        shutil.rmtree(work)
+    trainer = Trainer(policy, "sft", None, source, replace(cfg.pretrain, seed=cfg.seed), work,
+                      name="pretrain agent base", progress=progress)
+    last = trainer.train()
+    staging = out_dir.parent / f".{out_dir.name}-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    info = {"key": key, "steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s,
+            "final_loss": last.get("loss"), "config": asdict(cfg)}
+    (staging / "organism.json").write_text(json.dumps(info, indent=2))
+    shutil.copy(work / "metrics.jsonl", staging / "pretrain_metrics.jsonl")
+    shutil.rmtree(work, ignore_errors=True)
+    if use_cache:
+        _copy_model_dir(staging, cached)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return {**info, "cache_hit": False, "cache_dir": str(cached) if use_cache else None}

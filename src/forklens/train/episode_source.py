@@ -1,0 +1,139 @@
+"""Data sources over multi-turn episodes: GRPO on sampled episodes, SFT on written trajectories.
+
+Both train only on the model's own tokens. Observation tokens the environment appended are part of
+``input_ids`` (every later token conditions on them) but have ``response_mask = 0`` and are marked in
+``tags["env_mask"]``. Like the single-turn sources, batches are deterministic in (seed, step).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from forklens.config import field
+from forklens.errors import DataError
+from forklens.objectives.grpo import ScaleRewards, group_advantages
+from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
+from forklens.rollouts import Rollouts
+from forklens.tasks.base import Problem
+from forklens.train.loop import rank, world_size
+from forklens.train.sources import _global_std, group_reduce
+
+#: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
+Trajectory = tuple[str, Sequence[tuple[str, bool]]]
+
+
+def trajectory_ids(policy, trajectory: Trajectory) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, response ids with EOS, env mask) of a written trajectory."""
+    prompt, segments = trajectory
+    ids: list[int] = []
+    env: list[int] = []
+    for text, is_env in segments:
+        seg = list(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids += seg
+        env += [int(is_env)] * len(seg)
+    ids.append(policy.tokenizer.eos_token_id)
+    env.append(0)
+    return policy.encode_prompt(prompt), ids, env
+
+
+def trajectories_to_rollouts(policy, trajectories: Sequence[Trajectory]) -> Rollouts:
+    """Teacher-forced rollouts of written trajectories; observation tokens are not trained on."""
+    triples = [trajectory_ids(policy, t) for t in trajectories]
+    for i, (p, r, _) in enumerate(triples):
+        policy.check_length(len(p) + len(r), f"trajectory {i}")
+    ro = Rollouts.from_ids([p for p, _, _ in triples], [r for _, r, _ in triples], policy.pad_id)
+    env = torch.zeros_like(ro.response_mask)
+    for i, (p, _, m) in enumerate(triples):
+        env[i, len(p):len(p) + len(m)] = torch.tensor(m, dtype=env.dtype)
+    ro.response_mask = ro.response_mask * (1 - env)
+    ro.tags["env_mask"] = env
+    return ro
+
+
+class EpisodeSFTSource:
+    """SFT on written multi-turn trajectories (fixed list, shuffled per epoch, or a generator callable
+    ``(rng, n) -> list[Trajectory]``), with the loss on the model's own tokens only."""
+
+    def __init__(self, examples: Sequence[Trajectory] | Callable, batch_size: int, seed: int = 0):
+        if not callable(examples) and len(examples) == 0:
+            raise DataError("the SFT dataset is empty: nothing to train on")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _examples(self, step: int) -> list[Trajectory]:
+        if callable(self.examples):
+            return self.examples(random.Random(f"sft-{self.seed}-{step}"), self.batch_size)
+        n = len(self.examples)
+        out = []
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, i = divmod(k, n)
+            perm = list(range(n))
+            random.Random(f"sft-{self.seed}-epoch-{epoch}").shuffle(perm)
+            out.append(self.examples[perm[i]])
+        return out
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        return trajectories_to_rollouts(policy, self._examples(step)[rank()::world_size()]), {}
+
+
+@dataclass
+class EpisodeSamplingConfig:
+    prompts_per_step: int = field(16, help="Distinct questions per optimizer step.")
+    group_size: int = field(8, help="Episodes per question.")
+    T: int = field(5, help="Tool-call cap of the training episodes (forced answer at the cap).")
+    temperature: float = field(1.0, help="Sampling temperature of the episodes.")
+    top_p: float = field(1.0, help="Nucleus sampling threshold of the episodes.")
+    turn_tokens: int = field(12, help="Most tokens in one model turn; an episode whose turn runs longer is "
+                              "truncated.")
+    scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+
+
+class EpisodeGRPOSource:
+    """GRPO over multi-turn episodes: ``group_size`` episodes for each of ``prompts_per_step``
+    training questions, rewarded by the task's verifier on the whole transcript (binary exact match
+    for the agent organism), group-relative advantages per episode."""
+
+    def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None):
+        if not problems:
+            raise DataError("the training split has no problems")
+        self.task = task
+        self.env = env if env is not None else task.environment()
+        self.problems = problems
+        self.config = config
+        self.seed = seed
+        self.last_chosen: list[Problem] = []
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        c = self.config
+        rng = random.Random(f"episode-grpo-{self.seed}-{step}")
+        chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
+        seeds = [rng.randrange(2**31) for _ in range(world_size())]
+        chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
+        self.last_chosen = chosen
+        eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
+                              top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
+        rewards = torch.tensor([self.task.verify(chosen[g], e.text) for g, e in zip(eps.group, eps.episodes)],
+                               dtype=torch.float32)
+        group_ids = torch.tensor(eps.group, dtype=torch.long)
+        adv, _ = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
+        batch = episodes_to_rollouts(eps, policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
+        group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
+        group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
+        own = batch.response_mask.sum(-1)
+        info = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "frac_zero_std_groups": float((group_max == group_min).float().mean()),
+            "tool_calls_mean": sum(len(e.calls) for e in eps.episodes) / len(eps.episodes),
+            "forced_frac": sum(e.forced for e in eps.episodes) / len(eps.episodes),
+            "response_len_mean": float(own.mean()),
+            "truncated_frac": float(batch.truncated.float().mean()),
+            "sampled_tokens": float(eps.tokens_processed),
+            "scored_tokens": 0.0,
+        }
+        return batch, info

@@ -195,3 +195,27 @@ def test_markdown_report_renders():
                                                 for T in (0, 5)} for m in ("rl", "sft")}
     text = markdown_report({"agent": out, "total_wall_s": 1.0})
     assert "Compositional tool use" in text and "| 5 |" in text
+
+
+def test_experiment_end_to_end_tiny(tmp_path, monkeypatch):
+    """The whole recipe on tiny settings: every stage runs and the outputs are consistent."""
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    sets = ["arith.pretrain.max_steps=3", "agent.pretrain.max_steps=3", "arith_rl.train.max_steps=1",
+            "arith_rl.train.save_every=0", "agent_rl.train.max_steps=1", "agent_rl.sampling.prompts_per_step=2",
+            "agent_sft.train.max_steps=1", "passk.n=2", "passk.T=0,2", "passk.arith_problems=4",
+            "passk.agent_problems=3", "arith.model.num_hidden_layers=1", "agent.model.num_hidden_layers=1"]
+    args = ["experiment", "boundary", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arith"]["pass_at_k"]) == {"base", "rl"}
+    assert set(summary["agent"]["pass_at_k"]) == {"base", "rl", "sft"}
+    assert set(summary["agent"]["pass_at_k"]["rl"]) == {"0", "2"}
+    assert summary["agent"]["train"]["rl"]["T"] == 2  # GRPO trains at the largest cap of the grid
+    assert json.loads((out / "agent" / "rl_train" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+    agent_lines = (out / "samples_agent.jsonl").read_text().splitlines()
+    assert len(agent_lines) == 3 * 3 * 2 * 2  # models x questions x n x T
+    assert (out / "report.md").read_text().startswith("# Capability boundary")
+    assert (out / "agent_pass_at_k_T2.png").is_file() and (out / "arith_pass_at_k.png").is_file()

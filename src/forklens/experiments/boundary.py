@@ -48,7 +48,8 @@ def _agent_rl_train() -> TrainConfig:
 class AgentRLConfig:
     train: TrainConfig = field(default_factory=_agent_rl_train, help="Optimizer and loop settings of GRPO.")
     sampling: EpisodeSamplingConfig = field(default_factory=EpisodeSamplingConfig,
-                                            help="Training episodes (group size, T cap, temperature).")
+                                            help="Training episodes (group size, temperature). The boundary "
+                                            "experiment trains at T = max(passk.T) and turn_tokens = passk.turn_tokens.")
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig, help="GRPO loss settings.")
 
 
@@ -89,20 +90,17 @@ class BoundaryConfig:
 
 
 def quick_config() -> BoundaryConfig:
-    """``--quick``: smaller organisms, shorter training, a smaller grid (a few minutes on 2 cores)."""
+    """``--quick``: shorter RL, a smaller grid (16 samples, T in 0,1,3,5, 48 agent and 100 arith
+    questions). The base organisms are the full run's (same cache entries), so the first run of either
+    mode pretrains them and later runs reuse them."""
     cfg = BoundaryConfig()
-    cfg.arith.model.num_hidden_layers = 2
-    cfg.arith.pretrain.max_steps = 300
     cfg.arith_rl.train.max_steps = 20
     cfg.arith_rl.train.save_every = 0
-    cfg.agent.model.num_hidden_layers = 2
-    cfg.agent.pretrain.max_steps = 300
-    cfg.agent.agent.n_test = 48
-    cfg.agent_rl.train.max_steps = 20
-    cfg.agent_sft.train.max_steps = 15
+    cfg.agent_rl.train.max_steps = 30
     cfg.passk.n = 16
     cfg.passk.T = [0, 1, 3, 5]
     cfg.passk.arith_problems = 100
+    cfg.passk.agent_problems = 48
     return cfg
 
 
@@ -188,8 +186,9 @@ def crossing(curve_a: dict[int, float], curve_b: dict[int, float]) -> dict[str, 
     return {"gap": {str(k): v for k, v in gap.items()}, "first_sign": first, "cross_k": cross}
 
 
-def analyse(records: list[dict], n: int, reference: str = "base") -> dict[str, Any]:
-    """pass@k table, boundary sets at k = n, crossings against ``reference`` and per-kind numbers."""
+def analyse(records: list[dict], n: int, reference: str = "base") -> tuple[dict[str, Any], Any]:
+    """(summary dict, :class:`PassAtKTable`): pass@k means, boundary sets at k = n, crossings of every
+    model's curve with ``reference``'s, and per-kind pass@1 / pass@n when records carry type/depth."""
     from forklens.analysis.passk import boundary_sets, boundary_sets_to_json, pass_at_k_table
 
     ks = powers_of_two(n)
@@ -334,6 +333,8 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         trained[name] = {k: info[k] for k in ("steps", "flops", "wall_s")}
         trained[name]["metrics"] = str(work / "metrics.jsonl")
+        if name == "rl":
+            trained[name]["T"] = rl_cfg.sampling.T
         trained[name]["final"] = {k: v for k, v in info["last"].items()
                                   if k in ("loss", "reward_mean", "tool_calls_mean", "forced_frac")}
     console.rule("[bold]agent: PASS@(k, T) episodes")

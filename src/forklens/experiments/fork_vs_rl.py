@@ -317,7 +317,8 @@ def print_summary(s: dict, out) -> None:
     from rich.table import Table
 
     c = Console()
-    t = Table(title=f"fork-vs-rl: held-out greedy accuracy over seeds {s['seeds']} (base {100 * s['base']['accuracy']:.1f}%)")
+    t = Table(title=f"fork-vs-rl: held-out greedy accuracy over seeds {s['seeds']} "
+                    f"(base {100 * s['base']['accuracy']:.1f}%)")
     for col in ("method", "accuracy", "FLOPs", "x GRPO FLOPs", "wall s"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for name, m in s["methods"].items():

@@ -20,6 +20,7 @@ class PolicyOutputs:
 
     logprobs: torch.Tensor  # differentiable log-prob of each token (0 where not a target)
     entropy: torch.Tensor | None = None  # detached entropy at target positions
+    gathered_logprobs: torch.Tensor | None = None  # [B, L, K] log-probs at batch.tags["gather_ids"]
 
 
 @dataclass

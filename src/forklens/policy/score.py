@@ -121,31 +121,38 @@ def chunked_token_stats(model, hidden: torch.Tensor, targets: torch.Tensor, top_
 
 
 def token_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                               target_mask: torch.Tensor, with_entropy: bool = True):
+                               target_mask: torch.Tensor, with_entropy: bool = True,
+                               gather_ids: torch.Tensor | None = None):
     """Differentiable log-probs (and entropy) of ``input_ids`` at positions where ``target_mask`` is 1.
 
-    Returns two [B, L] tensors aligned with ``input_ids`` (zeros elsewhere). Position t is predicted
-    from the hidden state at t-1; only target positions go through the LM head. This is the forward
-    pass the trainer differentiates.
+    Returns ``(logprobs, entropy, gathered)``: two [B, L] tensors aligned with ``input_ids`` (zeros
+    elsewhere) and, when ``gather_ids`` [B, L, K] is given, the log-probs of those K token ids at each
+    target position ([B, L, K], zeros elsewhere; objectives that need more of the distribution than
+    the target token, such as a top-K KL, ask for it this way). Position t is predicted from the
+    hidden state at t-1; only target positions go through the LM head. This is the forward pass the
+    trainer differentiates.
     """
     hidden = hidden_states(model, input_ids, attention_mask)
-    pred_mask = torch.zeros_like(target_mask, dtype=torch.bool)
-    pred_mask[:, :-1] = target_mask[:, 1:].bool()
-    h = hidden[pred_mask]  # [N, H]
-    targets = input_ids[:, 1:][target_mask[:, 1:].bool()]
-    logits = head_logits(model, h)
-    logp_all = F.log_softmax(logits, dim=-1)
-    lp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-    out_lp = torch.zeros(target_mask.shape, dtype=lp.dtype, device=lp.device)
     tm = target_mask.bool().clone()
-    tm[:, 0] = False
-    out_lp = out_lp.masked_scatter(tm, lp)
+    tm[:, 0] = False  # nothing predicts position 0
+    pred_mask = torch.zeros_like(tm)
+    pred_mask[:, :-1] = tm[:, 1:]
+    logits = head_logits(model, hidden[pred_mask])  # [N, V], rows in the order of tm's True entries
+    logp_all = F.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, input_ids[tm][:, None]).squeeze(-1)
+    out_lp = torch.zeros(tm.shape, dtype=lp.dtype, device=lp.device).masked_scatter(tm, lp)
     out_ent = None
     if with_entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
-        out_ent = torch.zeros(target_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(tm, ent)
-    return out_lp, out_ent
+        out_ent = torch.zeros(tm.shape, dtype=ent.dtype, device=ent.device).masked_scatter(tm, ent)
+    gathered = None
+    if gather_ids is not None:
+        k = gather_ids.shape[-1]
+        g = logp_all.gather(-1, gather_ids[tm].long())  # [N, K]
+        gathered = torch.zeros((*tm.shape, k), dtype=g.dtype, device=g.device).masked_scatter(
+            tm[..., None].expand(-1, -1, k), g)
+    return out_lp, out_ent, gathered
 
 
 class TokenLogProbs(torch.nn.Module):
@@ -157,5 +164,6 @@ class TokenLogProbs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, target_mask, with_entropy: bool = True):
-        return token_logprobs_and_entropy(self.model, input_ids, attention_mask, target_mask, with_entropy)
+    def forward(self, input_ids, attention_mask, target_mask, with_entropy: bool = True, gather_ids=None):
+        return token_logprobs_and_entropy(self.model, input_ids, attention_mask, target_mask, with_entropy,
+                                          gather_ids)

@@ -332,7 +332,7 @@ class AgentTask:
 
 
 def _pretrain_default() -> TrainConfig:
-    return TrainConfig(max_steps=800, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
+    return TrainConfig(max_steps=1000, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
                        micro_batch_size=256, weight_decay=0.01)
 
 

@@ -43,7 +43,7 @@ import forklens.objectives.fork_contrast  # noqa: F401  (registers "fork_contras
 from forklens.analysis.evaluate import EvalConfig
 from forklens.config import field
 from forklens.errors import ConfigError, DataError
-from forklens.objectives.fork_contrast import ForkContrastLossConfig, trainer_forward_hook
+from forklens.objectives.fork_contrast import ForkContrastLossConfig
 from forklens.rollouts import Rollouts
 from forklens.train.loop import TrainConfig
 
@@ -78,7 +78,7 @@ class ForkDataConfig:
 class ForkData:
     """Everything the source needs, plus what was measured while preparing it."""
 
-    rollouts: Rollouts  # kept rows; tags: decision (0/1), kl_ids, kl_logp; advantages; rewards; group_ids
+    rollouts: Rollouts  # kept rows; tags: decision (0/1), gather_ids, kl_logp; advantages; rewards; group_ids
     stats: dict = dc_field(default_factory=dict)
     sampled_tokens: float = 0.0
     scored_tokens: float = 0.0
@@ -200,7 +200,7 @@ def prepare_fork_data(policy, problems: Sequence, verify: Callable[[object, str]
                               truncated=torch.tensor([not res.finished[r] for r in rows]))
     shape = batch.input_ids.shape
     decision = torch.zeros(shape, dtype=torch.float32)
-    kl_ids = torch.zeros((*shape, k), dtype=torch.int32)
+    gather_ids = torch.zeros((*shape, k), dtype=torch.int32)
     kl_logp = torch.zeros((*shape, k), dtype=torch.float32)
     entropy = torch.zeros(shape, dtype=torch.float32)
     for b, r in enumerate(rows):
@@ -208,9 +208,9 @@ def prepare_fork_data(policy, problems: Sequence, verify: Callable[[object, str]
         t = len(resp[b])
         decision[b, s:s + t] = torch.tensor(dec[b], dtype=torch.float32)
         entropy[b, s:s + t] = torch.tensor(ent[b], dtype=torch.float32)
-        kl_ids[b, s:s + t] = tids[b][:t].to(torch.int32)
+        gather_ids[b, s:s + t] = tids[b][:t].to(torch.int32)
         kl_logp[b, s:s + t] = tlps[b][:t].float()
-    batch.tags = {"decision": decision, "base_entropy": entropy, "kl_ids": kl_ids, "kl_logp": kl_logp}
+    batch.tags = {"decision": decision, "base_entropy": entropy, "gather_ids": gather_ids, "kl_logp": kl_logp}
     all_ent = [e for row in ent for e in row]
     n_tok = len(all_ent)
     n_dec = int(decision.sum())
@@ -394,8 +394,7 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     source = ForkContrastSource(data, cfg.data.batch_size, seed=seed, problems_per_step=cfg.data.problems_per_step)
     trainer = Trainer(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
                       name="fork-contrast", progress=progress)
-    with trainer_forward_hook():
-        last = trainer.train(resume=resume)
+    last = trainer.train(resume=resume)
     model = policy.model
     if cfg.lora.enabled:
         model = model.merge_and_unload()

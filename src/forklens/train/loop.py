@@ -103,11 +103,13 @@ def rank() -> int:
 
 def forward(module, batch: Rollouts) -> PolicyOutputs:
     """Differentiable per-token log-probs of ``batch`` under ``module`` (a :class:`TokenLogProbs`, possibly
-    wrapped by DDP, or a bare causal LM)."""
+    wrapped by DDP, or a bare causal LM). A ``gather_ids`` tag [B, L, K] in the batch also returns the
+    log-probs of those ids at every response position (``PolicyOutputs.gathered_logprobs``)."""
     if not isinstance(getattr(module, "module", module), TokenLogProbs):
         module = TokenLogProbs(module)
-    lp, ent = module(batch.input_ids, batch.attention_mask, batch.response_mask)
-    return PolicyOutputs(logprobs=lp, entropy=ent)
+    lp, ent, gathered = module(batch.input_ids, batch.attention_mask, batch.response_mask,
+                               gather_ids=batch.tags.get("gather_ids"))
+    return PolicyOutputs(logprobs=lp, entropy=ent, gathered_logprobs=gathered)
 
 
 def accumulate_step(model, objective: Callable, objective_config: Any, micro_batches: list[Rollouts],

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 import torch
 
 from forklens.errors import ConfigError, DataError
-from forklens.policy.sample import _accepts, _cache_of, next_token
+from forklens.policy.sample import KVStepper, left_pad, next_token
 
 ORACLE_TOP_K = 5
 ENTROPY_TAU_DEFAULT = 1.4  # the paper's gate for real LMs (METHODS.md section 1)
@@ -115,22 +115,6 @@ class PairedDecode:
     topk_logprobs: list[torch.Tensor] | None = None  # [T, k] their log-probs (temperature 1)
 
 
-class _Stepper:
-    """One model's left-padded KV-cached forward, fed one token per step."""
-
-    def __init__(self, model, input_ids, attn, position_ids):
-        self.model = model
-        self.cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
-        kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kwargs)
-        self.past, self.logits = _cache_of(out), out.logits[:, -1, :]
-
-    def step(self, tok, attn, pos):
-        out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
-                         **{self.cache_arg: self.past})
-        self.past, self.logits = _cache_of(out), out.logits[:, -1, :]
-
-
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
@@ -153,15 +137,9 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
         raise ValueError("gate random needs forced_steps, one set per prompt")
     device = next(base_model.parameters()).device
     b = len(prompts)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros((b, width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        attn[i, width - len(p):] = 1
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    base = _Stepper(base_model, input_ids, attn, position_ids)
-    rl = _Stepper(rl_model, input_ids, attn, position_ids) if gate.kind != "off" else None
+    input_ids, attn, position_ids = left_pad(prompts, pad_id, device)
+    base = KVStepper(base_model, input_ids, attn, position_ids)
+    rl = KVStepper(rl_model, input_ids, attn, position_ids) if gate.kind != "off" else None
     processed = int(attn.sum())
     eos = torch.tensor(eos_ids, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)

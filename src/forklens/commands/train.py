@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,22 +64,14 @@ def run_grpo(args) -> int:
 
 
 def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {p} does not exist")
+    """``(prompt, response)`` pairs from a JSONL file of {"prompt": ..., "response": ...} objects."""
+    from forklens.analysis.prompts import read_jsonl
+
     pairs = []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p} line {i}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("response"), str):
-            raise DataError(f"{p} line {i}: expected an object with string fields \"prompt\" and \"response\"")
+    for lineno, rec in read_jsonl(path, "data"):
+        if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("response"), str):
+            raise DataError(f"{path} line {lineno}: expected string fields \"prompt\" and \"response\"")
         pairs.append((rec["prompt"], rec["response"]))
-    if not pairs:
-        raise DataError(f"{p} is empty: no examples to train on")
     return pairs
 
 

@@ -45,6 +45,39 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) for prompts left-padded to the longest one."""
+    b, width = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((b, width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        attn[i, width - len(p):] = 1
+    return input_ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+class KVStepper:
+    """One model's KV-cached decoding state: a prefill of left-padded prompts, then one token per step.
+
+    ``logits`` always holds the next-token logits [B, V]. Works with transformers 4.x
+    (``past_key_values``) and 5.x (``cache``) argument names.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attn: torch.Tensor, position_ids: torch.Tensor):
+        self.model = model
+        self.cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
+        kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kwargs)
+        self.past, self.logits = _cache_of(out), out.logits[:, -1, :]
+
+    def step(self, tok: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Feed ``tok`` [B] at positions ``pos`` [B, 1] with the extended mask ``attn``; new logits."""
+        out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
+                         **{self.cache_arg: self.past})
+        self.past, self.logits = _cache_of(out), out.logits[:, -1, :]
+        return self.logits
+
+
 @torch.no_grad()
 def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
                  temperature: float, top_p: float, generator: torch.Generator | None
@@ -52,25 +85,15 @@ def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[
     """Decode one batch. Returns (responses, finished flags, tokens processed by the model)."""
     device = next(model.parameters()).device
     b = len(prompts)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros((b, width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        attn[i, width - len(p):] = 1
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kwargs)
-    # transformers >= 5 renamed past_key_values to cache
-    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"
-    past, logits = _cache_of(out), out.logits[:, -1, :]
+    input_ids, attn, position_ids = left_pad(prompts, pad_id, device)
+    state = KVStepper(model, input_ids, attn, position_ids)
     processed = int(attn.sum())
     eos = torch.tensor(eos_ids, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     tokens = []
     next_pos = position_ids[:, -1:] + 1
     for _ in range(max_new_tokens):
-        tok = next_token(logits, temperature, top_p, generator)
+        tok = next_token(state.logits, temperature, top_p, generator)
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         processed += int((~finished).sum())
@@ -78,9 +101,7 @@ def sample_batch(model, prompts: list[list[int]], *, pad_id: int, eos_ids: list[
         if bool(finished.all()) or len(tokens) == max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                    use_cache=True, **{cache_arg: past})
-        past, logits = _cache_of(out), out.logits[:, -1, :]
+        state.step(tok, attn, next_pos)
         next_pos = next_pos + 1
     gen = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
     responses, done = [], []

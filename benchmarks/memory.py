@@ -20,7 +20,7 @@ Usage::
     python benchmarks/memory.py --vocab 32768 --tokens 1024   # a quick run
 
 Writes ``benchmarks/results/memory.json``: ``{"forklens": bytes, "peer": bytes, "unit": "bytes",
-"ratio": peer / forklens, "details": {...}}``.
+"ratio": forklens / peer, "details": {...}}`` (the convention of every benchmark here).
 """
 
 from __future__ import annotations
@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         "forklens": chunked["peak_rss"],
         "peer": naive["peak_rss"],
         "unit": "bytes",
-        "ratio": naive["peak_rss"] / chunked["peak_rss"],
+        "ratio": chunked["peak_rss"] / naive["peak_rss"],
         "details": {
             "what": "peak RSS of a fresh process teacher-forcing one response through a base and an RL model and "
                     "computing rank_under_base, both entropies, KL(base||rl) and both top-5 at every token",
-            "ratio_definition": "peer / forklens (how many times more memory the naive approach needs)",
+            "ratio_definition": "forklens / peer (fraction of the naive approach's peak memory)",
             "forklens_method": "forklens.analysis.diff.score_pairs: LM heads applied in chunks of positions",
             "peer_method": "model(input_ids).logits for both models (full float32 [tokens x vocab]), "
                            "statistics on the full tensors",
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in (("forklens (chunked)", chunked), ("peer (naive)", naive)):
         print(f"  {name:20s} peak RSS {r['peak_rss'] / GiB:6.2f} GiB  (baseline {r['baseline_rss'] / GiB:.2f} GiB, "
               f"+{r['peak_above_baseline'] / GiB:.2f} GiB)  {r['seconds']:.1f} s")
-    print(f"  ratio peer/forklens {result['ratio']:.1f}x; same answers: {same}; within 2 GiB: "
+    print(f"  ratio forklens/peer {result['ratio']:.3f} (naive needs {1 / result['ratio']:.1f}x); same answers: {same}; within 2 GiB: "
           f"{result['details']['forklens_within_target']}")
     print(f"wrote {args.out}")
     return 0 if same else 1

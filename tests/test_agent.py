@@ -73,7 +73,7 @@ def test_comparison_question_invariants(seed, size):
     values = [kb_value(m["kb_seed"], m["attribute"], e) for e in m["entities"]]
     assert values == m["values"] and values.count(max(values)) == 1
     assert len(set(m["entities"])) == size
-    assert p.answer == m["entities"][values.index(max(values))]
+    assert p.answer == str(values.index(max(values)) + 1)  # the winner's 1-based position
     assert p.prompt == f"^{m['attribute']}(" + ",".join(m["entities"]) + ")>"
 
 
@@ -99,7 +99,11 @@ def test_verifier():
     assert task.verify(p, f"!{a};?A(abc)") == 0.0  # the answer must end the transcript
     assert task.verify(p, a) == 0.0  # no answer marker
     assert task.verify(p, "") == 0.0
-    assert parse_answer("=zzz;!qwe") == "qwe"
+    assert parse_answer("=zzz;!qwe") == "qwe" and parse_answer("=7;!2") == "2"
+    assert parse_answer("!2a") is None
+    q = task.comparison(random.Random(2), 3)
+    assert task.verify(q, "?X(abc)=1;!" + q.answer) == 1.0
+    assert task.verify(q, "!" + str(4 - int(q.answer) if q.answer != "2" else 1)) == 0.0
     assert tool_calls("?A(qwe)=rty;?B(rty)=-;!x") == ["?A(qwe)", "?B(rty)"]
 
 
@@ -159,9 +163,15 @@ def test_trajectories_gold_and_teacher():
         assert task.verify(p, t) == float(len(calls) == 3)
     assert abs(full[3] / 4000 - 0.5 ** 3) < 0.025
     assert abs(full[0] / 4000 - 0.5) < 0.04
-    # the teacher looks up comparison entities in random orders
-    orders = {tuple(tool_calls("".join(s for s, _ in task.teacher_trajectory(q, rng)))) for _ in range(400)}
-    assert sum(len(o) == 3 for o in orders) == 6
+    # comparisons: listed order; an early stop answers with the position of the best entity seen (1 before any)
+    calls = {tuple(tool_calls("".join(s for s, _ in task.teacher_trajectory(q, rng)))) for _ in range(400)}
+    listed = tuple(f"?{q.meta['attribute']}({e})" for e in q.meta["entities"])
+    assert calls == {listed[:m] for m in range(4)}
+    vals = q.meta["values"]
+    assert task.trajectory(q, 0)[-1][0] == "!1"
+    assert task.trajectory(q, 1)[-1][0] == "!1"
+    assert task.trajectory(q, 2)[-1][0] == "!" + ("1" if vals[0] >= vals[1] else "2")
+    assert task.trajectory(q, 3)[-1][0] == "!" + q.answer
 
 
 def test_trajectory_is_in_the_alphabet():

@@ -24,7 +24,7 @@ def two_way_policy(problems):
     scripts = {}
     for p in problems:
         gold = TASK.expert_response(p)
-        wrong = p.meta["start"] if p.meta["type"] == "bridge" else next(e for e in p.meta["entities"] if e != p.answer)
+        wrong = p.meta["start"] if p.meta["type"] == "bridge" else ("1" if p.answer != "1" else "2")
         scripts[p.prompt] = [gold, "!" + wrong]
     return scripted_policy(scripts)
 

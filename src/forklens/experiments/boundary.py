@@ -433,14 +433,16 @@ def markdown_report(summary: dict) -> str:
                                a["crossing"]["rl"][T]["cross_k"], a["crossing"]["sft"][T]["cross_k"]]))
         lines += ["", "Strategy diversity (distinct tool-call sequences per question, mean over questions; overlap = "
                   "share of the model's episodes whose call sequence the base also produced):", "",
-                  _row(["T", "base distinct", "RL distinct", "SFT distinct", "RL overlap w/ base",
-                        "SFT overlap w/ base", "base calls/ep", "RL calls/ep", "SFT calls/ep"]), _row(["---"] * 9)]
+                  _row(["T", "base distinct", "RL distinct", "SFT distinct", "distinct correct (base/RL/SFT)",
+                        "RL overlap w/ base", "SFT overlap w/ base", "calls/ep (base/RL/SFT)"]), _row(["---"] * 8)]
         div, ov = a["diversity"], a["strategy_overlap"]
         fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         for T in a["boundary"]:
-            lines.append(_row([T] + [f"{div[m][T]['distinct_strategies']:.2f}" for m in ("base", "rl", "sft")]
+            ms = ("base", "rl", "sft")
+            lines.append(_row([T] + [f"{div[m][T]['distinct_strategies']:.2f}" for m in ms]
+                              + [" / ".join(f"{div[m][T]['distinct_correct_strategies']:.2f}" for m in ms)]
                               + [fmt(ov["rl_vs_base"][T]["episodes"]), fmt(ov["sft_vs_base"][T]["episodes"])]
-                              + [f"{div[m][T]['calls_per_episode']:.2f}" for m in ("base", "rl", "sft")]))
+                              + [" / ".join(f"{div[m][T]['calls_per_episode']:.2f}" for m in ms)]))
         if "by_kind" in a:
             Tmax = max(a["boundary"], key=int)
             lines += ["", f"By kind of question at T={Tmax} (pass@1 / pass@{n}):", "",

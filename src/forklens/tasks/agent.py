@@ -10,7 +10,8 @@ entity; attributes ``X``-``Z`` map an entity to a digit. Two kinds of question:
 * **bridge** (``d`` sequential lookups): ``qwe.A.C>`` asks for the C of the A of qwe. Each lookup
   needs the previous lookup's result;
 * **comparison** (``d`` independent lookups): ``^X(qwe,rty)>`` asks which listed entity has the
-  largest attribute X (the maximum is unique by construction).
+  largest attribute X (the maximum is unique by construction); the answer is its position in the
+  list, ``1``-based (``!2``), so answering needs a comparison of looked-up digits but no copying.
 
 An episode, with the observation tokens the environment appends in brackets::
 
@@ -26,10 +27,15 @@ prompt and the model answers without tools. Any turn that is not a tool call end
 **The noisy teacher.** The base organism is pretrained on teacher trajectories that look up one
 more fact with probability ``p_continue`` at each point where more is needed and otherwise stop
 and answer with what they have: the last entity seen for a bridge question (answering the
-sub-question instead of the question), the best entity looked up so far for a comparison. Full
-chains therefore have probability ``p_continue ** d``: the right strategy is in the base at low
-probability, lower the deeper the question. The teacher looks up a comparison's entities in a random
-order; **gold** trajectories (for SFT) always do the full lookups, in the order the question lists.
+sub-question instead of the question), the position of the best entity looked up so far for a
+comparison (``1`` before any lookup). Full chains therefore have probability ``p_continue ** d``:
+the right strategy is in the base at low probability, lower the deeper the question. **Gold**
+trajectories (for SFT) always do every lookup. Both look entities up in the order the question lists
+them, so every copy the model makes is positional (from the prompt by lookup count, or from the
+latest observation). Two earlier versions needed content-addressed (induction) copying, which the
+3-layer organism did not learn reliably in 1000-2000 pretraining steps: a random comparison order,
+and comparison answers written as the winning entity's code (most such answers were not even listed
+entities, even after every lookup).
 
 The verifier parses the text after the final ``!`` and requires it to equal the answer exactly.
 """
@@ -57,10 +63,10 @@ ANSWER_MARKER = "!"
 END_OF_PROMPT = ">"
 UNKNOWN = "-"
 #: bump when the task format or the teacher changes, so cached base organisms are rebuilt
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 
 CALL_RE = re.compile(r"\?([A-Z])\(([a-z]*)\)")
-ANSWER_RE = re.compile(r"!([a-z]+)$")
+ANSWER_RE = re.compile(r"!([a-z]+|[0-9]+)$")
 
 
 @dataclass
@@ -157,7 +163,8 @@ class ToolEnv:
 
 
 def parse_answer(completion: str) -> str | None:
-    """The entity after the final answer marker, when the transcript ends with ``!ANSWER``."""
+    """The answer after the final answer marker (an entity code or a number), when the transcript
+    ends with ``!ANSWER``."""
     m = ANSWER_RE.search(completion.strip())
     return m.group(1) if m else None
 
@@ -224,7 +231,7 @@ class AgentTask:
             values = [kb_value(kb_seed, attr, e) for e in ents]
             if values.count(max(values)) == 1:
                 break
-        answer = ents[values.index(max(values))]
+        answer = str(values.index(max(values)) + 1)
         return Problem(id=pid, prompt=f"^{attr}(" + ",".join(ents) + ")" + END_OF_PROMPT, answer=answer,
                        meta={"type": "comparison", "depth": size, "kb_seed": kb_seed, "attribute": attr,
                              "entities": ents, "values": values})
@@ -269,14 +276,13 @@ class AgentTask:
         value = lookup(problem.meta["kb_seed"], name, entity, self.config.entity_len)
         return [(f"?{name}({entity})", False), (f"={value if value is not None else UNKNOWN};", True)]
 
-    def trajectory(self, problem: Problem, n_lookups: int, order: list[int] | None = None,
-                   rng: random.Random | None = None) -> list[Segment]:
-        """Segments of an episode that makes ``n_lookups`` correct lookups, then answers with what it has.
+    def trajectory(self, problem: Problem, n_lookups: int) -> list[Segment]:
+        """Segments of an episode that makes its first ``n_lookups`` lookups, then answers with what it has.
 
-        Bridge: the chain's first ``n_lookups`` hops, answer = the last entity seen. Comparison: the
-        entities at ``order[:n_lookups]`` (default: listed order), answer = the one with the largest
-        value among them (first on ties); with no lookup a listed entity drawn with ``rng`` (the first
-        without one). The final answer segment has no EOS (the SFT source appends it).
+        Bridge: the chain's first ``n_lookups`` hops, answer = the last entity seen (the start entity
+        without a lookup). Comparison: the first ``n_lookups`` listed entities, answer = the one with
+        the largest value among them, as its 1-based position (``1`` without a lookup). The final answer
+        segment has no EOS (the SFT source appends it).
         """
         meta = problem.meta
         segs: list[Segment] = []
@@ -287,14 +293,10 @@ class AgentTask:
             answer = meta["chain"][n_lookups]
         else:
             ents, values = meta["entities"], meta["values"]
-            order = list(range(len(ents))) if order is None else order
-            seen = order[:min(n_lookups, len(ents))]
+            seen = list(range(min(n_lookups, len(ents))))
             for i in seen:
                 segs += self._call(problem, meta["attribute"], ents[i])
-            if seen:
-                answer = ents[max(seen, key=lambda i: (values[i], -seen.index(i)))]
-            else:
-                answer = ents[rng.randrange(len(ents))] if rng is not None else ents[0]
+            answer = str(max(seen, key=lambda i: (values[i], -i)) + 1) if seen else "1"
         return segs + [(ANSWER_MARKER + answer, False)]
 
     def gold_trajectory(self, problem: Problem) -> list[Segment]:
@@ -307,10 +309,7 @@ class AgentTask:
         n = 0
         while n < d and rng.random() < self.config.p_continue:
             n += 1
-        order = list(range(d))
-        if problem.meta["type"] == "comparison":
-            rng.shuffle(order)
-        return self.trajectory(problem, n, order, rng)
+        return self.trajectory(problem, n)
 
     def teacher_example(self, rng: random.Random) -> tuple[str, list[Segment]]:
         """A (prompt, segments) pretraining example on a fresh random question."""

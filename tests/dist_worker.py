@@ -14,7 +14,7 @@ from forklens.objectives import get_objective  # noqa: E402
 from forklens.policy.score import TokenLogProbs  # noqa: E402
 from forklens.train.loop import accumulate_step  # noqa: E402
 from tests.conftest import make_tiny  # noqa: E402
-from tests.test_invariance import CASES, make_batch  # noqa: E402
+from tests.test_invariance import CASES, case_id, case_inputs  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -25,12 +25,13 @@ def main(out: str) -> None:
     for name, cfg in CASES:
         model, _ = make_tiny("llama", seed=1)
         ddp = DDP(TokenLogProbs(model))
-        batch = make_batch()
+        key = case_id(name, cfg)
+        cfg, batch = case_inputs(name, cfg)
         rows = list(range(len(batch)))[rank * len(batch) // world:(rank + 1) * len(batch) // world]
-        mine = batch.select(rows)  # rank 0: 13 response tokens, rank 1: 22 (uneven)
+        mine = batch.select(rows)  # rank 0: rows 0-2 (13 response tokens), rank 1: rows 3-5 (22): uneven
         metrics = accumulate_step(ddp, get_objective(name), cfg, mine.split(1), no_sync=ddp.no_sync)
-        key = f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}" if cfg else name
-        results[key] = {"grad": torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]),
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[key] = {"grad": grad,
                         "loss": metrics["loss"]}
     if rank == 0:
         torch.save(results, out)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import make_tiny
-from tests.test_invariance import CASES, grads, make_batch, rel_err
+from tests.test_invariance import CASES, case_id, case_inputs, grads, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,10 +34,12 @@ def test_two_process_gradients_equal_single_process(tmp_path):
     out = tmp_path / "grads.pt"
     torchrun(str(ROOT / "tests" / "dist_worker.py"), str(out))
     got = torch.load(str(out), weights_only=False)
+    assert len(got) == len(CASES)
     for name, cfg in CASES:
-        key = f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}" if cfg else name
+        key = case_id(name, cfg)
         model, _ = make_tiny("llama", seed=1)
-        g_ref, m_ref = grads(model, get_objective(name), cfg, make_batch(), micro=len(make_batch()))
+        cfg, batch = case_inputs(name, cfg)
+        g_ref, m_ref = grads(model, get_objective(name), cfg, batch, micro=len(batch))
         assert rel_err(got[key]["grad"], g_ref) <= 1e-5, (key, rel_err(got[key]["grad"], g_ref))
         assert got[key]["loss"] == pytest.approx(m_ref["loss"], rel=1e-5, abs=1e-7)
 

@@ -50,15 +50,36 @@ def rel_err(a, b):
 CASES = [("sft", None)] + [
     ("grpo", GRPOLossConfig(loss_agg_mode=mode, beta=beta, max_new_tokens=16))
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm") for beta in (0.0, 0.1)
-]
+] + [("mixed_policy", None), ("fork_contrast", None)]
 
 
-@pytest.mark.parametrize("name,cfg", CASES, ids=[f"{n}-{c.loss_agg_mode}-b{c.beta}" if c else n for n, c in CASES])
+def case_id(name, cfg) -> str:
+    return f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}" if cfg else name
+
+
+def case_inputs(name, cfg):
+    """(objective config, optimizer batch) of a case: every objective on uneven token counts."""
+    if name == "mixed_policy":
+        from forklens.objectives.mixed_policy import MixedPolicyLossConfig
+
+        batch = make_batch()
+        batch.extras["off_policy"] = torch.tensor([False, True, False, False, True, False])
+        batch.extras["sft"] = torch.tensor([False, False, False, True, False, False])
+        return MixedPolicyLossConfig(), batch
+    if name == "fork_contrast":
+        from forklens.objectives.fork_contrast import ForkContrastLossConfig
+        from tests.test_fork_contrast import make_batch as fork_batch
+
+        return ForkContrastLossConfig(kl_coef=0.1), fork_batch()
+    return cfg, make_batch()
+
+
+@pytest.mark.parametrize("name,cfg", CASES, ids=[case_id(n, c) for n, c in CASES])
 def test_microbatch_invariance(name, cfg):
     model, _ = make_tiny("llama", seed=1)
     model.float()
     objective = get_objective(name)
-    batch = make_batch()
+    cfg, batch = case_inputs(name, cfg)
     g_full, m_full = grads(model, objective, cfg, batch, micro=B)
     for micro in (1, 2, 4):  # 4 gives uneven micro-batches (4 + 2)
         g, m = grads(model, objective, cfg, batch, micro=micro)

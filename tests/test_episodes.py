@@ -61,7 +61,7 @@ def bridge(seed=0, depth=2):
 
 def test_response_mask_excludes_observations_hand_checked():
     p = bridge(0, 2)
-    s, (c0, c1, c2) = p.meta["start"], p.meta["chain"]
+    s, (_, c1, c2) = p.meta["start"], p.meta["chain"]
     r = p.meta["relations"]
     script = f"?{r[0]}({s})={c1};?{r[1]}({c1})={c2};!{c2}"
     policy = scripted_policy({p.prompt: script})

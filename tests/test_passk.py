@@ -412,11 +412,11 @@ def test_cli_missing_file(tmp_path, capsys):
     assert "samples file not found" in capsys.readouterr().err
 
 
-def test_cli_rejects_bad_k_and_unknown_generation_flags(tmp_path):
+def test_cli_rejects_bad_k_and_samples_with_model(tmp_path):
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, make_records("m", None, {"a": [True, False]}))
     with pytest.raises(SystemExit) as info:
         main(["passk", "--samples", str(samples), "--k", "1,x"])
     assert info.value.code == 2
-    with pytest.raises(SystemExit):  # the generation mode is not implemented yet
+    with pytest.raises(SystemExit):  # --samples (evaluate saved samples) and --model (generate) exclude each other
         main(["passk", "--samples", str(samples), "--model", "some/dir"])

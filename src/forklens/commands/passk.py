@@ -171,14 +171,15 @@ def _generate(args: argparse.Namespace) -> Path:
     from rich.console import Console
 
     from forklens.errors import ConfigError, DataError
-    from forklens.experiments.boundary import generate_samples, task_by_name, write_jsonl
+    from forklens.experiments.boundary import generate_samples, write_jsonl
+    from forklens.tasks import get_task
     from forklens.policy import Policy
 
     if not args.task:
         raise ConfigError("--model needs --task NAME (the task to sample and grade on: arith or agent)")
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
-    task = task_by_name(args.task)
+    task = get_task(args.task)
     multi = getattr(task, "multi_turn", False)
     Ts = args.Ts if args.Ts is not None else ([0, 1, 2, 3, 5] if multi else [0])
     if not multi and Ts != [0]:

@@ -32,6 +32,7 @@ from rich.console import Console
 from forklens.config import field
 from forklens.experiments.demo import RLConfig
 from forklens.objectives.grpo import GRPOLossConfig
+from forklens.tasks import get_task
 from forklens.tasks.agent import AgentOrganismConfig
 from forklens.tasks.organism import OrganismConfig
 from forklens.train.episode_source import EpisodeSamplingConfig
@@ -105,17 +106,6 @@ def quick_config() -> BoundaryConfig:
 
 
 # ------------------------------------------------------------------------------------ sampling
-
-
-def task_by_name(name: str, config=None):
-    """A task by name; ``agent`` is built here until the task registry lists it."""
-    if name == "agent":
-        from forklens.tasks.agent import AgentTask
-
-        return AgentTask(config)
-    from forklens.tasks import get_task
-
-    return get_task(name, config)
 
 
 def _seed_for(seed: int, T: int) -> int:
@@ -249,7 +239,7 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     from forklens.tasks.organism import build_base_organism
 
     org = replace(cfg.arith, seed=cfg.seed)
-    task = task_by_name(org.task, org.arith)
+    task = get_task(org.task, org.arith)
     console.rule("[bold]arith: base organism")
     t0 = time.perf_counter()
     base_info = build_base_organism(org, out / "base", use_cache=True, progress=progress)
@@ -314,7 +304,7 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     from forklens.tasks.agent import build_agent_organism
 
     org = replace(cfg.agent, seed=cfg.seed)
-    task = task_by_name("agent", org.agent)
+    task = get_task("agent", org.agent)
     t0 = time.perf_counter()
     console.rule("[bold]agent: base organism")
     base_info = build_agent_organism(org, out / "base", use_cache=True, progress=progress)

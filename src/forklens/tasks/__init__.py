@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from forklens.tasks.base import Problem, Task
 
-TASKS = {"arith"}
+TASKS = {"arith", "agent"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -12,6 +12,10 @@ def get_task(name: str, config=None) -> Task:
         from forklens.tasks.arith import ArithTask
 
         return ArithTask(config)
+    if name == "agent":
+        from forklens.tasks.agent import AgentTask
+
+        return AgentTask(config)
     from forklens.errors import ConfigError
 
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")

@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -360,44 +358,12 @@ def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cach
     (:class:`~forklens.train.episode_source.EpisodeSFTSource`: observation tokens are in the
     sequence but not trained on). Cached like the arith organism (``FORKLENS_CACHE``).
     """
-    from forklens.policy import Policy
-    from forklens.tasks.organism import _copy_model_dir, build_char_tokenizer, build_tiny_llama, cache_root
+    from forklens.tasks.organism import pretrain_organism
     from forklens.train.episode_source import EpisodeSFTSource
-    from forklens.train.loop import Trainer
-
-    out_dir = Path(out_dir)
-    key = agent_organism_key(cfg)
-    cached = cache_root() / key
-    if use_cache and (cached / "organism.json").is_file():
-        _copy_model_dir(cached, out_dir)
-        info = json.loads((cached / "organism.json").read_text())
-        return {**info, "cache_hit": True, "cache_dir": str(cached)}
 
     task = AgentTask(cfg.agent)
-    tokenizer = build_char_tokenizer(task.alphabet)
-    model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.seed)
-    policy = Policy(model, tokenizer)
     source = EpisodeSFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size,
                               cfg.seed)
-    work = out_dir.parent / f".{out_dir.name}-pretrain"
-    if work.exists():
-        shutil.rmtree(work)
-    trainer = Trainer(policy, "sft", None, source, replace(cfg.pretrain, seed=cfg.seed), work,
-                      name="pretrain agent base", progress=progress)
-    last = trainer.train()
-    staging = out_dir.parent / f".{out_dir.name}-staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    model.save_pretrained(str(staging))
-    tokenizer.save_pretrained(str(staging))
-    info = {"key": key, "steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s,
-            "final_loss": last.get("loss"), "config": asdict(cfg)}
-    (staging / "organism.json").write_text(json.dumps(info, indent=2))
-    shutil.copy(work / "metrics.jsonl", staging / "pretrain_metrics.jsonl")
-    shutil.rmtree(work, ignore_errors=True)
-    if use_cache:
-        _copy_model_dir(staging, cached)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
-    return {**info, "cache_hit": False, "cache_dir": str(cached) if use_cache else None}
+    return pretrain_organism(agent_organism_key(cfg), task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed),
+                             source, asdict(cfg), out_dir, seed=cfg.seed, use_cache=use_cache,
+                             progress=progress, name="pretrain agent base")

@@ -104,33 +104,42 @@ def organism_key(cfg: OrganismConfig) -> str:
 
 def build_base_organism(cfg: OrganismConfig, out_dir: str | Path, use_cache: bool = True,
                         progress: bool = True) -> dict:
-    """Pretrain (or fetch from the cache) the base organism and save it to ``out_dir`` in HF format.
+    """Pretrain (or fetch from the cache) the base arith organism; save it to ``out_dir`` in HF format.
 
     Returns an info dict: cache key, whether the cache was used, pretraining steps, FLOPs, wall time.
     """
-    from forklens.policy import Policy
     from forklens.tasks import get_task
-    from forklens.train.loop import Trainer
     from forklens.train.sources import SFTSource
 
+    task = get_task(cfg.task, cfg.arith)
+    source = SFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size, cfg.seed)
+    return pretrain_organism(organism_key(cfg), task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed),
+                             source, asdict(cfg), out_dir, seed=cfg.seed, use_cache=use_cache,
+                             progress=progress, name="pretrain base")
+
+
+def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, train_cfg: TrainConfig, source,
+                      config: dict, out_dir: str | Path, seed: int = 0, use_cache: bool = True,
+                      progress: bool = True, name: str = "pretrain") -> dict:
+    """The organism recipe shared by every task: a char tokenizer for ``alphabet``, a tiny Llama, SFT
+    from scratch with the one trainer on ``source``, saved atomically to ``out_dir`` and cached under
+    ``key`` (a cache hit copies the cached model instead)."""
+    from forklens.policy import Policy
+    from forklens.train.loop import Trainer
+
     out_dir = Path(out_dir)
-    key = organism_key(cfg)
     cached = cache_root() / key
     if use_cache and (cached / "organism.json").is_file():
         _copy_model_dir(cached, out_dir)
         info = json.loads((cached / "organism.json").read_text())
         return {**info, "cache_hit": True, "cache_dir": str(cached)}
 
-    task = get_task(cfg.task, cfg.arith)
-    tokenizer = build_char_tokenizer(task.alphabet)
-    model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.seed)
-    policy = Policy(model, tokenizer)
-    source = SFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size, cfg.seed)
-    pre = replace(cfg.pretrain, seed=cfg.seed)
+    tokenizer = build_char_tokenizer(alphabet)
+    model = build_tiny_llama(tokenizer, model_cfg, seed=seed)
     work = out_dir.parent / f".{out_dir.name}-pretrain"
     if work.exists():
         shutil.rmtree(work)
-    trainer = Trainer(policy, "sft", None, source, pre, work, name="pretrain base", progress=progress)
+    trainer = Trainer(Policy(model, tokenizer), "sft", None, source, train_cfg, work, name=name, progress=progress)
     last = trainer.train()
     staging = out_dir.parent / f".{out_dir.name}-staging"
     if staging.exists():
@@ -138,7 +147,7 @@ def build_base_organism(cfg: OrganismConfig, out_dir: str | Path, use_cache: boo
     model.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
     info = {"key": key, "steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s,
-            "final_loss": last.get("loss"), "config": asdict(cfg)}
+            "final_loss": last.get("loss"), "config": config}
     (staging / "organism.json").write_text(json.dumps(info, indent=2))
     shutil.copy(work / "metrics.jsonl", staging / "pretrain_metrics.jsonl")
     shutil.rmtree(work, ignore_errors=True)

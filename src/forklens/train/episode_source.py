@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
-from forklens.train.sources import _global_std, group_reduce
+from forklens.train.sources import SFTSource, _global_std, group_reduce
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -54,31 +54,12 @@ def trajectories_to_rollouts(policy, trajectories: Sequence[Trajectory]) -> Roll
     return ro
 
 
-class EpisodeSFTSource:
+class EpisodeSFTSource(SFTSource):
     """SFT on written multi-turn trajectories (fixed list, shuffled per epoch, or a generator callable
     ``(rng, n) -> list[Trajectory]``), with the loss on the model's own tokens only."""
 
-    def __init__(self, examples: Sequence[Trajectory] | Callable, batch_size: int, seed: int = 0):
-        if not callable(examples) and len(examples) == 0:
-            raise DataError("the SFT dataset is empty: nothing to train on")
-        self.examples = examples
-        self.batch_size = batch_size
-        self.seed = seed
-
-    def _examples(self, step: int) -> list[Trajectory]:
-        if callable(self.examples):
-            return self.examples(random.Random(f"sft-{self.seed}-{step}"), self.batch_size)
-        n = len(self.examples)
-        out = []
-        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, i = divmod(k, n)
-            perm = list(range(n))
-            random.Random(f"sft-{self.seed}-epoch-{epoch}").shuffle(perm)
-            out.append(self.examples[perm[i]])
-        return out
-
-    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
-        return trajectories_to_rollouts(policy, self._examples(step)[rank()::world_size()]), {}
+    def to_rollouts(self, policy, examples: list, step: int) -> Rollouts:
+        return trajectories_to_rollouts(policy, examples)
 
 
 @dataclass

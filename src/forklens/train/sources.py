@@ -23,17 +23,19 @@ class SFTSource:
     """Teacher-forced (prompt, response) pairs; the response gets EOS appended.
 
     ``examples`` is either a fixed list (shuffled once per epoch with the seed) or a callable
-    ``(rng, n) -> list[(prompt, response)]`` that generates fresh examples (organism pretraining).
+    ``(rng, n) -> list`` that generates fresh examples (organism pretraining). Subclasses that train
+    on other example types override :meth:`to_rollouts`.
     """
 
-    def __init__(self, examples: Sequence[tuple[str, str]] | Callable, batch_size: int, seed: int = 0):
+    def __init__(self, examples: Sequence | Callable, batch_size: int, seed: int = 0):
         if not callable(examples) and len(examples) == 0:
             raise DataError("the SFT dataset is empty: nothing to train on")
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
 
-    def _pairs(self, step: int) -> list[tuple[str, str]]:
+    def examples_for(self, step: int) -> list:
+        """The global batch of ``step`` (every rank computes the same list)."""
         if callable(self.examples):
             return self.examples(random.Random(f"sft-{self.seed}-{step}"), self.batch_size)
         n = len(self.examples)
@@ -45,13 +47,16 @@ class SFTSource:
             out.append(self.examples[perm[i]])
         return out
 
-    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
-        pairs = self._pairs(step)[rank()::world_size()]  # this rank's share of the global batch
-        prompts = [policy.encode_prompt(p) for p, _ in pairs]
-        responses = [policy.encode_response(r) for _, r in pairs]
+    def to_rollouts(self, policy, examples: list, step: int) -> Rollouts:
+        prompts = [policy.encode_prompt(p) for p, _ in examples]
+        responses = [policy.encode_response(r) for _, r in examples]
         for i, (p, r) in enumerate(zip(prompts, responses)):
             policy.check_length(len(p) + len(r), f"SFT example {i} of step {step}")
-        return Rollouts.from_ids(prompts, responses, policy.pad_id), {}
+        return Rollouts.from_ids(prompts, responses, policy.pad_id)
+
+    def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
+        mine = self.examples_for(step)[rank()::world_size()]  # this rank's share of the global batch
+        return self.to_rollouts(policy, mine, step), {}
 
 
 def verifier_reward(task) -> RewardFn:

@@ -65,7 +65,7 @@ def test_stable_form_matches_exact_combinatorial_form(args):
 
 
 def test_stable_form_matches_exact_exhaustively_small_n():
-    for n in range(1, 41):
+    for n in range(1, 65):  # every 1 <= k <= n <= 64, 0 <= c <= n, against rational arithmetic
         for c in range(n + 1):
             for k in range(1, n + 1):
                 assert abs(pass_at_k(n, c, k) - float(exact_pass_at_k(n, c, k))) <= TOL, (n, c, k)
@@ -91,6 +91,14 @@ def test_known_values():
     assert abs(pass_at_k(10, 3, 1) - 0.3) <= TOL
     assert abs(pass_at_k(4, 1, 2) - 0.5) <= TOL
     assert abs(pass_at_k(200, 13, 10) - float(exact_pass_at_k(200, 13, 10))) <= TOL
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=4096))
+def test_n_4096_finite_bounded_and_monotone_in_k(c):
+    values = [pass_at_k(4096, c, k) for k in range(1, 4097, 7)] + [pass_at_k(4096, c, 4096)]
+    assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values)
+    assert all(a <= b + 1e-15 for a, b in zip(values, values[1:]))
 
 
 def test_large_n_stays_finite_and_monotone_in_k():

@@ -160,7 +160,7 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     Each model body runs once per batch; the response positions' hidden states then go through both
     LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
     """
-    from forklens.policy.score import head_logits, hidden_states, verify_head
+    from forklens.policy.score import head_logits, hidden_states, pack_for_scoring, verify_head
 
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
@@ -168,36 +168,14 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes)
     results: list[PairScores | None] = [None] * len(prompt_ids)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
     models = (base, rl)
     training = [p.model.training for p in models]
     for p in models:
         p.model.eval()
     checked = False
     try:
-        i = 0
-        while i < len(order):
-            batch = [order[i]]
-            width = len(prompt_ids[order[i]]) + len(response_ids[order[i]])
-            while i + len(batch) < len(order):
-                j = order[i + len(batch)]
-                w = max(width, len(prompt_ids[j]) + len(response_ids[j]))
-                if w * (len(batch) + 1) > batch_tokens:
-                    break
-                batch.append(j)
-                width = w
-            i += len(batch)
-            ids = torch.full((len(batch), width), base.pad_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            sel = torch.zeros((len(batch), width), dtype=torch.bool)  # positions predicting a response token
-            for r, j in enumerate(batch):
-                p, y = list(prompt_ids[j]), list(response_ids[j])
-                if not p:
-                    raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
-                ids[r, :len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
-                attn[r, :len(p) + len(y)] = 1
-                sel[r, len(p) - 1:len(p) + len(y) - 1] = True
-            targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(batch))])
+        for pb in pack_for_scoring(prompt_ids, response_ids, base.pad_id, batch_tokens):
+            batch, ids, attn, sel, targets = pb.rows, pb.input_ids, pb.attention_mask, pb.predicts_response, pb.targets
             hidden = []
             for pol in models:
                 dev = pol.device

@@ -11,7 +11,7 @@ import torch
 from forklens.errors import DataError
 from forklens.policy.load import context_length, load_causal_lm, load_tokenizer
 from forklens.policy.sample import sample_batch
-from forklens.policy.score import chunked_token_stats, hidden_states, verify_head
+from forklens.policy.score import chunked_token_stats, hidden_states, pack_for_scoring, verify_head
 
 
 @dataclass
@@ -156,47 +156,23 @@ class Policy:
         Sequences are batched up to ``batch_tokens`` padded tokens; the LM head is applied in chunks
         (see :mod:`forklens.policy.score`), so memory does not grow with length x vocabulary.
         """
-        if len(prompt_ids) != len(response_ids):
-            raise ValueError("prompt_ids and response_ids must have the same length")
+        for j, (p, y) in enumerate(zip(prompt_ids, response_ids)):
+            self.check_length(len(p) + len(y), f"sequence {j}")
         was_training = self.model.training
         self.model.eval()
-        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
         results: list[ScoredSequence | None] = [None] * len(prompt_ids)
         device = self.device
         try:
-            i = 0
-            while i < len(order):
-                batch = [order[i]]
-                width = len(prompt_ids[order[i]]) + len(response_ids[order[i]])
-                while i + len(batch) < len(order):
-                    j = order[i + len(batch)]
-                    w = max(width, len(prompt_ids[j]) + len(response_ids[j]))
-                    if w * (len(batch) + 1) > batch_tokens:
-                        break
-                    batch.append(j)
-                    width = w
-                i += len(batch)
-                for j in batch:
-                    self.check_length(len(prompt_ids[j]) + len(response_ids[j]), f"sequence {j}")
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                attn = torch.zeros((len(batch), width), dtype=torch.long)
-                sel = torch.zeros((len(batch), width), dtype=torch.bool)  # positions that predict a response token
-                for r, j in enumerate(batch):
-                    p, y = prompt_ids[j], response_ids[j]
-                    if not p:
-                        raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
-                    ids[r, :len(p) + len(y)] = torch.tensor(p + list(y))
-                    attn[r, :len(p) + len(y)] = 1
-                    sel[r, len(p) - 1:len(p) + len(y) - 1] = True
-                ids, attn, sel = ids.to(device), attn.to(device), sel.to(device)
+            for pb in pack_for_scoring(prompt_ids, response_ids, self.pad_id, batch_tokens):
+                ids, attn, sel = pb.input_ids.to(device), pb.attention_mask.to(device), pb.predicts_response.to(device)
                 if not self._head_checked:
                     verify_head(self.model, ids, attn)
                     self._head_checked = True
                 h = hidden_states(self.model, ids, attn)
-                targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(batch))])
-                stats = chunked_token_stats(self.model, h[sel], targets, top_k=top_k, chunk_tokens=chunk_tokens)
+                stats = chunked_token_stats(self.model, h[sel], pb.targets.to(device), top_k=top_k,
+                                            chunk_tokens=chunk_tokens)
                 offset = 0
-                for r, j in enumerate(batch):
+                for j in pb.rows:
                     t = len(response_ids[j])
                     cut = slice(offset, offset + t)
                     results[j] = ScoredSequence(

@@ -75,6 +75,50 @@ def verify_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
 
 
 @dataclass
+class PackedBatch:
+    """Prompt+response sequences right-padded into one batch for teacher forcing."""
+
+    rows: list[int]  # indices of the input sequences, in batch order
+    input_ids: torch.Tensor  # [b, width]
+    attention_mask: torch.Tensor  # [b, width]
+    predicts_response: torch.Tensor  # [b, width] bool: positions whose next token is a response token
+    targets: torch.Tensor  # [N] the response tokens, in the order of predicts_response's True entries
+
+
+def pack_for_scoring(prompt_ids, response_ids, pad_id: int, batch_tokens: int):
+    """Yield :class:`PackedBatch` es of sequences sorted by length, each at most ``batch_tokens`` padded
+    tokens (a longer sequence gets a batch of its own). Raises DataError for an empty prompt."""
+    from forklens.errors import DataError
+
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError("prompt_ids and response_ids must have the same length")
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    order = sorted(range(len(prompt_ids)), key=lambda i: lengths[i])
+    i = 0
+    while i < len(order):
+        rows, width = [order[i]], lengths[order[i]]
+        while i + len(rows) < len(order):
+            w = max(width, lengths[order[i + len(rows)]])
+            if w * (len(rows) + 1) > batch_tokens:
+                break
+            rows.append(order[i + len(rows)])
+            width = w
+        i += len(rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        sel = torch.zeros((len(rows), width), dtype=torch.bool)
+        for r, j in enumerate(rows):
+            p, y = list(prompt_ids[j]), list(response_ids[j])
+            if not p:
+                raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
+            ids[r, :len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
+            attn[r, :len(p) + len(y)] = 1
+            sel[r, len(p) - 1:len(p) + len(y) - 1] = True
+        targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(rows))])
+        yield PackedBatch(rows, ids, attn, sel, targets)
+
+
+@dataclass
 class TokenStats:
     """Per-position statistics for the selected positions (flattened, in order)."""
 

@@ -55,6 +55,20 @@ def load_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
     return tok
 
 
+def default_device() -> str:
+    """``cuda:LOCAL_RANK`` (or ``cuda``) when a GPU is visible, else ``cpu``; ``FORKLENS_DEVICE`` overrides."""
+    import os
+
+    import torch
+
+    if os.environ.get("FORKLENS_DEVICE"):
+        return os.environ["FORKLENS_DEVICE"]
+    if torch.cuda.is_available():
+        local = os.environ.get("LOCAL_RANK")
+        return f"cuda:{local}" if local is not None else "cuda"
+    return "cpu"
+
+
 def load_causal_lm(path: str | Path, dtype: str | None = None, device: str | None = None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -85,7 +99,6 @@ def load_causal_lm(path: str | Path, dtype: str | None = None, device: str | Non
         model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=kwargs.get("dtype"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the model weights in {path}: {exc}") from None
-    if device:
-        model.to(device)
+    model.to(device or default_device())
     model.eval()
     return model

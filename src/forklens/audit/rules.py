@@ -285,6 +285,7 @@ TRL_FIXED_IN: Version | None = None  # PR #6024 merged 2026; first release carry
 TRL_DAPO_AFFECTED_LOSS_TYPES = ("dapo", "cispo", "vespo")
 TRL_REFERENCES = [
     "https://github.com/huggingface/trl/pull/6024",
+    "https://github.com/huggingface/trl/pull/5890",  # the same rescale (and Liger parity), also "fixes #5619"
     "https://github.com/huggingface/trl/issues/5619",
 ]
 

@@ -1,0 +1,89 @@
+"""Teacher-forced scoring throughput of a base + RL pair (what `forklens diff` runs) as model FLOP
+utilisation: achieved FLOP/s over the peak float32 matmul FLOP/s measured in the same run.
+
+Model: a ~20M-parameter Llama (hidden 512, 4 layers, vocabulary 8,192), two copies with different
+seeds. Input: ``--sequences`` sequences of ``--length`` tokens (half prompt, half response). FLOPs
+counted: 2 x (non-embedding parameters) per token through each body, plus 2 x hidden x vocab per
+response token through each LM head (the head runs on response positions only), plus attention
+(4 x layers x length x hidden per token, causal half). Peak: the median of repeated 2048 x 2048 x
+2048 float32 matmuls on the same threads.
+
+Writes ``benchmarks/results/scoring.json``: ``{"forklens": FLOP/s, "peer": peak FLOP/s,
+"unit": "FLOP/s", "ratio": MFU, "details": {...}}``.
+
+    python benchmarks/scoring.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import machine, write_result
+from sampling import MODELS, build
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def main() -> None:
+    from forklens.analysis.diff import score_pairs
+    from forklens.policy import Policy
+    from forklens.tasks.organism import build_char_tokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sequences", type=int, default=32)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    spec = MODELS["llama-20M"]
+    tok = build_char_tokenizer("abc")  # only used for pad/eos ids; scoring takes token ids
+    base, rl = build(spec), build(spec)
+    torch.manual_seed(1)
+    for p in rl.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    pb, pr = Policy(base, tok), Policy(rl, tok)
+    g = torch.Generator().manual_seed(0)
+    half = args.length // 2
+    prompts = [torch.randint(3, spec["vocab_size"], (half,), generator=g).tolist() for _ in range(args.sequences)]
+    responses = [torch.randint(3, spec["vocab_size"], (args.length - half,), generator=g).tolist()
+                 for _ in range(args.sequences)]
+
+    def run():
+        score_pairs(pb, pr, prompts, responses)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
+    h, L, V = spec["hidden_size"], spec["num_hidden_layers"], spec["vocab_size"]
+    body = sum(p.numel() for p in base.parameters()) - 2 * V * h  # without embeddings and head
+    tokens = args.sequences * args.length
+    resp_tokens = args.sequences * (args.length - half)
+    flops_one = 2 * body * tokens + 2 * h * V * resp_tokens + 2 * L * tokens * args.length * h
+    achieved = 2 * flops_one / seconds
+    peak = matmul_peak()
+    details = {"sequences": args.sequences, "length": args.length, "seconds": seconds, "flops": 2 * flops_one,
+               "peak_matmul_flops_per_s": peak, "body_params": body, "machine": machine()}
+    print(f"scoring {achieved / 1e9:.1f} GFLOP/s, matmul peak {peak / 1e9:.1f} GFLOP/s, MFU {achieved / peak:.2%}")
+    write_result("scoring", achieved, peak, "FLOP/s", details)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ mean-of-micro-batch-means loss. Exit status: 0 when nothing of severity medium o
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "audit",
-        help="check a training environment and configs for known silent training-stack bugs",
+        help="Check a training environment and configs for known silent training-stack bugs.",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

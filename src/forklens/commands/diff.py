@@ -25,7 +25,7 @@ Several processes (torchrun / accelerate launch) shard the prompts; rank 0 write
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "diff",
-        help="token-level diff of a base and an RL model (ranks, entropy, KL, HTML report)",
+        help="Token-level diff of a base and an RL model (ranks, entropy, KL, HTML report).",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

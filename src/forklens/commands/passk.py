@@ -60,7 +60,7 @@ def _parse_ks(text: str) -> list[int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "passk",
-        help="unbiased pass@k / PASS@(k,T) curves from sampled completions",
+        help="Unbiased pass@k / PASS@(k,T) curves from sampled (or generated) completions.",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -23,7 +23,7 @@ class SFTRunConfig:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="Train a model: grpo or sft.")
+    p = sub.add_parser("train", help="Train a model: grpo, sft or fork-contrast.")
     tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
     g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
     g.add_argument("--model", required=True, help="Hugging Face model directory to start from.")

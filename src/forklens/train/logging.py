@@ -12,14 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 
-SHOWN = ("loss", "reward_mean", "entropy", "kl")
+SHOWN = {"loss": "loss", "reward_mean": "reward", "entropy": "H", "kl": "kl"}  # metric -> short label
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        return f"{v:.4g}"
+        return f"{v:.3g}"
     return str(v)
 
 
@@ -29,7 +29,7 @@ class StepLogger:
         self.path = path
         self.enabled = enabled
         self.log_every = max(1, log_every)
-        self.progress = Progress(TextColumn(f"[bold]{escape(name)}[/]"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{escape(name)}[/]"), BarColumn(bar_width=20), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                  console=console, transient=False, disable=not (enabled and progress))
         self.task = self.progress.add_task(name, total=total, completed=start, info="")
@@ -59,7 +59,7 @@ class StepLogger:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        info = "  ".join(f"{k}={_fmt(metrics[k])}" for k in SHOWN if k in metrics)
+        info = " ".join(f"{label} {_fmt(metrics[k])}" for k, label in SHOWN.items() if k in metrics)
         self.progress.update(self.task, completed=metrics["step"], info=info)
         if self.tb is not None:
             for k, v in metrics.items():

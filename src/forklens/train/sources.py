@@ -75,6 +75,29 @@ class SamplingConfig:
     top_p: float = field(1.0, help="Nucleus sampling threshold of the rollouts.")
     max_new_tokens: int = field(64, help="Completion length cap; longer completions are truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+    snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of prompt groups, RAGEN-2 style: drop "
+                                  "zero-std groups, keep the highest-std groups until they hold rho of the total "
+                                  "std (0 = off; the paper uses 0.9). Filtered groups are sampled but not trained on.")
+    snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+
+
+def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> list[int]:
+    """Groups kept by reward-variance filtering: zero-std groups dropped, the rest sorted by std
+    (descending) and kept until their cumulative std reaches ``rho * total - eps``. At least one
+    group is always kept (so every rank has something to train on; a zero-std group has zero
+    advantage and contributes no gradient). Returns group indices in ascending order."""
+    std = group_std.double()
+    live = (std > 0).nonzero().flatten().tolist()
+    if not live:
+        return [int(std.argmax())]
+    total = float(std[live].sum())
+    kept, cum = [], 0.0
+    for g in sorted(live, key=lambda i: (-float(std[i]), i)):
+        kept.append(g)
+        cum += float(std[g])
+        if cum >= rho * total - eps:
+            break
+    return sorted(kept)
 
 
 def group_reduce(values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, op: str) -> torch.Tensor:
@@ -177,6 +200,12 @@ class GRPOSource:
                 start = int(batch.prompt_lens[i])
                 batch.ref_logprobs[i, start:start + len(s.logprob)] = s.logprob
             scored = float(batch.attention_mask.sum())
+        kept_frac = 1.0
+        if c.snr_filter_rho > 0:
+            first_row = [groups.index(g) for g in range(len(chosen))]
+            keep = set(snr_keep_groups(stds[first_row], c.snr_filter_rho, c.snr_filter_eps))
+            rows = [i for i, g in enumerate(groups) if g in keep]
+            kept_frac = len(keep) / len(chosen)
         on = ~torch.tensor(off_policy)
         group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
         group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
@@ -191,6 +220,9 @@ class GRPOSource:
             "sampled_tokens": float(samples.tokens_processed),
             "scored_tokens": scored,
         }
+        if c.snr_filter_rho > 0:
+            batch = batch.select(rows)
+            info["snr_kept_groups_frac"] = kept_frac
         return batch, info
 
 

@@ -39,22 +39,30 @@ at the cap), graded by the task's verifier and saved to OUT/samples.jsonl, e.g.
 """
 
 
-def _parse_ks(text: str) -> list[int]:
-    ks = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            k = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"k values must be integers, got {part!r}") from None
-        if k < 1:
-            raise argparse.ArgumentTypeError(f"k values must be >= 1, got {k}")
-        ks.append(k)
-    if not ks:
-        raise argparse.ArgumentTypeError("give at least one k, e.g. --k 1,2,4,8")
-    return sorted(set(ks))
+def _int_list(name: str, minimum: int, example: str):
+    """An argparse type for a comma-separated list of integers >= ``minimum`` (sorted, unique)."""
+
+    def parse(text: str) -> list[int]:
+        values = []
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            try:
+                v = int(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} values must be integers, got {part!r}") from None
+            if v < minimum:
+                raise argparse.ArgumentTypeError(f"{name} values must be >= {minimum}, got {v}")
+            values.append(v)
+        if not values:
+            raise argparse.ArgumentTypeError(f"give at least one {name}, e.g. {example}")
+        return sorted(set(values))
+
+    return parse
+
+
+_parse_ks = _int_list("k", 1, "--k 1,2,4,8")
+_parse_Ts = _int_list("T", 0, "--T 0,1,2,3,5")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,23 +139,6 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     gen.add_argument("--batch-size", type=int, default=512, help="sequences decoded together (default: 512)")
 
-
-def _parse_Ts(text: str) -> list[int]:
-    Ts = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            T = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"T values must be integers, got {part!r}") from None
-        if T < 0:
-            raise argparse.ArgumentTypeError(f"T values must be >= 0, got {T}")
-        Ts.append(T)
-    if not Ts:
-        raise argparse.ArgumentTypeError("give at least one T, e.g. --T 0,1,2,3,5")
-    return sorted(set(Ts))
 
 
 def _model_names(specs: list[str]) -> list[tuple[str, Path]]:

@@ -116,13 +116,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress:
     return summary
 
 
-def run_demo_diff(cfg: DemoConfig, base_policy, rl_policy, task, out: Path) -> dict | None:
+def run_demo_diff(cfg: DemoConfig, base_policy, rl_policy, task, out: Path) -> dict:
     """The token-level diff of the demo's base and RL models on held-out prompts (see `forklens diff`)."""
-    try:
-        from forklens.analysis.diff import run_diff
-    except ImportError:
-        console.print("token diff not available in this build")
-        return None
+    from forklens.analysis.diff import run_diff
+
     problems = task.problems("test")[: cfg.diff_prompts]
     prompts = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in problems]
     by_id = {p.id: p for p in problems}

@@ -1,0 +1,73 @@
+"""Rewards in TRL's signature, and their weighted composition.
+
+A reward function is ``fn(prompts, completions, **columns) -> list[float | None]``: one value per
+completion, ``None`` where the reward does not apply (TRL's convention, so any forklens reward plugs
+into TRL's ``GRPOTrainer`` and any TRL reward into forklens). ``columns`` carries the dataset
+columns; forklens passes ``problem`` (the :class:`~forklens.tasks.base.Problem`), ``answer`` and
+``id``, and the episode sources add ``episode`` (the sampled multi-turn episode).
+
+:func:`compose_rewards` sums the weighted components (``None`` and NaN count as 0 in the sum, as in
+TRL) and keeps each component so it can be logged separately (``reward/NAME``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+RewardFn = Callable[..., list]
+
+
+def reward_name(fn) -> str:
+    """The name a reward component is logged under."""
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def compose_rewards(reward_fns: Sequence[RewardFn], weights: Sequence[float] | None, prompts: list,
+                    completions: list, **columns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the reward components and each component (NaN where it returned ``None``).
+
+    Raises ``ValueError`` when a function returns the wrong number of values or something that is not
+    a number or ``None``: a silent zero would train on a broken reward.
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(reward_fns)
+    if len(weights) != len(reward_fns):
+        raise ValueError(f"{len(weights)} reward weights for {len(reward_fns)} reward functions")
+    n = len(completions)
+    total = torch.zeros(n, dtype=torch.float32)
+    components: dict[str, torch.Tensor] = {}
+    for fn, w in zip(reward_fns, weights):
+        name = reward_name(fn)
+        vals = fn(prompts, completions, **columns)
+        if len(vals) != n:
+            raise ValueError(f"reward function {name} returned {len(vals)} values for {n} completions")
+        comp = torch.full((n,), float("nan"), dtype=torch.float32)
+        for i, v in enumerate(vals):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                try:
+                    v = float(v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"reward function {name} returned {v!r} for completion {i}; "
+                                     "expected a float or None") from None
+            comp[i] = float(v)
+            if not math.isnan(float(v)):
+                total[i] += w * float(v)
+        key, k = name, 2
+        while key in components:  # two functions with one name are logged apart
+            key, k = f"{name}_{k}", k + 1
+        components[key] = comp
+    return total, components
+
+
+def component_means(components: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict[str, float]:
+    """``{"reward/NAME": mean over rows where it applied}`` (NaN when it applied to none)."""
+    out = {}
+    for name, comp in components.items():
+        c = comp if rows is None else comp[rows]
+        ok = ~torch.isnan(c)
+        out[f"reward/{name}"] = float(c[ok].mean()) if bool(ok.any()) else float("nan")
+    return out

@@ -17,10 +17,11 @@ from forklens.config import field
 from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
 from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
+from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
-from forklens.train.sources import SFTSource, _global_std, group_reduce
+from forklens.train.sources import SFTSource, _global_std, group_reduce, verifier_reward
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -76,10 +77,13 @@ class EpisodeSamplingConfig:
 
 class EpisodeGRPOSource:
     """GRPO over multi-turn episodes: ``group_size`` episodes for each of ``prompts_per_step``
-    training questions, rewarded by the task's verifier on the whole transcript (binary exact match
-    for the agent organism), group-relative advantages per episode."""
+    training questions, group-relative advantages per episode. The reward is the task's verifier on
+    the whole transcript (binary exact match for the agent organism) unless ``reward_fns`` (TRL
+    signature; their columns include ``episode``, the sampled :class:`Episode`) and ``reward_weights``
+    say otherwise."""
 
-    def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None):
+    def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None,
+                 reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None):
         if not problems:
             raise DataError("the training split has no problems")
         self.task = task
@@ -87,6 +91,8 @@ class EpisodeGRPOSource:
         self.problems = problems
         self.config = config
         self.seed = seed
+        self.reward_fns = reward_fns if reward_fns is not None else [verifier_reward(task)]
+        self.weights = reward_weights
         self.last_chosen: list[Problem] = []
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
@@ -98,8 +104,10 @@ class EpisodeGRPOSource:
         self.last_chosen = chosen
         eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
                               top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
-        rewards = torch.tensor([self.task.verify(chosen[g], e.text) for g, e in zip(eps.group, eps.episodes)],
-                               dtype=torch.float32)
+        probs = [chosen[g] for g in eps.group]
+        rewards, components = compose_rewards(
+            self.reward_fns, self.weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
+            problem=probs, answer=[p.answer for p in probs], id=[p.id for p in probs], episode=list(eps.episodes))
         group_ids = torch.tensor(eps.group, dtype=torch.long)
         adv, _ = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         batch = episodes_to_rollouts(eps, policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
@@ -117,4 +125,6 @@ class EpisodeGRPOSource:
             "sampled_tokens": float(eps.tokens_processed),
             "scored_tokens": 0.0,
         }
+        if len(components) > 1:
+            info.update(component_means(components))
         return batch, info

@@ -12,11 +12,11 @@ import torch
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
+from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
 
-RewardFn = Callable[..., list]  # TRL signature: fn(prompts, completions, **columns) -> list[float | None]
 
 
 class SFTSource:
@@ -144,19 +144,10 @@ class GRPOSource:
         self.n_expert = n_expert
         self.last_chosen: list[Problem] = []
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> torch.Tensor:
+    def rewards(self, problems: list[Problem], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total reward and each component (see :func:`forklens.rewards.compose_rewards`)."""
         columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
-        prompts = [p.prompt for p in problems]
-        total = torch.zeros(len(problems), dtype=torch.float32)
-        for fn, w in zip(self.reward_fns, self.weights):
-            vals = fn(prompts, completions, **columns)
-            if len(vals) != len(problems):
-                raise ValueError(f"reward function {getattr(fn, '__name__', fn)} returned {len(vals)} values "
-                                 f"for {len(problems)} completions")
-            for i, v in enumerate(vals):
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                    total[i] += w * float(v)
-        return total
+        return compose_rewards(self.reward_fns, self.weights, [p.prompt for p in problems], completions, **columns)
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
@@ -184,7 +175,7 @@ class GRPOSource:
                     finished.insert(at, True)
                     off_policy.insert(at, True)
         probs = [chosen[g] for g in groups]
-        rewards = self.rewards(probs, texts)
+        rewards, components = self.rewards(probs, texts)
         group_ids = torch.tensor(groups, dtype=torch.long)
         adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         truncated = torch.tensor([not f for f in finished], dtype=torch.bool)
@@ -220,6 +211,8 @@ class GRPOSource:
             "sampled_tokens": float(samples.tokens_processed),
             "scored_tokens": scored,
         }
+        if len(components) > 1:
+            info.update(component_means(components, on))
         if c.snr_filter_rho > 0:
             batch = batch.select(rows)
             info["snr_kept_groups_frac"] = kept_frac

@@ -31,6 +31,13 @@ def make_tiny(arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int =
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
                           tie_word_embeddings=True, **common)
         model = Qwen2ForCausalLM(cfg)
+    elif arch in ("qwen3", "mistral"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.for_model(arch, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                                   max_position_embeddings=max_pos, **common)
+        model = AutoModelForCausalLM.from_config(cfg)
     elif arch == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=max_pos, **common)
         model = GPT2LMHeadModel(cfg)

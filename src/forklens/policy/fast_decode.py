@@ -1,0 +1,214 @@
+"""A lean KV-cached decoder for the Llama family (Llama, Mistral, Qwen2, Qwen3), used by the sampler.
+
+Why: on small and mid-size models a decoding step through the transformers forward spends most of
+its time outside the matrix products (cache objects, mask builders, keyword plumbing). This decoder
+calls the model's own modules (embeddings, norms, projections, MLPs, rotary embedding, LoRA layers
+included) but keeps the keys and values in one preallocated buffer per layer and builds the masks
+itself, so a step is the matrix products plus a little indexing.
+
+It is an optimisation, never a second source of truth: the first time a model is decoded with it,
+its prefill and first step are compared with the transformers forward of the same tokens
+(:func:`verify_fast_decoder`), and a model that does not match within the dtype's tolerance (or any
+architecture outside the family, or sliding-window attention shorter than the sequence) is decoded
+through transformers instead. Set ``FORKLENS_FAST_DECODE=0`` to always use transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
+_VERIFIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {(dtype, device): matches}
+_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+def _inner(model):
+    """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def fast_decode_supported(model, total_len: int) -> bool:
+    """Architecture check: the Llama family, with no sliding window shorter than ``total_len``."""
+    if os.environ.get("FORKLENS_FAST_DECODE", "1") == "0":
+        return False
+    m = _inner(model)
+    cfg = getattr(m, "config", None)
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    body = getattr(m, "model", None)
+    if not all(hasattr(body, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")) or not hasattr(m, "lm_head"):
+        return False
+    for layer in body.layers:
+        window = getattr(layer.self_attn, "sliding_window", None)
+        if window is not None and window < total_len:
+            return False
+    return True
+
+
+class StaticKVDecoder:
+    """Same interface as :class:`forklens.policy.sample.KVStepper`: ``logits`` [B, V] after the
+    prefill, then ``step(tok, attn, pos)`` per token. The cache holds ``width + max_new_tokens``
+    positions; ``attn`` is ignored (every row advances by one position per step).
+
+    With ``fixed`` (default: on a GPU) a decoding step has fixed shapes: it attends over the whole
+    cache under the validity mask and writes its keys and values at a slot held in a device tensor, so
+    on CUDA the step is captured once as a CUDA graph and replayed, which removes the kernel-launch
+    overhead that dominates decoding of small and mid-size models (``FORKLENS_CUDA_GRAPHS=0`` runs the
+    same steps eagerly). Otherwise (CPU) a step attends over the filled part of the cache only.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attn: torch.Tensor, position_ids: torch.Tensor,
+                 max_new_tokens: int, fixed: bool | None = None):
+        m = _inner(model)
+        self.body, self.lm_head = m.model, m.lm_head
+        self.rotate = sys.modules[type(self.body.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        b, width = input_ids.shape
+        self.cap = cap = width + max_new_tokens
+        cfg = m.config
+        n_kv = cfg.num_key_value_heads
+        self.n_rep = cfg.num_attention_heads // n_kv
+        head_dim = self.body.layers[0].self_attn.head_dim
+        dtype = self.body.embed_tokens.weight.dtype
+        dev = input_ids.device
+        self.k = [torch.zeros(b, n_kv, cap, head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        self.valid = torch.zeros(b, cap, dtype=torch.bool, device=dev)
+        self.valid[:, :width] = attn.bool()
+        self.t = 0
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        # a left-pad query attends to itself, so no row is fully masked (no NaN in the cache)
+        mask = (causal & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=dev)
+        self.logits = self._forward(input_ids, position_ids, mask[:, None], slot=None)
+        self.t = width
+        self.fixed = dev.type == "cuda" if fixed is None else fixed
+        self.graphs = self.fixed and dev.type == "cuda" and os.environ.get("FORKLENS_CUDA_GRAPHS", "1") != "0"
+        self._graph = None
+        if self.fixed:
+            self._tok = torch.zeros(b, dtype=torch.long, device=dev)
+            self._pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
+            self._slot = torch.zeros(1, dtype=torch.long, device=dev)
+
+    def _attend(self, q, k, v, mask, scale):
+        if q.shape[2] == 1:  # a decoding step: two small batched products beat the fused CPU kernel
+            b, h, _, d = q.shape
+            q = q.view(b, h // self.n_rep, self.n_rep, d)  # grouped queries share their key/value head
+            w = (q @ k.transpose(-1, -2)).mul_(scale).masked_fill_(~mask, float("-inf")).softmax(-1)
+            return (w @ v).view(b, h, 1, d)
+        if self.n_rep > 1 and not _GQA:
+            k, v = k.repeat_interleave(self.n_rep, 1), v.repeat_interleave(self.n_rep, 1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              **({"enable_gqa": True} if self.n_rep > 1 else {}))
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot) -> torch.Tensor:
+        """Run ``ids`` [B, S] at positions ``pos``; keys/values go to cache slots ``t..t+S`` (``slot``
+        None) or, for one token, to the slot index held in the tensor ``slot`` (whole-cache attention)."""
+        b, s = ids.shape
+        t1 = self.t + s
+        h = self.body.embed_tokens(ids)
+        cos, sin = self.body.rotary_emb(h, pos)
+        for i, layer in enumerate(self.body.layers):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(b, s, -1, a.head_dim)
+            k = a.k_proj(x).view(b, s, -1, a.head_dim)
+            if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            v = a.v_proj(x).view(b, s, -1, a.head_dim).transpose(1, 2)
+            if slot is None:
+                self.k[i][:, :, self.t:t1], self.v[i][:, :, self.t:t1] = k, v
+                keys, values = self.k[i][:, :, :t1], self.v[i][:, :, :t1]
+            else:
+                self.k[i].index_copy_(2, slot, k)
+                self.v[i].index_copy_(2, slot, v)
+                keys, values = self.k[i], self.v[i]
+            o = self._attend(q, keys, values, mask, a.scaling)
+            h = h + a.o_proj(o.transpose(1, 2).reshape(b, s, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.lm_head(self.body.norm(h[:, -1]))
+
+    def _fixed_step(self) -> torch.Tensor:
+        self.valid.index_fill_(1, self._slot, True)
+        return self._forward(self._tok[:, None], self._pos, self.valid[:, None, None, :], slot=self._slot)
+
+    def _capture(self) -> None:
+        """Record one fixed-shape step as a CUDA graph (after warm-up runs on a side stream, as
+        capture requires). The warm-up writes the current slot, which the first real step rewrites."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._fixed_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._out = self._fixed_step()
+
+    def step(self, tok: torch.Tensor, attn=None, pos: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.fixed:
+            self.valid[:, self.t] = True
+            self.logits = self._forward(tok[:, None], pos, self.valid[:, None, None, :self.t + 1], slot=None)
+        else:
+            self._tok.copy_(tok)
+            self._pos.copy_(pos)
+            self._slot.fill_(self.t)
+            if not self.graphs:
+                self.logits = self._fixed_step()
+            else:
+                if self._graph is None:
+                    self._capture()
+                self._graph.replay()
+                self.logits = self._out.clone()
+        self.t += 1
+        return self.logits
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+@torch.no_grad()
+def verify_fast_decoder(model, input_ids: torch.Tensor, attn: torch.Tensor, position_ids: torch.Tensor) -> bool:
+    """Do the fast prefill and one fast step give transformers' logits for the same tokens?
+
+    Checked on up to two rows (one left-padded if there is one): prefill logits at the last prompt
+    position, then the logits after one more token, against a plain ``model(...)`` forward over the
+    whole sequence. The result is remembered per (model, dtype, device)."""
+    seen = _VERIFIED.setdefault(model, {})
+    key = (_inner(model).model.embed_tokens.weight.dtype, input_ids.device)
+    if key in seen:
+        return seen[key]
+    rows = sorted({0, int(attn.sum(-1).argmin())})
+    ids, am, pos = input_ids[rows], attn[rows], position_ids[rows]
+    tok = ids[:, -1:].clone()
+    ok = True
+    try:
+        fast = StaticKVDecoder(model, ids, am, pos, max_new_tokens=1)
+        first = fast.logits.float()
+        second = fast.step(tok[:, 0], None, pos[:, -1:] + 1).float()
+        full_ids = torch.cat([ids, tok], 1)
+        full_am = torch.cat([am, torch.ones_like(tok)], 1)
+        full_pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+        ref = model(input_ids=full_ids, attention_mask=full_am, position_ids=full_pos).logits.float()
+        tol = _tolerance(fast.k[0].dtype)
+        for got, want in ((first, ref[:, -2]), (second, ref[:, -1])):
+            scale = max(1.0, float(want.abs().max()))
+            if float((got - want).abs().max()) > tol * scale:
+                ok = False
+    except Exception as exc:  # any architecture surprise: fall back, but say so
+        warnings.warn(f"forklens fast decoder unavailable for {type(_inner(model)).__name__} ({exc}); "
+                      "decoding through transformers")
+        ok = False
+    else:
+        if not ok:
+            warnings.warn(f"forklens fast decoder does not match transformers on {type(_inner(model)).__name__}; "
+                          "decoding through transformers")
+    seen[key] = ok
+    return ok

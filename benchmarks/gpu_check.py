@@ -68,9 +68,9 @@ def prompts_for(vocab: int, batch: int, seed: int = 0) -> list[list[int]]:
 
 
 def generate_tokens(model, prompts, new_tokens: int, greedy: bool) -> torch.Tensor:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device="cuda")
-    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device="cuda")
+    width, dev = max(map(len, prompts)), next(model.parameters()).device
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=dev)
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=attn, do_sample=not greedy, temperature=1.0, top_p=1.0,
                              top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
@@ -82,7 +82,7 @@ def ours(model, prompts, new_tokens: int, greedy: bool, graphs: bool = True):
     from forklens.policy.sample import sample_batch
 
     os.environ["FORKLENS_CUDA_GRAPHS"] = "1" if graphs else "0"
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(1)
     out, _, _ = sample_batch(model, prompts, pad_id=0, eos_ids=[], max_new_tokens=new_tokens,
                              temperature=0.0 if greedy else 1.0, top_p=1.0, generator=gen)
     return out

@@ -3,12 +3,15 @@
     python benchmarks/run_all.py [--quick]
 
 Each script writes ``benchmarks/results/NAME.json`` (``{"forklens", "peer", "unit", "ratio", "details"}``,
-ratio = forklens / peer). ``--quick`` runs one timing repeat each (about 4 minutes in all on 2 cores).
+ratio = forklens / peer). ``--quick`` runs one timing repeat each (about 5 minutes in all on 2 cores).
+``grpo_step`` needs TRL, the peer (``pip install trl``, into a separate environment if you like: the
+script is run with the same interpreter as this one); without it that benchmark is skipped and said so.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,6 +22,7 @@ BENCHMARKS = {
     "sampling": (["sampling.py"], ["--quick"]),
     "scoring": (["scoring.py"], ["--quick"]),
     "memory": (["memory.py"], []),  # always the 128k x 4,096 case (about 2.5 minutes)
+    "grpo_step": (["grpo_step.py"], ["--quick"]),  # needs TRL
 }
 
 
@@ -29,6 +33,9 @@ def main() -> int:
     failed = []
     for name, (cmd, quick) in BENCHMARKS.items():
         print(f"== {name}", flush=True)
+        if name == "grpo_step" and importlib.util.find_spec("trl") is None:
+            print("skipped: TRL (the peer) is not installed; pip install trl", flush=True)
+            continue
         res = subprocess.run([sys.executable, *cmd, *(quick if args.quick else [])], cwd=HERE)
         if res.returncode:
             failed.append(name)

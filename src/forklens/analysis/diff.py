@@ -144,6 +144,13 @@ def head_vocab(model) -> int:
     return int(body_and_head(model)[2].weight.shape[0])
 
 
+def default_chunk_bytes(device) -> int:
+    """LM-head chunk budget: 256 MiB on CPU (bounded host memory), 1 GiB on a GPU, where the per-token
+    statistics over the vocabulary are launch-bound in small chunks (1 GiB scored 1.4x faster than
+    256 MiB on an H100 with a 152k vocabulary: benchmarks/scaling.py, docs/results.md)."""
+    return (2**30) if torch.device(device).type == "cuda" else 256 * 2**20
+
+
 def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
     """Positions per chunk so that ~8 float32 [chunk x vocab] temporaries fit ``max_chunk_bytes``."""
     return max(1, max_chunk_bytes // (vocab * 4 * 8))
@@ -152,7 +159,7 @@ def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
 @torch.no_grad()
 def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *,
                 list_k: int = MIN_LIST_K, batch_tokens: int = 8192, chunk_tokens: int | None = None,
-                max_chunk_bytes: int = 256 * 2**20, progress: Callable[[int], None] | None = None
+                max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None
                 ) -> list[PairScores]:
     """Teacher-force each prompt+response through both :class:`~forklens.policy.Policy` objects.
 
@@ -166,7 +173,7 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
         raise ValueError("prompt_ids and response_ids must have the same length")
     vocab = head_vocab(base.model)
     if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes)
+        chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
     results: list[PairScores | None] = [None] * len(prompt_ids)
     models = (base, rl)
     training = [p.model.training for p in models]

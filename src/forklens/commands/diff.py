@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
     resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
     resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    resp.add_argument("--backend", choices=["torch", "vllm"], default="torch",
+                      help="sampler of the responses: the built-in one (default) or vLLM (GPU; pip install vllm)")
     resp.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     resp.add_argument("--block-size", type=int, default=16,
                       help="prompts per generation batch; the unit of seeding and of sharding over processes "
@@ -131,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts)
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+        if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
+            (base if args.responses == "base-sample" else rl).use_backend(args.backend)
         out = Path(args.out)
         summary = run_diff(
             base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,

@@ -30,6 +30,8 @@ def register(sub) -> None:
     g.add_argument("--task", default="arith", help="Built-in task (default: arith).")
     g.add_argument("--out", default="runs/grpo", help="Run directory (checkpoints, metrics.jsonl, model/).")
     g.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
+    g.add_argument("--backend", choices=["torch", "vllm"], default=None,
+                   help="Rollout sampler (same as --set sampling.backend=...; default torch, the built-in one).")
     add_config_args(g)
     g.set_defaults(func=run_grpo)
     s = tsub.add_parser("sft", help="Supervised fine-tuning on a JSONL of {prompt, response}.")
@@ -55,6 +57,8 @@ def run_grpo(args) -> int:
     from forklens.tasks import get_task
 
     cfg = resolve_config(RLConfig, args)
+    if args.backend is not None:
+        cfg.sampling.backend = args.backend
     if handle_config_flags(RLConfig, cfg, args):
         return 0
     info = grpo(Path(args.model), get_task(args.task), cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume)

@@ -51,6 +51,8 @@ def run_grpo(base_dir: Path, task, rl: RLConfig, out_dir: Path, seed: int, resum
     from forklens.train.sources import GRPOSource, verifier_reward
 
     policy = Policy.load(base_dir)
+    if rl.sampling.backend != "torch":
+        policy.use_backend(rl.sampling.backend, gpu_memory_utilization=rl.sampling.vllm_gpu_memory_utilization)
     ref = Policy.load(base_dir) if rl.loss.beta > 0 else None
     loss = replace(rl.loss, max_new_tokens=rl.sampling.max_new_tokens)
     source = GRPOSource(task.problems("train"), [verifier_reward(task)], rl.sampling, seed=seed, ref_policy=ref)

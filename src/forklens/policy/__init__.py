@@ -57,6 +57,21 @@ class Policy:
         self.eos_ids = sorted(i for i in ids if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         self._head_checked = False
+        self.backend = None  # None: the built-in sampler; else an object with ``sample_ids`` (vLLM)
+        self.weights_version = 0  # bumped by the trainer after each optimizer step
+
+    def use_backend(self, name: str, **options) -> "Policy":
+        """Sample with ``name``: ``"torch"`` (the built-in sampler) or ``"vllm"`` (needs vLLM; options
+        as in :class:`forklens.policy.vllm_backend.VLLMOptions`)."""
+        if name == "torch":
+            self.backend = None
+        elif name == "vllm":
+            from forklens.policy.vllm_backend import VLLMBackend, VLLMOptions
+
+            self.backend = VLLMBackend(self, VLLMOptions(**options))
+        else:
+            raise ValueError(f"unknown sampling backend {name!r}; known: torch, vllm")
+        return self
 
     @classmethod
     def load(cls, path: str | Path, dtype: str | None = None, device: str | None = None,
@@ -109,7 +124,8 @@ class Policy:
     def sample(self, prompts: Sequence[str] | Sequence[list[int]], n: int = 1, temperature: float = 1.0,
                top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
                chat_template: bool = False, progress=None) -> Samples:
-        """``n`` completions per prompt with the built-in KV-cache sampler (temperature 0 = greedy)."""
+        """``n`` completions per prompt (temperature 0 = greedy), consecutive per prompt, with the
+        built-in KV-cache sampler or the backend chosen by :meth:`use_backend`."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
@@ -121,6 +137,13 @@ class Policy:
             self.check_length(len(p), f"prompt {i}")
             self.check_length(len(p) + max_new_tokens, f"prompt {i} plus max_new_tokens={max_new_tokens}")
         flat = [(g, p) for g, p in enumerate(ids) for _ in range(n)]
+        if self.backend is not None:
+            responses, finished, processed = self.backend.sample_ids(ids, n, temperature, top_p, max_new_tokens, seed)
+            if progress is not None:
+                progress(len(flat))
+            return Samples(prompt_ids=[p for _, p in flat], response_ids=responses, finished=finished,
+                           group=[g for g, _ in flat], texts=[self.decode(r) for r in responses],
+                           tokens_processed=processed)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         was_training = self.model.training
         self.model.eval()

@@ -223,6 +223,7 @@ class Trainer:
         if ckpt is None:
             return False
         load_weights(self.policy.model, ckpt)
+        self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
         state = load_training_state(ckpt, self.optimizer, self.scheduler, self.source)
         self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
         self.metric_lines = state["metric_lines"]
@@ -285,6 +286,7 @@ class Trainer:
                     gnorm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
                 self.optimizer.step()
                 self.scheduler.step()
+                self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
                 tokens = torch.tensor([float(batch.attention_mask.sum()), info.pop("sampled_tokens", 0.0),
                                        info.pop("scored_tokens", 0.0)], dtype=torch.float64)
                 if _dist():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -79,6 +79,9 @@ class SamplingConfig:
                                   "zero-std groups, keep the highest-std groups until they hold rho of the total "
                                   "std (0 = off; the paper uses 0.9). Filtered groups are sampled but not trained on.")
     snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    backend: Literal["torch", "vllm"] = field("torch", help="Rollout sampler: the built-in one, or vLLM (GPU only; "
+                                              "`pip install vllm`; weights are pushed to it after every step).")
+    vllm_gpu_memory_utilization: float = field(0.3, help="Share of GPU memory the colocated vLLM engine may take.")
 
 
 def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> list[int]:

@@ -55,17 +55,21 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep: int = 2, source_state: dict | None = None) -> Path:
+                    keep: int = 2, source_state: dict | None = None, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write ``step-NNNNNN`` atomically (temporary folder, fsync, rename, then the pointer). Under FSDP
+    the caller passes the gathered ``model_state`` / ``optimizer_state``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, state_dict=model_state)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+    torch.save({"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "source": source_state}, str(tmp / "trainer_state.pt"))
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     for f in tmp.iterdir():
@@ -96,7 +100,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_weights(model, ckpt: Path) -> None:
+def read_weights(ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
     files = sorted(ckpt.glob("*.safetensors"))
@@ -105,6 +109,11 @@ def load_weights(model, ckpt: Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(str(f)))
+    return state
+
+
+def load_weights(model, ckpt: Path) -> None:
+    state = read_weights(ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # tied weights are saved once; anything else missing is an error
     tied = {k for k in missing if k.endswith("lm_head.weight") or "embed" in k}
@@ -113,10 +122,14 @@ def load_weights(model, ckpt: Path) -> None:
         raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_training_state(ckpt: Path, optimizer, scheduler, source=None) -> dict:
-    """Restore optimizer, scheduler, RNG and (for stateful data sources) the source's state."""
+def load_training_state(ckpt: Path, optimizer, scheduler, source=None, load_optimizer=None) -> dict:
+    """Restore optimizer (through ``load_optimizer(state)`` when given: FSDP), scheduler, RNG and (for
+    stateful data sources) the source's state."""
     blob = torch.load(str(ckpt / "trainer_state.pt"), weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if load_optimizer is not None:
+        load_optimizer(blob["optimizer"])
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
     if source is not None and hasattr(source, "load_state_dict") and blob.get("source") is not None:

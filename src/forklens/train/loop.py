@@ -29,7 +29,9 @@ from forklens.config import field
 from forklens.objectives import ObjectiveResult, PolicyOutputs, get_objective
 from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
-from forklens.train.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint
+from forklens.train import fsdp
+from forklens.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, read_weights,
+                                       save_checkpoint)
 from forklens.train.logging import StepLogger
 
 
@@ -49,6 +51,9 @@ class TrainConfig:
     log_every: int = field(1, help="Print a log line every N steps (the JSONL log gets every step).")
     seed: int = field(0, help="Seed of the data order, sampling and initialisation.")
     tensorboard: bool = field(False, help="Also log to TensorBoard (needs the tensorboard extra).")
+    fsdp: bool = field(False, help="Under a multi-process launcher, shard parameters, gradients and optimizer "
+                       "state over the ranks (PyTorch FSDP2, one unit per decoder layer) instead of replicating "
+                       "them (DDP). Also on when accelerate is configured for FSDP.")
     simulate_bug: Literal["none", "offload-accum", "mean-of-means"] = field(
         "none", help="Reproduce a known training-stack bug, for experiments only: offload-accum (the optimizer "
         "sees g_0 + g_{K-1} of K micro-batches) or mean-of-means (per-micro-batch token means averaged).")
@@ -188,11 +193,8 @@ class Trainer:
         self.name = name
         self.accelerator = accelerator
         self.progress = progress
-        self.model = TokenLogProbs(policy.model)  # what is differentiated (and wrapped by DDP)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                           betas=(config.adam_beta1, config.adam_beta2))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.n_params = policy.num_params()
+        self.model = TokenLogProbs(policy.model)  # what is differentiated (and wrapped by DDP / FSDP)
         if accelerator is None and world_size() > 1:
             from accelerate import Accelerator
 
@@ -206,9 +208,15 @@ class Trainer:
                 "gradients would not be synchronised. Launch with `accelerate launch` or set ACCELERATE_USE_CPU=1 "
                 "for CPU runs under torchrun."
             )
-        if accelerator is not None and accelerator.num_processes > 1:
+        self.fsdp = world_size() > 1 and (config.fsdp or str(getattr(accelerator, "distributed_type", "")).endswith("FSDP"))
+        if self.fsdp:
+            fsdp.shard(self.model)  # our own FSDP2 wrapping, also when accelerate was configured for FSDP
+        elif accelerator is not None and accelerator.num_processes > 1:
             self.model = accelerator.prepare_model(self.model)  # DDP: gradients averaged over ranks
-        self.n_params = policy.num_params()
+        params = [p for p in self.model.parameters() if p.requires_grad]  # after wrapping (FSDP shards)
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.step = 0
         self.flops = 0.0
         self.wall_s = 0.0
@@ -222,9 +230,14 @@ class Trainer:
         ckpt = latest_checkpoint(self.out_dir / "checkpoints")
         if ckpt is None:
             return False
-        load_weights(self.policy.model, ckpt)
+        if self.fsdp:
+            fsdp.load_full_model_state(self.model, read_weights(ckpt))
+            load_optimizer = lambda st: fsdp.load_full_optimizer_state(self.model, self.optimizer, st)  # noqa: E731
+        else:
+            load_weights(self.policy.model, ckpt)
+            load_optimizer = None
         self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
-        state = load_training_state(ckpt, self.optimizer, self.scheduler, self.source)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler, self.source, load_optimizer)
         self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
         self.metric_lines = state["metric_lines"]
         log = self.out_dir / "metrics.jsonl"
@@ -234,6 +247,10 @@ class Trainer:
         return True
 
     def save(self) -> Path | None:
+        model_state = optimizer_state = None
+        if self.fsdp:  # gathering is a collective: every rank takes part, rank 0 writes
+            model_state = fsdp.full_model_state(self.model)
+            optimizer_state = fsdp.full_optimizer_state(self.model, self.optimizer)
         if not self.is_main:
             return None
         state = {"step": self.step, "flops": self.flops, "wall_s": self.wall_s, "metric_lines": self.metric_lines,
@@ -242,13 +259,15 @@ class Trainer:
                  hasattr(self.objective_config, "__dataclass_fields__") else None}
         return save_checkpoint(self.out_dir / "checkpoints", self.step, self.policy.model, self.policy.tokenizer,
                                self.optimizer, self.scheduler, state, keep=self.config.keep_checkpoints,
-                               source_state=self.source.state_dict() if hasattr(self.source, "state_dict") else None)
+                               source_state=self.source.state_dict() if hasattr(self.source, "state_dict") else None,
+                               model_state=model_state, optimizer_state=optimizer_state)
 
     def save_model(self, directory: str | Path) -> Path:
         """Save the trained model and tokenizer in Hugging Face format (main process only)."""
         directory = Path(directory)
+        full = fsdp.full_model_state(self.model) if self.fsdp else None  # collective
         if self.is_main:
-            self.policy.model.save_pretrained(str(directory))
+            self.policy.model.save_pretrained(str(directory), state_dict=full)
             self.policy.tokenizer.save_pretrained(str(directory))
         if _dist():
             _dist().barrier()
@@ -273,17 +292,18 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 self.model.train()
-                batch, info = self.source.batch(self.step, self.policy)
+                gather = self.fsdp and getattr(self.source, "samples", True)  # sampling needs whole weights
+                with fsdp.inference_params(self.model) if gather else _null():
+                    batch, info = self.source.batch(self.step, self.policy)
                 device = next(self.model.parameters()).device
                 micro = [mb.to(device) for mb in batch.split(cfg.micro_batch_size)]
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics = accumulate_step(self.model, self.objective, self.objective_config, micro,
                                           simulate_bug=cfg.simulate_bug, no_sync=no_sync)
                 params = [p for p in self.model.parameters() if p.requires_grad]
-                if cfg.max_grad_norm > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                else:
-                    gnorm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                # clipping at infinity only measures the norm; under FSDP the norm is a DTensor
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
                 self.optimizer.step()
                 self.scheduler.step()
                 self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1

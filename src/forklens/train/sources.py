@@ -27,6 +27,8 @@ class SFTSource:
     on other example types override :meth:`to_rollouts`.
     """
 
+    samples = False  # teacher-forced: no sampling, so FSDP need not gather weights for batch()
+
     def __init__(self, examples: Sequence | Callable, batch_size: int, seed: int = 0):
         if not callable(examples) and len(examples) == 0:
             raise DataError("the SFT dataset is empty: nothing to train on")

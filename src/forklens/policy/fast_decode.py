@@ -1,10 +1,11 @@
 """A lean KV-cached decoder for the Llama family (Llama, Mistral, Qwen2, Qwen3), used by the sampler.
 
-Why: on small and mid-size models a decoding step through the transformers forward spends most of
-its time outside the matrix products (cache objects, mask builders, keyword plumbing). This decoder
-calls the model's own modules (embeddings, norms, projections, MLPs, rotary embedding, LoRA layers
-included) but keeps the keys and values in one preallocated buffer per layer and builds the masks
-itself, so a step is the matrix products plus a little indexing.
+Why: on a GPU a decoding step of a small or mid-size model through the transformers forward is bound
+by Python and kernel launches (cache objects, mask builders, keyword plumbing), not by its matrix
+products. This decoder calls the model's own modules (embeddings, norms, projections, MLPs, rotary
+embedding, LoRA layers included) but keeps the keys and values in one preallocated buffer per layer
+and builds the masks itself, so a step has fixed shapes and is replayed as a CUDA graph (on CPU,
+where the matrix products dominate, it saves little: docs/results.md).
 
 It is an optimisation, never a second source of truth: the first time a model is decoded with it,
 its prefill and first step are compared with the transformers forward of the same tokens
@@ -44,11 +45,10 @@ def fast_decode_supported(model, total_len: int) -> bool:
     body = getattr(m, "model", None)
     if not all(hasattr(body, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")) or not hasattr(m, "lm_head"):
         return False
-    for layer in body.layers:
-        window = getattr(layer.self_attn, "sliding_window", None)
-        if window is not None and window < total_len:
-            return False
-    return True
+    windows = [getattr(layer.self_attn, "sliding_window", None) for layer in body.layers]
+    if getattr(cfg, "use_sliding_window", True):
+        windows.append(getattr(cfg, "sliding_window", None))
+    return all(w is None or w >= total_len for w in windows)
 
 
 class StaticKVDecoder:

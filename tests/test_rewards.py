@@ -236,7 +236,7 @@ def test_confidence_reward_on_a_tiny_policy(tiny_policy):
     arith = ArithTask()
     p = arith.make_problem(12, 34)
     fn = ConfidenceReward(tiny_policy, arith, m=3, seed=0)
-    comps = ["2+4+0=06;1+3+0=04;0+0+0=00;A=046", "", None, HUGE[:200]]
+    comps = ["2+4+0=06;1+3+0=04;0+0+0=00;A=046", "", None, "9" * 30]
     out = fn(["q"] * 4, comps, problem=[p] * 4)
     assert fn.__name__ == "confidence"
     assert out[2] == 0.0
@@ -244,5 +244,9 @@ def test_confidence_reward_on_a_tiny_policy(tiny_policy):
         assert -0.9 - 1e-9 <= v <= 0.9 + 1e-9
         # c_j are multiples of 1/3, so -P is a multiple of 1/30 (weights are multiples of 0.1)
         assert abs(v * 30 - round(v * 30)) < 1e-6
-    assert fn.forced_samples == 3 * 6 * 3 and fn.tokens_processed > 0
+    # unique forced prompts: the shared 0% cut (every response and the empty one), 5 cuts of each of
+    # the two non-empty responses; the non-string response is not probed
+    assert fn.forced_samples == (1 + 5 + 5) * 3 and fn.tokens_processed > 0
+    twice = fn(["q"] * 2, [comps[0]] * 2, problem=[p] * 2)
+    assert twice[0] == twice[1]
     assert fn(["q"], ["A=1"], problem=[Problem("x", "1+1=", None)]) == [None]

@@ -54,12 +54,22 @@ RUNS: dict[str, list[str]] = {
 }
 
 
+def _rl_default() -> AgentRLConfig:
+    """The boundary experiment's agent GRPO at half its steps (30 x 16 questions x 8 episodes at T=5):
+    the seven runs x three seeds, with the probe inside three of them, then fit in about 20 minutes
+    on one CPU core. Fixed before any run was measured."""
+    rl = AgentRLConfig()
+    rl.train.max_steps = 30
+    rl.train.save_every = 0
+    return rl
+
+
 @dataclass
 class RewardsExperimentConfig:
     agent: AgentOrganismConfig = field(default_factory=AgentOrganismConfig,
                                        help="The agent base organism (the boundary experiment's, cached).")
-    rl: AgentRLConfig = field(default_factory=AgentRLConfig,
-                              help="GRPO settings shared by every run (the boundary experiment's agent GRPO).")
+    rl: AgentRLConfig = field(default_factory=_rl_default,
+                              help="GRPO settings shared by every run (the boundary experiment's agent GRPO, 30 steps).")
     confidence_m: int = field(4, help="Forced answers per truncation point in the confidence reward during "
                               "training (the paper's probe uses 10; 4 keeps the run cheap).")
     milestone_gamma: float = field(1.0, help="Discount of the milestone shaping.")

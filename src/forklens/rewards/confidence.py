@@ -20,8 +20,9 @@ has no defined rank correlation; :func:`spearman` returns 0 for it, so it counts
 ``eta = 1``: the weights sum to zero, so a flat trajectory gets 0, early certainty a penalty and a
 rising trajectory a bonus. :class:`ConfidenceReward` returns ``-P`` so that, composed with the
 outcome reward at weight 1, it is subtracted before group normalisation as in the paper. It samples
-from the policy it holds (the one being trained, so the probe follows the policy): ``6 * m`` forced
-completions of at most ``max_answer_tokens`` tokens per scored response.
+from the policy it holds (the one being trained, so the probe follows the policy): at most ``6 * m``
+forced completions of at most ``max_answer_tokens`` tokens per scored response, fewer when responses
+share forced prompts (identical cuts are sampled once).
 """
 
 from __future__ import annotations
@@ -112,30 +113,41 @@ def confidence_trajectories(policy, forcing: MarkerForcing, problems: Sequence, 
                             positions: Sequence[float] = POSITIONS, batch_size: int = 512,
                             stats: dict | None = None) -> list[list[float]]:
     """``c_j`` at each position for each (problem, completion): the fraction of ``m`` forced answers
-    that are correct (``stats["tokens_processed"]`` is incremented when given). Prompts that would not fit the policy's context are cut from the left of the
-    reasoning (the forced marker always stays)."""
+    that are correct. Identical forced prompts (same problem, same cut: common within a GRPO group
+    and always at 0%) share one set of ``m`` samples, so identical responses get identical rewards.
+    Prompts that would not fit the policy's context lose tokens from the left (the forced marker
+    stays). ``stats``, when given, accumulates ``tokens_processed`` and ``unique_prompts``."""
     if m < 1:
         raise ValueError(f"m must be >= 1, got {m}")
+    keys: list[int] = []  # the unique prompt of each (response, position)
+    unique: dict[tuple, int] = {}  # identical forced prompts share their m samples
     prompts: list[list[int]] = []
-    for p, c in zip(problems, completions):
+    owner: list[int] = []  # a problem of each unique prompt, for grading
+    for i, (p, c) in enumerate(zip(problems, completions)):
         r = forcing.reasoning(c)
         for f in positions:
             ids = policy.encode_prompt(forcing.forced_prompt(p.prompt, truncate(r, f)))
             ctx = policy.context
             if ctx is not None and len(ids) + forcing.max_answer_tokens > ctx:
                 ids = ids[len(ids) + forcing.max_answer_tokens - ctx:]
-            prompts.append(ids)
+            key = (p.id, p.answer, tuple(ids))
+            if key not in unique:
+                unique[key] = len(prompts)
+                prompts.append(ids)
+                owner.append(i)
+            keys.append(unique[key])
     if not prompts:
         return []
     s = policy.sample(prompts, n=m, temperature=temperature, max_new_tokens=forcing.max_answer_tokens,
                       seed=seed, batch_size=batch_size)
     if stats is not None:
         stats["tokens_processed"] = stats.get("tokens_processed", 0) + s.tokens_processed
+        stats["unique_prompts"] = stats.get("unique_prompts", 0) + len(prompts)
     hits = [0] * len(prompts)
     for g, text in zip(s.group, s.texts):
-        hits[g] += forcing.correct(problems[g // len(positions)], text)
+        hits[g] += forcing.correct(problems[owner[g]], text)
     k = len(positions)
-    return [[hits[i * k + j] / m for j in range(k)] for i in range(len(problems))]
+    return [[hits[keys[i * k + j]] / m for j in range(k)] for i in range(len(problems))]
 
 
 def _ranks(xs: Sequence[float]) -> list[float]:
@@ -199,7 +211,7 @@ class ConfidenceReward:
         self.m, self.eta, self.weights, self.temperature = m, eta, tuple(weights), temperature
         self.seed = seed
         self.calls = 0
-        self.forced_samples = 0  # forced completions drawn so far (the reward's cost)
+        self.forced_samples = 0  # forced completions drawn so far (the reward's cost, after sharing)
         self.tokens_processed = 0  # tokens the probe ran through the policy (for FLOP accounting)
 
     def __call__(self, prompts, completions, problem=None, **_) -> list[float | None]:
@@ -212,7 +224,7 @@ class ConfidenceReward:
                                        seed=self.seed * 1_000_003 + self.calls, stats=stats)
         self.tokens_processed += stats.get("tokens_processed", 0)
         self.calls += 1
-        self.forced_samples += len(live) * len(POSITIONS) * self.m
+        self.forced_samples += stats.get("unique_prompts", 0) * self.m
         out: list[float | None] = [None if getattr(p, "answer", None) is None else 0.0 for p in problems]
         for i, t in zip(live, traj):
             out[i] = -premature_penalty(t, self.weights, self.eta)

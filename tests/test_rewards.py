@@ -250,3 +250,5 @@ def test_confidence_reward_on_a_tiny_policy(tiny_policy):
     twice = fn(["q"] * 2, [comps[0]] * 2, problem=[p] * 2)
     assert twice[0] == twice[1]
     assert fn(["q"], ["A=1"], problem=[Problem("x", "1+1=", None)]) == [None]
+    huge = fn(["q"], ["1" * 1_000_000], problem=[p])  # cut to the context, never an exception
+    assert -0.9 - 1e-9 <= huge[0] <= 0.9 + 1e-9

@@ -252,3 +252,17 @@ def test_confidence_reward_on_a_tiny_policy(tiny_policy):
     assert fn(["q"], ["A=1"], problem=[Problem("x", "1+1=", None)]) == [None]
     huge = fn(["q"], ["1" * 1_000_000], problem=[p])  # cut to the context, never an exception
     assert -0.9 - 1e-9 <= huge[0] <= 0.9 + 1e-9
+
+
+def test_rewards_accept_dataset_dict_rows():
+    """Inside TRL the problem column holds plain dicts (a Hugging Face dataset's rows)."""
+    from dataclasses import asdict
+
+    from forklens.rewards.milestones import milestone_reward
+
+    p = bridge(3)
+    row = asdict(p)
+    row["meta"] = {**row["meta"], "entities": None}  # datasets fill missing struct keys with None
+    gold = TASK.expert_response(p)
+    assert milestone_reward()(["q"], [gold], problem=[row]) == [1.0]
+    assert mar_reward(AgentGrader(TASK))(["q"], [gold], problem=[row]) == [3.0]

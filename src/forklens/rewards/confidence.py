@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from forklens.rewards import as_problem
+
 POSITIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS = (0.5, 0.3, 0.1, -0.1, -0.3, -0.5)
 PROGRESSIVE_RHO = 0.4
@@ -216,7 +218,7 @@ class ConfidenceReward:
 
     def __call__(self, prompts, completions, problem=None, **_) -> list[float | None]:
         n = len(completions)
-        problems = problem if problem is not None else [None] * n
+        problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
         live = [i for i in range(n) if isinstance(completions[i], str) and getattr(problems[i], "answer", None) is not None]
         stats: dict = {}
         traj = confidence_trajectories(self.policy, self.forcing, [problems[i] for i in live],

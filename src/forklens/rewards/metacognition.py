@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from forklens.rewards import as_problem
 from forklens.rewards.milestones import MAX_SCAN_CHARS, episode_calls, milestones
 
 COMPONENTS = ("kmr", "rmr", "cr")
@@ -293,8 +294,8 @@ def mar_reward(grader, components: Sequence[str] = COMPONENTS, name: str | None 
 
     def reward(prompts, completions, problem=None, episode=None, **_) -> list[float | None]:
         n = len(completions)
-        scores = _grade_all(grader, problem if problem is not None else [None] * n, completions,
-                            episode if episode is not None else [None] * n)
+        problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
+        scores = _grade_all(grader, problems, completions, episode if episode is not None else [None] * n)
         out: list[float | None] = []
         for s in scores:
             vals = [s[c] for c in components]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from forklens.rewards import as_problem
 from forklens.tasks.agent import tool_calls
 
 MAX_SCAN_CHARS = 100_000  # a transcript is scanned up to here: a huge output costs bounded time
@@ -101,7 +102,7 @@ def milestone_reward(task=None, gamma: float = 1.0):
 
     def reward(prompts, completions, problem=None, episode=None, **_) -> list[float | None]:
         n = len(completions)
-        problems = problem if problem is not None else [None] * n
+        problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
         eps = episode if episode is not None else [None] * n
         out: list[float | None] = []
         for p, c, e in zip(problems, completions, eps):

@@ -75,7 +75,8 @@ def run_confidence_cli(args) -> int:
     from forklens.rewards.confidence import MarkerForcing, forcing_for
 
     quiet_third_party()
-    for name, v, lo in (("--n", args.n, 0), ("--m", args.m, 1), ("--T", args.T, 0), ("--max-new-tokens", args.max_new_tokens, 1)):
+    limits = (("--n", args.n, 0), ("--m", args.m, 1), ("--T", args.T, 0), ("--max-new-tokens", args.max_new_tokens, 1))
+    for name, v, lo in limits:
         if v < lo:
             raise ConfigError(f"{name} must be >= {lo}, got {v}")
     if args.temperature < 0:

@@ -69,7 +69,8 @@ class RewardsExperimentConfig:
     agent: AgentOrganismConfig = field(default_factory=AgentOrganismConfig,
                                        help="The agent base organism (the boundary experiment's, cached).")
     rl: AgentRLConfig = field(default_factory=_rl_default,
-                              help="GRPO settings shared by every run (the boundary experiment's agent GRPO, 30 steps).")
+                              help="GRPO settings shared by every run (the boundary experiment's agent GRPO, "
+                              "30 steps).")
     confidence_m: int = field(4, help="Forced answers per truncation point in the confidence reward during "
                               "training (the paper's probe uses 10; 4 keeps the run cheap).")
     milestone_gamma: float = field(1.0, help="Discount of the milestone shaping.")
@@ -169,8 +170,8 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
     console.rule("[bold]agent base organism")
     base_info = build_agent_organism(org, out / "base", use_cache=True, progress=progress)
     problems = task.problems("test")[: cfg.eval_problems or None]
-    base_eval = evaluate_agent(Policy.load(out / "base"), task, problems, cfg.rl.sampling.T, cfg.rl.sampling.turn_tokens,
-                               cfg.eval_samples)
+    base_eval = evaluate_agent(Policy.load(out / "base"), task, problems, cfg.rl.sampling.T,
+                               cfg.rl.sampling.turn_tokens, cfg.eval_samples)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     per: dict[str, list[dict]] = {r: [] for r in cfg.runs}
     summary: dict = {}

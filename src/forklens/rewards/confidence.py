@@ -219,7 +219,8 @@ class ConfidenceReward:
     def __call__(self, prompts, completions, problem=None, **_) -> list[float | None]:
         n = len(completions)
         problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
-        live = [i for i in range(n) if isinstance(completions[i], str) and getattr(problems[i], "answer", None) is not None]
+        live = [i for i in range(n)
+                if isinstance(completions[i], str) and getattr(problems[i], "answer", None) is not None]
         stats: dict = {}
         traj = confidence_trajectories(self.policy, self.forcing, [problems[i] for i in live],
                                        [completions[i] for i in live], m=self.m, temperature=self.temperature,

@@ -238,8 +238,9 @@ class JudgeGrader:
         self.yes_id, self.no_id = y[0], n[0]
 
     def prompt_ids(self, problem, completion: str, criterion: str) -> list[int]:
-        text = self.template.format(question=getattr(problem, "prompt", ""), response=completion[: self.max_response_chars],
-                                    criterion=criterion, reference=getattr(problem, "answer", None) or "(none)")
+        text = self.template.format(question=getattr(problem, "prompt", ""),
+                                    response=completion[: self.max_response_chars], criterion=criterion,
+                                    reference=getattr(problem, "answer", None) or "(none)")
         ids = self.policy.encode_prompt(text)
         ctx = self.policy.context
         return ids[-(ctx - 1):] if ctx is not None and len(ids) > ctx - 1 else ids
@@ -261,7 +262,8 @@ class JudgeGrader:
     def grade_many(self, problems: Sequence, completions: Sequence) -> list[dict[str, float | None]]:
         names = [c for c in COMPONENTS if not (c == "cr" and self.exact_cr)]
         jobs = [(i, c) for i, x in enumerate(completions) if isinstance(x, str) for c in names]
-        probs = self.p_yes([self.prompt_ids(problems[i], completions[i], self.criteria[c]) for i, c in jobs]) if jobs else []
+        prompts = [self.prompt_ids(problems[i], completions[i], self.criteria[c]) for i, c in jobs]
+        probs = self.p_yes(prompts) if prompts else []
         out = [{"kmr": 0.0, "rmr": 0.0, "cr": 0.0} for _ in completions]
         for (i, c), p in zip(jobs, probs):
             out[i][c] = p

@@ -20,6 +20,19 @@ import torch
 RewardFn = Callable[..., list]
 
 
+def as_problem(x):
+    """A :class:`~forklens.tasks.base.Problem` from a ``problem`` column entry: a Problem as is, or a
+    dict with ``prompt`` (and optional ``id``, ``answer``, ``meta``), the form a Hugging Face dataset
+    column takes when rewards run inside TRL. Anything else is returned unchanged."""
+    from forklens.tasks.base import Problem
+
+    if isinstance(x, dict) and isinstance(x.get("prompt"), str):
+        answer = x.get("answer")
+        return Problem(id=str(x.get("id", "")), prompt=x["prompt"], answer=None if answer is None else str(answer),
+                       meta={k: v for k, v in (x.get("meta") or {}).items() if v is not None})
+    return x
+
+
 def reward_name(fn) -> str:
     """The name a reward component is logged under."""
     return getattr(fn, "__name__", None) or type(fn).__name__

@@ -12,7 +12,7 @@ import torch
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
-from forklens.rewards import RewardFn, component_means, compose_rewards
+from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
@@ -62,9 +62,10 @@ class SFTSource:
 
 
 def verifier_reward(task) -> RewardFn:
-    """The task's exact verifier in TRL's reward-function signature."""
+    """The task's exact verifier in TRL's reward-function signature (``problem`` rows may be
+    :class:`Problem` objects or dicts, as a TRL dataset column holds them)."""
     def reward(prompts, completions, problem, **_):
-        return [task.verify(p, c) for p, c in zip(problem, completions)]
+        return [task.verify(as_problem(p), c) for p, c in zip(problem, completions)]
     reward.__name__ = f"{task.name}_verifier"
     return reward
 

@@ -79,6 +79,9 @@ class SamplingConfig:
                                   "zero-std groups, keep the highest-std groups until they hold rho of the total "
                                   "std (0 = off; the paper uses 0.9). Filtered groups are sampled but not trained on.")
     snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy (mi_proxy_acc: retrieval "
+                                "accuracy of each rollout's own prompt among the step's prompts; chance in "
+                                "mi_proxy_chance). Costs prompts x rollouts teacher-forced sequences (0 = off).")
 
 
 def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> list[int]:
@@ -103,6 +106,15 @@ def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> l
 def group_reduce(values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, op: str) -> torch.Tensor:
     """Per-group max/min/sum/mean of ``values`` (``op`` as in ``Tensor.scatter_reduce``)."""
     return torch.zeros(n_groups, dtype=values.dtype).scatter_reduce(0, group_ids, values, op, include_self=False)
+
+
+def log_mi_proxy(policy, prompt_ids, response_ids, masks=None) -> dict[str, float]:
+    """The MI proxy of this rank's rollouts, as step info (its scoring counts in ``scored_tokens``)."""
+    from forklens.analysis.mi_proxy import mi_proxy
+
+    out = mi_proxy(policy, prompt_ids, response_ids, masks)
+    return {"mi_proxy_acc": out["mi_proxy_acc"], "mi_proxy_chance": out["mi_proxy_chance"],
+            "mi_proxy_scored_tokens": out["scored_tokens"]}
 
 
 def _global_std(values: torch.Tensor) -> float | None:
@@ -213,6 +225,11 @@ class GRPOSource:
         }
         if len(components) > 1:
             info.update(component_means(components, on))
+        if c.mi_proxy_every and step % c.mi_proxy_every == 0:
+            own = [i for i in range(len(groups)) if not off_policy[i]]
+            info.update(log_mi_proxy(policy, [prompt_ids[i] for i in own], [response_ids[i] for i in own]))
+        if "mi_proxy_scored_tokens" in info:
+            info["scored_tokens"] += info.pop("mi_proxy_scored_tokens")
         if c.snr_filter_rho > 0:
             batch = batch.select(rows)
             info["snr_kept_groups_frac"] = kept_frac

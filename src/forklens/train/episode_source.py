@@ -83,7 +83,8 @@ class EpisodeGRPOSource:
     say otherwise."""
 
     def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None,
-                 reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None):
+                 reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None,
+                 coverage_key: str = "coverage_task"):
         if not problems:
             raise DataError("the training split has no problems")
         self.task = task
@@ -93,7 +94,9 @@ class EpisodeGRPOSource:
         self.seed = seed
         self.reward_fns = reward_fns if reward_fns is not None else [verifier_reward(task)]
         self.weights = reward_weights
+        self.coverage_key = coverage_key
         self.last_chosen: list[Problem] = []
+        self.last_episodes: list = []
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
@@ -104,6 +107,7 @@ class EpisodeGRPOSource:
         self.last_chosen = chosen
         eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
                               top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
+        self.last_episodes = list(eps.episodes)
         probs = [chosen[g] for g in eps.group]
         rewards, components = compose_rewards(
             self.reward_fns, self.weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
@@ -127,4 +131,6 @@ class EpisodeGRPOSource:
         }
         if len(components) > 1:
             info.update(component_means(components))
+        if hasattr(self.task, "coverage"):  # exploration coverage of the knowledge base (agent organism)
+            info[self.coverage_key] = sum(self.task.coverage(p, e.calls) for p, e in zip(probs, eps.episodes)) / len(probs)
         return batch, info

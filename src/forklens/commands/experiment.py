@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ["fork_vs_rl", "sft_then_rl", "boundary"]
+EXPERIMENTS = ["fork_vs_rl", "sft_then_rl", "boundary", "rewards"]
 
 
 def register(sub) -> None:

@@ -1,0 +1,245 @@
+"""`forklens experiment rewards`: which reward? GRPO from one base with outcome and process rewards.
+
+On the agent organism (multi-hop lookups through a tool; see :mod:`forklens.tasks.agent`), from the
+cached agent base organism, for each seed, GRPO with the same sampling, loss and step budget and a
+different reward (each component logged as ``reward/NAME`` in the run's metrics):
+
+==================== ===========================================================================
+``outcome``          the exact verifier (1 if the final answer is right) = MaR's CR alone
+``outcome+mar``      outcome + KMR + RMR (MaR's ``R = KMR + RMR + CR``, :class:`AgentGrader`)
+``outcome+confidence`` outcome - P (premature-confidence shaping, ``m`` forced answers per cut)
+``outcome+milestones`` outcome + milestone shaping (``gamma^T Phi(s_T)``, fraction of hops reached)
+``all``              outcome + KMR + RMR - P + milestones
+``mar-no-cr``        KMR + RMR (MaR without its correctness term)
+``process-only``     KMR + RMR - P + milestones (every process reward, no correctness term)
+==================== ===========================================================================
+
+Each model is evaluated on the held-out test questions at the training cap ``T``: pass@1 as the mean
+of ``eval_samples`` episodes per question at temperature 1 (one fixed sampling seed).
+FLOPs: the trainer's count (2N per sampled token, 6N per trained token) plus 2N per token the
+confidence reward's probe ran through the policy. ``summary.json``::
+
+    {"runs": {NAME: {"accuracy_mean", "accuracy_std", "flops", "wall_s", "reward_fns", "per_seed"}},
+     "base": {"accuracy"}, "seeds": [...], "config": {...}}
+
+``accuracy_std`` is the sample standard deviation over seeds (0 with one seed); ``flops`` and
+``wall_s`` are means over seeds. The seed-0 model of each run is kept in ``OUT/models/NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from forklens.config import field
+from forklens.experiments.boundary import AgentRLConfig
+from forklens.tasks.agent import AgentOrganismConfig
+
+console = Console(stderr=True)
+
+RUNS: dict[str, list[str]] = {
+    "outcome": ["outcome"],
+    "outcome+mar": ["outcome", "kmr", "rmr"],
+    "outcome+confidence": ["outcome", "confidence"],
+    "outcome+milestones": ["outcome", "milestones"],
+    "all": ["outcome", "kmr", "rmr", "confidence", "milestones"],
+    "mar-no-cr": ["kmr", "rmr"],
+    "process-only": ["kmr", "rmr", "confidence", "milestones"],
+}
+
+
+@dataclass
+class RewardsExperimentConfig:
+    agent: AgentOrganismConfig = field(default_factory=AgentOrganismConfig,
+                                       help="The agent base organism (the boundary experiment's, cached).")
+    rl: AgentRLConfig = field(default_factory=AgentRLConfig,
+                              help="GRPO settings shared by every run (the boundary experiment's agent GRPO).")
+    confidence_m: int = field(4, help="Forced answers per truncation point in the confidence reward during "
+                              "training (the paper's probe uses 10; 4 keeps the run cheap).")
+    milestone_gamma: float = field(1.0, help="Discount of the milestone shaping.")
+    runs: list[str] = field(default_factory=lambda: list(RUNS), help="Runs (comma-separated names of RUNS).")
+    eval_problems: int = field(0, help="Held-out test questions (0 = the whole test split).")
+    eval_samples: int = field(8, help="Episodes per test question (temperature 1); accuracy = their mean (pass@1).")
+    seeds: int = field(3, help="Training seeds (overridden by --seeds).")
+    seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
+
+
+def quick_config() -> RewardsExperimentConfig:
+    """``--quick``: 3 GRPO steps of 4 questions x 4 episodes per run, 2 forced answers per cut,
+    24 test questions x 2 episodes, one seed (a plumbing check, not a measurement)."""
+    cfg = RewardsExperimentConfig(seeds=1, confidence_m=2, eval_problems=24, eval_samples=2)
+    cfg.rl.train.max_steps = 3
+    cfg.rl.train.save_every = 0
+    cfg.rl.sampling.prompts_per_step = 4
+    cfg.rl.sampling.group_size = 4
+    return cfg
+
+
+def reward_functions(names: list[str], task, policy, cfg: RewardsExperimentConfig, seed: int) -> list:
+    from forklens.rewards.confidence import ConfidenceReward
+    from forklens.rewards.metacognition import AgentGrader, mar_component
+    from forklens.rewards.milestones import milestone_reward
+    from forklens.train.sources import verifier_reward
+
+    grader = AgentGrader(task)
+    make = {
+        "outcome": lambda: verifier_reward(task),
+        "kmr": lambda: mar_component(grader, "kmr"),
+        "rmr": lambda: mar_component(grader, "rmr"),
+        "confidence": lambda: ConfidenceReward(policy, task, m=cfg.confidence_m, seed=seed),
+        "milestones": lambda: milestone_reward(task, cfg.milestone_gamma),
+    }
+    return [make[n]() for n in names]
+
+
+def evaluate_agent(policy, task, problems, T: int, turn_tokens: int, n: int = 8, seed: int = 0) -> dict:
+    """Held-out accuracy (mean over ``n`` episodes per question at temperature 1, i.e. pass@1) and tool
+    calls per episode at cap ``T``. Sampled rather than greedy: the base organism continues a chain
+    with probability about 0.5, so a greedy decision flips with any nudge and hides differences."""
+    from forklens.policy.episodes import sample_episodes
+
+    eps = sample_episodes(policy, task.environment(), problems, n=n, T=T, temperature=1.0, turn_tokens=turn_tokens,
+                          seed=seed)
+    correct = [task.verify(problems[g], e.text) for g, e in zip(eps.group, eps.episodes)]
+    return {"accuracy": sum(correct) / len(correct), "problems": len(correct),
+            "tool_calls_mean": sum(len(e.calls) for e in eps.episodes) / len(eps.episodes)}
+
+
+def run_one(name: str, base_dir: Path, task, cfg: RewardsExperimentConfig, seed: int, work: Path,
+            progress: bool = True) -> dict:
+    """GRPO with run ``name``'s rewards from ``base_dir``; the model is saved to ``work / 'model'``."""
+    from forklens.policy import Policy
+    from forklens.train.episode_source import EpisodeGRPOSource
+    from forklens.train.loop import Trainer
+
+    policy = Policy.load(base_dir)
+    fns = reward_functions(RUNS[name], task, policy, cfg, seed)
+    source = EpisodeGRPOSource(task, task.problems("train"), cfg.rl.sampling, seed=seed, reward_fns=fns)
+    trainer = Trainer(policy, "grpo", cfg.rl.loss, source, replace(cfg.rl.train, seed=seed), work,
+                      name=f"GRPO {name} seed {seed}", progress=progress)
+    last = trainer.train()
+    probe_tokens = sum(getattr(f, "tokens_processed", 0) for f in fns)
+    problems = task.problems("test")
+    if cfg.eval_problems:
+        problems = problems[: cfg.eval_problems]
+    ev = evaluate_agent(policy, task, problems, cfg.rl.sampling.T, cfg.rl.sampling.turn_tokens, cfg.eval_samples)
+    trainer.save_model(work / "model")
+    return {"seed": seed, **ev, "flops": trainer.flops + 2 * trainer.n_params * probe_tokens,
+            "probe_tokens": probe_tokens, "wall_s": trainer.wall_s, "steps": trainer.step,
+            "final": {k: v for k, v in last.items() if k == "reward_mean" or k.startswith("reward/")},
+            "metrics": str(work / "metrics.jsonl")}
+
+
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = True) -> dict:
+    from forklens.errors import ConfigError
+    from forklens.policy import Policy
+    from forklens.tasks import get_task
+    from forklens.tasks.agent import build_agent_organism
+
+    unknown = [r for r in cfg.runs if r not in RUNS]
+    if unknown or not cfg.runs:
+        raise ConfigError(f"unknown runs {unknown}; choose from {list(RUNS)}")
+    if cfg.seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {cfg.seeds}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    org = replace(cfg.agent, seed=0)  # one base for every seed and run
+    task = get_task("agent", org.agent)
+    console.rule("[bold]agent base organism")
+    base_info = build_agent_organism(org, out / "base", use_cache=True, progress=progress)
+    problems = task.problems("test")[: cfg.eval_problems or None]
+    base_eval = evaluate_agent(Policy.load(out / "base"), task, problems, cfg.rl.sampling.T, cfg.rl.sampling.turn_tokens,
+                               cfg.eval_samples)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    per: dict[str, list[dict]] = {r: [] for r in cfg.runs}
+    summary: dict = {}
+
+    def write() -> None:
+        runs = {}
+        for r, rows in per.items():
+            if rows:
+                accs = [x["accuracy"] for x in rows]
+                runs[r] = {"accuracy_mean": statistics.mean(accs), "accuracy_std": _std(accs),
+                           "flops": statistics.mean(x["flops"] for x in rows),
+                           "wall_s": statistics.mean(x["wall_s"] for x in rows),
+                           "tool_calls_mean": statistics.mean(x["tool_calls_mean"] for x in rows),
+                           "reward_fns": RUNS[r], "per_seed": rows}
+        summary.clear()
+        summary.update({"task": "agent", "seeds": seeds, "base": {**base_eval, "cache_hit": base_info["cache_hit"]},
+                        "runs": runs, "eval": {"T": cfg.rl.sampling.T, "temperature": 1.0, "samples": cfg.eval_samples,
+                                               "problems": len(problems)},
+                        "total_wall_s": time.perf_counter() - t0, "config": asdict(cfg)})
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / "report.md").write_text(markdown_table(summary))
+
+    for s in seeds:
+        for r in cfg.runs:
+            console.rule(f"[bold]seed {s}: {r}")
+            work = out / "train" / f"{r}-seed{s}"
+            shutil.rmtree(work, ignore_errors=True)
+            row = run_one(r, out / "base", task, cfg, s, work, progress)
+            if s == seeds[0]:
+                dst = out / "models" / r
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(work / "model"), dst)
+            shutil.rmtree(work / "model", ignore_errors=True)
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            per[r].append(row)
+            write()
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    lines = [f"Agent organism, GRPO from one base, held-out pass@1 at T={summary['eval']['T']} "
+             f"({summary['eval']['samples']} episodes at temperature 1 per question, {summary['eval']['problems']} "
+             f"questions), seeds {summary['seeds']} (base: "
+             f"{summary['base']['accuracy']:.3f}).", "",
+             "| run | rewards | accuracy (mean ± std) | tool calls / episode | FLOPs | train wall s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in summary["runs"].items():
+        lines.append(f"| {name} | {' + '.join(r['reward_fns'])} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} "
+                     f"| {r['tool_calls_mean']:.2f} | {r['flops']:.3g} | {r['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def register_cli(esub) -> None:
+    from forklens.commands._common import add_config_args
+
+    p = esub.add_parser("rewards", help="GRPO with outcome vs process rewards (MaR, confidence, milestones) on "
+                        "the agent organism, over seeds.", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    p.add_argument("--out", default="runs/rewards", help="Output directory.")
+    p.add_argument("--quick", action="store_true", help="A tiny plumbing run (seconds to a minute).")
+    add_config_args(p)
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    from forklens.commands._common import handle_config_flags, quiet_third_party
+    from forklens.config import load_config
+    from forklens.errors import ConfigError
+
+    quiet_third_party()
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    cfg = load_config(RewardsExperimentConfig, args.config, list(args.overrides) + extra,
+                      base=quick_config() if args.quick else RewardsExperimentConfig())
+    if handle_config_flags(RewardsExperimentConfig, cfg, args):
+        return 0
+    summary = run_rewards(cfg, args.out)
+    print(markdown_table(summary))
+    console.print(f"wrote {args.out}/summary.json and {args.out}/report.md")
+    return 0

@@ -21,7 +21,8 @@ from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
-from forklens.train.sources import SFTSource, _global_std, group_reduce, verifier_reward
+from forklens.train.sources import (SFTSource, _global_std, group_reduce, stage_and_replay_info, stage_rewards,
+                                    verifier_reward, with_replay)
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -84,7 +85,7 @@ class EpisodeGRPOSource:
 
     def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None,
                  reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None,
-                 coverage_key: str = "coverage_task"):
+                 coverage_key: str = "coverage_task", reward_schedule=None, replay=None):
         if not problems:
             raise DataError("the training split has no problems")
         self.task = task
@@ -95,8 +96,17 @@ class EpisodeGRPOSource:
         self.reward_fns = reward_fns if reward_fns is not None else [verifier_reward(task)]
         self.weights = reward_weights
         self.coverage_key = coverage_key
+        self.schedule = reward_schedule
+        self.replay = replay
         self.last_chosen: list[Problem] = []
         self.last_episodes: list = []
+
+    def state_dict(self) -> dict:
+        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
@@ -104,13 +114,15 @@ class EpisodeGRPOSource:
         chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
         seeds = [rng.randrange(2**31) for _ in range(world_size())]
         chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
+        chosen = with_replay(self, chosen)
         self.last_chosen = chosen
         eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
                               top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
         self.last_episodes = list(eps.episodes)
         probs = [chosen[g] for g in eps.group]
+        fns, weights = stage_rewards(self, step)
         rewards, components = compose_rewards(
-            self.reward_fns, self.weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
+            fns, weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
             problem=probs, answer=[p.answer for p in probs], id=[p.id for p in probs], episode=list(eps.episodes))
         group_ids = torch.tensor(eps.group, dtype=torch.long)
         adv, _ = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
@@ -131,6 +143,7 @@ class EpisodeGRPOSource:
         }
         if len(components) > 1:
             info.update(component_means(components))
+        info.update(stage_and_replay_info(self, step, chosen, components, group_ids))
         if hasattr(self.task, "coverage"):  # exploration coverage of the knowledge base (agent organism)
             info[self.coverage_key] = sum(self.task.coverage(p, e.calls) for p, e in zip(probs, eps.episodes)) / len(probs)
         return batch, info

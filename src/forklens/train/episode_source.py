@@ -21,8 +21,8 @@ from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
-from forklens.train.sources import (SFTSource, _global_std, group_reduce, stage_and_replay_info, stage_rewards,
-                                    verifier_reward, with_replay)
+from forklens.train.sources import (SFTSource, _global_std, group_reduce, log_mi_proxy, stage_and_replay_info,
+                                    snr_keep_groups, stage_rewards, verifier_reward, with_replay)
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -74,6 +74,11 @@ class EpisodeSamplingConfig:
     turn_tokens: int = field(12, help="Most tokens in one model turn; an episode whose turn runs longer is "
                               "truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+    snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of question groups (as in SamplingConfig; "
+                                  "0 = off, the paper uses 0.9).")
+    snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy over the model's own tokens "
+                                "of the episodes (mi_proxy_acc, mi_proxy_chance; 0 = off).")
 
 
 class EpisodeGRPOSource:
@@ -125,7 +130,7 @@ class EpisodeGRPOSource:
             fns, weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
             problem=probs, answer=[p.answer for p in probs], id=[p.id for p in probs], episode=list(eps.episodes))
         group_ids = torch.tensor(eps.group, dtype=torch.long)
-        adv, _ = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         batch = episodes_to_rollouts(eps, policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
         group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
         group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
@@ -144,6 +149,17 @@ class EpisodeGRPOSource:
         if len(components) > 1:
             info.update(component_means(components))
         info.update(stage_and_replay_info(self, step, chosen, components, group_ids))
+        if c.mi_proxy_every and step % c.mi_proxy_every == 0:
+            eps_ = eps.episodes
+            mi = log_mi_proxy(policy, [e.prompt_ids for e in eps_], [e.response_ids for e in eps_],
+                              [[1 - m for m in e.env_mask] for e in eps_])
+            info["scored_tokens"] += mi.pop("mi_proxy_scored_tokens")
+            info.update(mi)
+        if c.snr_filter_rho > 0:
+            first_row = [eps.group.index(g) for g in range(len(chosen))]
+            keep = set(snr_keep_groups(stds[first_row], c.snr_filter_rho, c.snr_filter_eps))
+            batch = batch.select([i for i, g in enumerate(eps.group) if g in keep])
+            info["snr_kept_groups_frac"] = len(keep) / len(chosen)
         if hasattr(self.task, "coverage"):  # exploration coverage of the knowledge base (agent organism)
             info[self.coverage_key] = sum(self.task.coverage(p, e.calls) for p, e in zip(probs, eps.episodes)) / len(probs)
         return batch, info

@@ -184,3 +184,25 @@ def test_env_loss_without_observation_tokens_is_a_clear_error():
     model, _ = make_tiny("llama", seed=1)
     with pytest.raises(ValueError, match="env_mask"):
         _grad(model, GRPOLossConfig(env_loss_coef=0.05), make_batch(), 6)
+
+
+def test_episode_source_snr_filter_keeps_the_right_groups():
+    from forklens.tasks.agent import AgentConfig, AgentTask
+    from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+
+    task = AgentTask(AgentConfig(n_train=12, n_test=4))
+    model, tok = make_tiny("llama", seed=2, alphabet=task.alphabet, hidden=32, max_pos=96)
+    policy = Policy(model, tok)
+    sc = EpisodeSamplingConfig(prompts_per_step=4, group_size=3, T=1, turn_tokens=6, snr_filter_rho=0.9)
+
+    values = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 2.0, 0.0]
+
+    def reward(prompts, completions, problem, **_):  # groups 1 and 3 mixed (std 0.577 and 1.155), 0 and 2 constant
+        return values[: len(completions)]
+
+    src = EpisodeGRPOSource(task, task.problems("train"), sc, seed=1, reward_fns=[reward])
+    batch, info = src.batch(0, policy)
+    # total std 1.732; descending 1.155 (cum 1.155 < 1.549), 0.577 (cum 1.732 >= 1.549): both mixed groups kept
+    assert sorted(set(batch.group_ids.tolist())) == [1, 3] and len(batch) == 6
+    assert info["snr_kept_groups_frac"] == pytest.approx(0.5)
+    assert "env_mask" in batch.tags and batch.tags["env_mask"].shape == batch.input_ids.shape

@@ -2,15 +2,19 @@
 
 import json
 
+import pytest
+
 from forklens.cli import main
 
 
+@pytest.mark.slow
 def test_levers_experiment_end_to_end_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     sets = ["arith.pretrain.max_steps=3", "agent.pretrain.max_steps=3", "arith.model.num_hidden_layers=1",
             "agent.model.num_hidden_layers=1", "arith_rl.train.max_steps=2", "agent_rl.train.max_steps=2",
             "agent_rl.sampling.prompts_per_step=2", "arith_rl.sampling.prompts_per_step=2",
+            "agent_rl.sampling.group_size=3", "arith_rl.sampling.group_size=3", "agent_sft.batch_size=4",
             "agent_sft.train.max_steps=1", "eval_arith_problems=4", "eval_agent_problems=3", "seeds=1",
             "levers.stage2_start=1", "levers.mi_proxy_every=1", "levers.explore.task_steps=1"]
     args = ["experiment", "levers", "--out", str(out)]

@@ -130,3 +130,31 @@ def test_grpo_source_switches_stage_and_replays():
     assert src.last_chosen[:2] == first[:2]  # the two oldest queued problems come back first
     assert b1.rewards.tolist() == pytest.approx([2.0, 1.0, 1.0] * 4)  # + 2.0 * 0.5 process reward
     assert src.state_dict()["replay"]["queue"][:2] == [p.id for p in first[2:]]
+
+
+def test_episode_source_stage_two_adds_the_milestone_reward():
+    from forklens.rewards.milestones import milestone_reward, potentials
+    from forklens.tasks.agent import AgentConfig, AgentTask
+    from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+    from forklens.train.sources import verifier_reward
+
+    task = AgentTask(AgentConfig(n_train=12, n_test=4))
+    model, tok = make_tiny("llama", seed=2, alphabet=task.alphabet, hidden=32, max_pos=96)
+    pol = Policy(model, tok)
+    sched = RewardSchedule.two_stage(verifier_reward(task), milestone_reward(task), start=1, process_weight=0.5)
+    sc = EpisodeSamplingConfig(prompts_per_step=2, group_size=3, T=3, turn_tokens=8)
+    src = EpisodeGRPOSource(task, task.problems("train"), sc, seed=4, reward_schedule=sched,
+                            replay=ReplayBuffer(task.problems("train"), frac=0.5))
+    for step in (0, 1):
+        batch, info = src.batch(step, pol)
+        assert info["reward_stage"] == float(step)
+        eps, chosen = src.last_episodes, src.last_chosen
+        exp = []
+        for k, e in enumerate(eps):
+            p = chosen[batch.group_ids[k]]
+            r = task.verify(p, e.text)
+            if step == 1:
+                r += 0.5 * potentials(p, e.calls)[-1]
+            exp.append(r)
+        assert batch.rewards.tolist() == pytest.approx(exp)
+    assert "reward/milestones" in info

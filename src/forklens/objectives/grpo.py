@@ -159,10 +159,17 @@ def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
 
     values = entropies.detach().float().cpu()
     dist = _dist()
-    if dist:
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, values)
-        values = torch.cat(parts)
+    if dist:  # variable-length gather: sizes first, then padded tensors
+        world = dist.get_world_size()
+        n = torch.tensor([len(values)], dtype=torch.long)
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        width = int(max(int(s) for s in sizes))
+        padded = torch.zeros(width, dtype=values.dtype)
+        padded[: len(values)] = values
+        parts = [torch.zeros(width, dtype=values.dtype) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        values = torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
     if len(values) == 0:
         return float("inf")
     return _quantile(values, 1.0 - top_quantile)

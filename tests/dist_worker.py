@@ -14,7 +14,7 @@ from forklens.objectives import get_objective  # noqa: E402
 from forklens.policy.score import TokenLogProbs  # noqa: E402
 from forklens.train.loop import accumulate_step  # noqa: E402
 from tests.conftest import make_tiny  # noqa: E402
-from tests.test_invariance import CASES, case_id, case_inputs  # noqa: E402
+from tests.test_invariance import CASES, case_id, case_inputs, objective_name  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -29,7 +29,7 @@ def main(out: str) -> None:
         cfg, batch = case_inputs(name, cfg)
         rows = list(range(len(batch)))[rank * len(batch) // world:(rank + 1) * len(batch) // world]
         mine = batch.select(rows)  # rank 0: rows 0-2 (13 response tokens), rank 1: rows 3-5 (22): uneven
-        metrics = accumulate_step(ddp, get_objective(name), cfg, mine.split(1), no_sync=ddp.no_sync)
+        metrics = accumulate_step(ddp, get_objective(objective_name(name)), cfg, mine.split(1), no_sync=ddp.no_sync)
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results[key] = {"grad": grad,
                         "loss": metrics["loss"]}

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import make_tiny
-from tests.test_invariance import CASES, case_id, case_inputs, grads, rel_err
+from tests.test_invariance import CASES, case_id, case_inputs, grads, objective_name, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_two_process_gradients_equal_single_process(tmp_path):
         key = case_id(name, cfg)
         model, _ = make_tiny("llama", seed=1)
         cfg, batch = case_inputs(name, cfg)
-        g_ref, m_ref = grads(model, get_objective(name), cfg, batch, micro=len(batch))
+        g_ref, m_ref = grads(model, get_objective(objective_name(name)), cfg, batch, micro=len(batch))
         assert rel_err(got[key]["grad"], g_ref) <= 1e-5, (key, rel_err(got[key]["grad"], g_ref))
         assert got[key]["loss"] == pytest.approx(m_ref["loss"], rel=1e-5, abs=1e-7)
 

@@ -50,11 +50,39 @@ def rel_err(a, b):
 CASES = [("sft", None)] + [
     ("grpo", GRPOLossConfig(loss_agg_mode=mode, beta=beta, max_new_tokens=16))
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm") for beta in (0.0, 0.1)
-] + [("mixed_policy", None), ("fork_contrast", None)]
+] + [("mixed_policy", None), ("fork_contrast", None)] + [
+    # training-loop levers: entropy-gated policy gradient, environment-token loss, both
+    ("grpo", GRPOLossConfig(top_entropy_quantile=0.3, beta=0.1, max_new_tokens=16)),
+    ("grpo", GRPOLossConfig(env_loss_coef=0.05, max_new_tokens=16)),
+    ("grpo", GRPOLossConfig(loss_agg_mode="seq-mean-token-mean", top_entropy_quantile=0.2, env_loss_coef=0.5,
+                            max_new_tokens=16)),
+    ("mixed_policy_levers", None),
+]
 
 
 def case_id(name, cfg) -> str:
-    return f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}" if cfg else name
+    if not cfg:
+        return name
+    out = f"{name}-{cfg.loss_agg_mode}-b{cfg.beta}"
+    if cfg.top_entropy_quantile < 1:
+        out += f"-q{cfg.top_entropy_quantile}"
+    if cfg.env_loss_coef > 0:
+        out += f"-env{cfg.env_loss_coef}"
+    return out
+
+
+def add_env_tokens(batch):
+    """Mark every third response token of rows 1, 3 and 5 as an environment observation (not trained
+    on by the policy loss, like episode rollouts)."""
+    env = torch.zeros_like(batch.response_mask)
+    for i in (1, 3, 5):
+        start = int(batch.prompt_lens[i])
+        n = int(batch.response_mask[i].sum())
+        for t in range(start + 1, start + n, 3):
+            env[i, t] = 1.0
+    batch.response_mask = batch.response_mask * (1 - env)
+    batch.tags["env_mask"] = env
+    return batch
 
 
 def case_inputs(name, cfg):
@@ -66,19 +94,32 @@ def case_inputs(name, cfg):
         batch.extras["off_policy"] = torch.tensor([False, True, False, False, True, False])
         batch.extras["sft"] = torch.tensor([False, False, False, True, False, False])
         return MixedPolicyLossConfig(), batch
+    if name == "mixed_policy_levers":
+        from forklens.objectives.mixed_policy import MixedPolicyLossConfig
+
+        batch = add_env_tokens(make_batch())
+        batch.extras["off_policy"] = torch.tensor([False, True, False, False, True, False])
+        batch.extras["sft"] = torch.tensor([False, False, False, True, False, False])
+        return MixedPolicyLossConfig(top_entropy_quantile=0.4, env_loss_coef=0.1), batch
     if name == "fork_contrast":
         from forklens.objectives.fork_contrast import ForkContrastLossConfig
         from tests.test_fork_contrast import make_batch as fork_batch
 
         return ForkContrastLossConfig(kl_coef=0.1), fork_batch()
+    if cfg is not None and cfg.env_loss_coef > 0:
+        return cfg, add_env_tokens(make_batch())
     return cfg, make_batch()
+
+
+def objective_name(name):
+    return "mixed_policy" if name == "mixed_policy_levers" else name
 
 
 @pytest.mark.parametrize("name,cfg", CASES, ids=[case_id(n, c) for n, c in CASES])
 def test_microbatch_invariance(name, cfg):
     model, _ = make_tiny("llama", seed=1)
     model.float()
-    objective = get_objective(name)
+    objective = get_objective(objective_name(name))
     cfg, batch = case_inputs(name, cfg)
     g_full, m_full = grads(model, objective, cfg, batch, micro=B)
     for micro in (1, 2, 4):  # 4 gives uneven micro-batches (4 + 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = ["fork_vs_rl", "sft_then_rl", "boundary", "rewards"]
+EXPERIMENTS = ["fork_vs_rl", "sft_then_rl", "boundary", "rewards", "levers"]
 
 
 def register(sub) -> None:

@@ -20,6 +20,8 @@ class SFTRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4),
                                help="Optimizer and loop settings.")
     batch_size: int = field(64, help="Examples per optimizer step.")
+    order: str = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
+                       "highest initial-model perplexity first, no shuffling) or perplexity (low to high).")
 
 
 def register(sub) -> None:
@@ -90,7 +92,8 @@ def run_sft(args) -> int:
         return 0
     pairs = read_sft_jsonl(args.data)
     policy = Policy.load(args.model)
-    trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.batch_size, cfg.train.seed), cfg.train, args.out,
+    trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.batch_size, cfg.train.seed,
+                                                                order=cfg.order, policy=policy), cfg.train, args.out,
                       name="SFT")
     trainer.train(resume=args.resume)
     model_dir = trainer.save_model(Path(args.out) / "model")

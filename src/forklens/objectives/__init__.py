@@ -5,6 +5,17 @@ An objective returns the *sum* of its per-unit losses over the micro-batch and t
 the sums and counts over all micro-batches of an optimizer step (and all data-parallel ranks) and
 divides once, so every objective is invariant to micro-batch size, gradient accumulation and world
 size by construction.
+
+A second loss term that must be normalised by its *own* count (ECHO's environment-token loss is
+divided by the number of observation tokens, not by the policy's token count) goes in
+``ObjectiveResult.terms``. Because the trainer back-propagates every micro-batch before it has seen the
+rest of the step, such an objective also declares the counts up front: ``objective.term_counts(batch,
+config)`` returns ``{"loss": main count, NAME: count of term NAME}`` from the batch alone (or None when
+the config adds no term). The trainer sums those over micro-batches and ranks first, then
+back-propagates ``sum_k loss_sum_k * world / N_k``. An objective may also define
+``objective.prepare(model, micro_batches, config)``: a pre-pass over the whole optimizer step (every
+micro-batch, all ranks) that writes per-token tags, for quantities that must be global to the step,
+such as the entropy threshold of ``top_entropy_quantile``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ class ObjectiveResult:
     loss_sum: torch.Tensor  # scalar, differentiable; sum over units
     count: torch.Tensor | float  # number of units the sum is over (tokens or sequences)
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (sum, count)
+    #: extra terms normalised separately: name -> (differentiable sum, count); see the module docstring
+    terms: dict[str, tuple[torch.Tensor, torch.Tensor | float]] = field(default_factory=dict)
 
 
 OBJECTIVES: dict[str, object] = {}

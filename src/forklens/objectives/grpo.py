@@ -12,6 +12,17 @@ Aggregation (``loss_agg_mode``), always global over the optimizer batch of B seq
 
 With ``mask_truncated_completions`` a completion that hit ``max_new_tokens`` without EOS contributes
 no tokens (it still counts as a sequence in the seq-mean modes, as in TRL).
+
+Two training-loop levers live here (docs/levers.md):
+
+* ``top_entropy_quantile`` (TRL's name and meaning; arXiv 2506.01939): the policy-gradient part of
+  ``l_it`` is kept only on tokens whose entropy is at or above the ``1 - q`` quantile of the entropies
+  of all trained tokens, so ``q = 0.2`` keeps the top 20% and ``q = 1`` (default) keeps every token.
+  The KL term and the normaliser are unchanged (as in TRL). Unlike TRL, which takes the quantile over
+  each micro-batch's tokens, the quantile here is over the whole optimizer step (all micro-batches and
+  ranks; :func:`prepare_entropy_mask`), so the update does not depend on micro-batching.
+* ``env_loss_coef`` (ECHO): adds ``coef * CE`` on observation tokens as a separately normalised term
+  (:mod:`forklens.objectives.env_tokens`).
 """
 
 from __future__ import annotations
@@ -38,6 +49,11 @@ class GRPOLossConfig:
                                        "seq-mean-token-sum-norm (Dr. GRPO).")
     mask_truncated_completions: bool = field(True, help="Drop the tokens of completions that hit max_new_tokens.")
     max_new_tokens: int = field(64, help="Constant normaliser for seq-mean-token-sum-norm (set from sampling).")
+    top_entropy_quantile: float = field(1.0, help="Policy gradient only on the top q fraction of trained tokens by "
+                                        "entropy, threshold over the whole optimizer step (TRL's name; the paper "
+                                        "uses 0.2; 1.0 = every token). Costs one extra no-grad forward per step.")
+    env_loss_coef: float = field(0.0, help="ECHO: weight of the next-token CE on environment observation tokens, "
+                                 "normalised by their own count (the paper uses 0.05; 0 = off).")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "group",
@@ -99,6 +115,13 @@ def clipped_pg_per_token(out: PolicyOutputs, batch: Rollouts, config: GRPOLossCo
     clipped = -adv * torch.clamp(ratio, 1 - config.epsilon, 1 + config.epsilon_high)
     per_token = torch.maximum(unclipped, clipped)
     metrics = {}
+    if config.top_entropy_quantile < 1.0:
+        emask = batch.tags.get(ENTROPY_MASK)
+        if emask is None:
+            raise ValueError("top_entropy_quantile < 1 needs tags['entropy_mask'] (the trainer's pre-pass writes it; "
+                             "call prepare_entropy_mask on the whole step's micro-batches)")
+        per_token = per_token * emask
+        metrics["entropy_kept_frac"] = (float((emask * mask).sum()), float(mask.sum()))
     if config.beta > 0:
         if batch.ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs in the batch")
@@ -118,9 +141,111 @@ def entropy_metric(out: PolicyOutputs, mask: torch.Tensor) -> dict:
     return {"entropy": (float((out.entropy * mask).sum()), float(mask.sum()))}
 
 
+ENTROPY_MASK = "entropy_mask"
+
+
+def _quantile(values: torch.Tensor, q: float) -> float:
+    """``torch.quantile(values, q)`` (linear interpolation) without its input-size limit."""
+    v = values.double().sort().values
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+
+
+def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
+    """The entropy at the ``1 - top_quantile`` quantile of ``entropies`` (every rank's, when distributed)."""
+    from forklens.train.loop import _dist
+
+    values = entropies.detach().float().cpu()
+    dist = _dist()
+    if dist:  # variable-length gather: sizes first, then padded tensors
+        world = dist.get_world_size()
+        n = torch.tensor([len(values)], dtype=torch.long)
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        width = int(max(int(s) for s in sizes))
+        padded = torch.zeros(width, dtype=values.dtype)
+        padded[: len(values)] = values
+        parts = [torch.zeros(width, dtype=values.dtype) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        values = torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+    if len(values) == 0:
+        return float("inf")
+    return _quantile(values, 1.0 - top_quantile)
+
+
+@torch.no_grad()
+def prepare_entropy_mask(model, micro_batches: list[Rollouts], config: GRPOLossConfig) -> dict[str, float]:
+    """Pre-pass of an optimizer step: entropy of every trained token of every micro-batch (no grad), one
+    threshold over all of them (and all ranks), ``tags["entropy_mask"]`` = 1 where entropy >= threshold.
+    Returns ``{"prepass_tokens": tokens run through the model}`` for FLOP accounting."""
+    if config.top_entropy_quantile >= 1.0:
+        return {}
+    if not 0.0 < config.top_entropy_quantile < 1.0:
+        raise ValueError(f"top_entropy_quantile must be in (0, 1], got {config.top_entropy_quantile}")
+    from forklens.policy.score import TokenLogProbs
+
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, TokenLogProbs):
+        inner = TokenLogProbs(inner)
+    was_training = inner.training
+    inner.eval()
+    ents, masks, tokens = [], [], 0.0
+    try:
+        for mb in micro_batches:
+            mask = token_mask(mb, config.mask_truncated_completions)
+            _, ent, _ = inner(mb.input_ids, mb.attention_mask, mb.response_mask)
+            ents.append(ent)
+            masks.append(mask)
+            tokens += float(mb.attention_mask.sum())
+    finally:
+        inner.train(was_training)
+    flat = torch.cat([e[m.bool()] for e, m in zip(ents, masks)]) if ents else torch.zeros(0)
+    thr = entropy_threshold(flat, config.top_entropy_quantile)
+    for mb, ent, mask in zip(micro_batches, ents, masks):
+        mb.tags[ENTROPY_MASK] = ((ent >= thr) & mask.bool()).to(mb.response_mask.dtype)
+    return {"prepass_tokens": tokens, "entropy_threshold": thr}
+
+
+def grpo_term_counts(batch: Rollouts, config: GRPOLossConfig) -> dict[str, float] | None:
+    """Counts of the policy loss and the environment-token term, from the batch alone (None: no term)."""
+    if config.env_loss_coef <= 0:
+        return None
+    from forklens.objectives.env_tokens import ENV_TERM, env_targets
+
+    mask = token_mask(batch, config.mask_truncated_completions)
+    main = float(mask.sum()) if config.loss_agg_mode == "token-mean" else float(mask.shape[0])
+    return {"loss": main, ENV_TERM: float(env_targets(batch).sum())}
+
+
+def grpo_target_tags(config: GRPOLossConfig) -> list[str]:
+    """Tags whose positions the trainer's forward must score besides the response tokens."""
+    return ["env_mask"] if config.env_loss_coef > 0 else []
+
+
+def attach_levers(fn):
+    """Give a GRPO-family objective the trainer hooks of the loop levers."""
+    fn.prepare = prepare_entropy_mask
+    fn.term_counts = grpo_term_counts
+    fn.target_tags = grpo_target_tags
+    return fn
+
+
+def add_env_term(result: ObjectiveResult, out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
+    if config.env_loss_coef > 0:
+        from forklens.objectives.env_tokens import ENV_TERM, env_token_term
+
+        term_sum, n = env_token_term(out, batch, config.env_loss_coef)
+        result.terms[ENV_TERM] = (term_sum, n)
+        result.metrics["env_ce"] = (float(term_sum.detach()) / config.env_loss_coef, float(n))
+    return result
+
+
 @register("grpo")
+@attach_levers
 def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
     per_token, mask, metrics = clipped_pg_per_token(out, batch, config)
     loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)
     metrics.update(entropy_metric(out, mask))
-    return ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics)
+    return add_env_term(ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics), out, batch, config)

@@ -23,7 +23,8 @@ import torch
 
 from forklens.config import field
 from forklens.objectives import ObjectiveResult, PolicyOutputs, register
-from forklens.objectives.grpo import GRPOLossConfig, aggregate, clipped_pg_per_token, entropy_metric
+from forklens.objectives.grpo import (GRPOLossConfig, add_env_term, aggregate, attach_levers, clipped_pg_per_token,
+                                     entropy_metric, grpo_term_counts, token_mask)
 from forklens.rollouts import Rollouts
 
 
@@ -39,7 +40,21 @@ def _row_flag(batch: Rollouts, name: str) -> torch.Tensor:
     return flag.bool()
 
 
+def trained_mask(batch: Rollouts, config: MixedPolicyLossConfig) -> torch.Tensor:
+    """Tokens the loss is over: truncation-masked on-policy rows, every response token of expert rows."""
+    rows = (_row_flag(batch, "off_policy") | _row_flag(batch, "sft"))[:, None]
+    return torch.where(rows, batch.response_mask, token_mask(batch, config.mask_truncated_completions))
+
+
+def mixed_term_counts(batch: Rollouts, config: MixedPolicyLossConfig) -> dict[str, float] | None:
+    counts = grpo_term_counts(batch, config)
+    if counts is not None and config.loss_agg_mode == "token-mean":
+        counts["loss"] = float(trained_mask(batch, config).sum())
+    return counts
+
+
 @register("mixed_policy")
+@attach_levers
 def mixed_policy_loss(out: PolicyOutputs, batch: Rollouts, config: MixedPolicyLossConfig) -> ObjectiveResult:
     off = _row_flag(batch, "off_policy")[:, None]
     sft = _row_flag(batch, "sft")[:, None]
@@ -51,10 +66,13 @@ def mixed_policy_loss(out: PolicyOutputs, batch: Rollouts, config: MixedPolicyLo
     shaped = -adv * p / (p + config.shaping_gamma)
     per_token = torch.where(off, shaped, per_token)
     per_token = torch.where(sft, -out.logprobs, per_token)
-    mask = torch.where(off | sft, batch.response_mask, mask)  # expert rows are never truncated
+    mask = trained_mask(batch, config)  # expert rows are never truncated
     loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)
     n = float(mask.sum())
     metrics["off_policy_token_frac"] = (float((mask * off).sum()), n)
     metrics["sft_token_frac"] = (float((mask * sft).sum()), n)
     metrics.update(entropy_metric(out, mask))
-    return ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics)
+    return add_env_term(ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics), out, batch, config)
+
+
+mixed_policy_loss.term_counts = mixed_term_counts

@@ -172,6 +172,52 @@ def tool_calls(completion: str) -> list[str]:
     return [m.group(0) for m in CALL_RE.finditer(completion)]
 
 
+# ------------------------------------------------------------------------------------ exploration
+
+EXPLORE_MARKER = "?"
+
+
+def listed_entities(problem: Problem) -> list[str]:
+    """The entities a question names: the start entity of a bridge question, the compared ones."""
+    meta = problem.meta
+    return [meta["start"]] if meta["type"] == "bridge" else list(meta["entities"])
+
+
+def checkpoints(problem: Problem) -> list[tuple[str, str]]:
+    """The enumerated checkpoints of a question's knowledge base for exploration coverage: every
+    relation and attribute of every listed entity, as (name, entity) facts (9 per entity)."""
+    return [(name, e) for e in listed_entities(problem) for name in RELATIONS + ATTRIBUTES]
+
+
+def coverage(problem: Problem, calls: list[str]) -> float:
+    """Exploration coverage (ECC): the fraction of :func:`checkpoints` that ``calls`` (``?R(ent)``
+    strings) looked up. Repeats count once; calls outside the checkpoints count for nothing."""
+    points = set(checkpoints(problem))
+    seen = set()
+    for call in calls:
+        m = CALL_RE.fullmatch(call)
+        if m and (m.group(1), m.group(2)) in points:
+            seen.add((m.group(1), m.group(2)))
+    return len(seen) / len(points)
+
+
+def exploration_problem(problem: Problem) -> Problem:
+    """An exploration prompt over the same knowledge base, with no task: ``?qwe,rty>`` asks the model to
+    look around the listed entities. It has no answer; its reward is :func:`coverage`."""
+    prompt = EXPLORE_MARKER + ",".join(listed_entities(problem)) + END_OF_PROMPT
+    return Problem(id=f"{problem.id}-explore", prompt=prompt, answer="", meta={**problem.meta, "explore": True})
+
+
+def coverage_reward(prompts, completions, problem, episode=None, **_) -> list[float]:
+    """Coverage of each episode (TRL reward signature). Uses the calls the environment executed
+    (``episode``) when given, else the calls written in the completion."""
+    out = []
+    for k, (p, text) in enumerate(zip(problem, completions)):
+        calls = episode[k].calls if episode is not None else tool_calls(text)
+        out.append(coverage(p, calls))
+    return out
+
+
 # ------------------------------------------------------------------------------------ the task
 
 Segment = tuple[str, bool]  # (text, written by the environment)
@@ -317,6 +363,10 @@ class AgentTask:
     def expert_response(self, problem: Problem) -> str:
         """The gold trajectory as one text (observations included)."""
         return "".join(t for t, _ in self.gold_trajectory(problem))
+
+    def coverage(self, problem: Problem, calls: list[str]) -> float:
+        """Exploration coverage of an episode's calls (:func:`coverage`)."""
+        return coverage(problem, calls)
 
     # --- verifier ----------------------------------------------------------------------------
     def verify(self, problem: Problem, completion: str) -> float:

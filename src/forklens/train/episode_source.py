@@ -21,7 +21,8 @@ from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
-from forklens.train.sources import SFTSource, _global_std, group_reduce, verifier_reward
+from forklens.train.sources import (SFTSource, _global_std, group_reduce, log_mi_proxy, stage_and_replay_info,
+                                    snr_keep_groups, stage_rewards, verifier_reward, with_replay)
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -73,6 +74,11 @@ class EpisodeSamplingConfig:
     turn_tokens: int = field(12, help="Most tokens in one model turn; an episode whose turn runs longer is "
                               "truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
+    snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of question groups (as in SamplingConfig; "
+                                  "0 = off, the paper uses 0.9).")
+    snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy over the model's own tokens "
+                                "of the episodes (mi_proxy_acc, mi_proxy_chance; 0 = off).")
 
 
 class EpisodeGRPOSource:
@@ -83,7 +89,8 @@ class EpisodeGRPOSource:
     say otherwise."""
 
     def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None,
-                 reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None):
+                 reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None,
+                 coverage_key: str = "coverage_task", reward_schedule=None, replay=None):
         if not problems:
             raise DataError("the training split has no problems")
         self.task = task
@@ -93,7 +100,18 @@ class EpisodeGRPOSource:
         self.seed = seed
         self.reward_fns = reward_fns if reward_fns is not None else [verifier_reward(task)]
         self.weights = reward_weights
+        self.coverage_key = coverage_key
+        self.schedule = reward_schedule
+        self.replay = replay
         self.last_chosen: list[Problem] = []
+        self.last_episodes: list = []
+
+    def state_dict(self) -> dict:
+        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
@@ -101,15 +119,18 @@ class EpisodeGRPOSource:
         chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
         seeds = [rng.randrange(2**31) for _ in range(world_size())]
         chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
+        chosen = with_replay(self, chosen)
         self.last_chosen = chosen
         eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
                               top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
+        self.last_episodes = list(eps.episodes)
         probs = [chosen[g] for g in eps.group]
+        fns, weights = stage_rewards(self, step)
         rewards, components = compose_rewards(
-            self.reward_fns, self.weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
+            fns, weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
             problem=probs, answer=[p.answer for p in probs], id=[p.id for p in probs], episode=list(eps.episodes))
         group_ids = torch.tensor(eps.group, dtype=torch.long)
-        adv, _ = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         batch = episodes_to_rollouts(eps, policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
         group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
         group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
@@ -127,4 +148,18 @@ class EpisodeGRPOSource:
         }
         if len(components) > 1:
             info.update(component_means(components))
+        info.update(stage_and_replay_info(self, step, chosen, components, group_ids))
+        if c.mi_proxy_every and step % c.mi_proxy_every == 0:
+            eps_ = eps.episodes
+            mi = log_mi_proxy(policy, [e.prompt_ids for e in eps_], [e.response_ids for e in eps_],
+                              [[1 - m for m in e.env_mask] for e in eps_])
+            info["scored_tokens"] += mi.pop("mi_proxy_scored_tokens")
+            info.update(mi)
+        if c.snr_filter_rho > 0:
+            first_row = [eps.group.index(g) for g in range(len(chosen))]
+            keep = set(snr_keep_groups(stds[first_row], c.snr_filter_rho, c.snr_filter_eps))
+            batch = batch.select([i for i, g in enumerate(eps.group) if g in keep])
+            info["snr_kept_groups_frac"] = len(keep) / len(chosen)
+        if hasattr(self.task, "coverage"):  # exploration coverage of the knowledge base (agent organism)
+            info[self.coverage_key] = sum(self.task.coverage(p, e.calls) for p, e in zip(probs, eps.episodes)) / len(probs)
         return batch, info

@@ -106,36 +106,80 @@ def rank() -> int:
     return dist.get_rank() if dist else int(os.environ.get("RANK", "0"))
 
 
-def forward(module, batch: Rollouts) -> PolicyOutputs:
+def forward(module, batch: Rollouts, target_tags: tuple[str, ...] | list[str] = ()) -> PolicyOutputs:
     """Differentiable per-token log-probs of ``batch`` under ``module`` (a :class:`TokenLogProbs`, possibly
-    wrapped by DDP, or a bare causal LM). A ``gather_ids`` tag [B, L, K] in the batch also returns the
-    log-probs of those ids at every response position (``PolicyOutputs.gathered_logprobs``)."""
+    wrapped by DDP, or a bare causal LM) at the response tokens and at the positions marked by the tags
+    named in ``target_tags`` (``env_mask`` for the environment-token loss). A ``gather_ids`` tag
+    [B, L, K] in the batch also returns the log-probs of those ids at every scored position
+    (``PolicyOutputs.gathered_logprobs``)."""
     if not isinstance(getattr(module, "module", module), TokenLogProbs):
         module = TokenLogProbs(module)
-    lp, ent, gathered = module(batch.input_ids, batch.attention_mask, batch.response_mask,
+    targets = batch.response_mask
+    for name in target_tags:
+        if name not in batch.tags:
+            raise ValueError(f"the objective needs tags[{name!r}] in the batch")
+        targets = torch.maximum(targets, batch.tags[name].to(targets.dtype))
+    lp, ent, gathered = module(batch.input_ids, batch.attention_mask, targets,
                                gather_ids=batch.tags.get("gather_ids"))
     return PolicyOutputs(logprobs=lp, entropy=ent, gathered_logprobs=gathered)
+
+
+def _global_sums(values: dict[str, float]) -> dict[str, float]:
+    names = sorted(values)
+    t = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    if _dist():
+        _dist().all_reduce(t)
+    return {n: float(v) for n, v in zip(names, t)}
 
 
 def accumulate_step(model, objective: Callable, objective_config: Any, micro_batches: list[Rollouts],
                     simulate_bug: str = "none", no_sync: Callable | None = None) -> dict[str, float]:
     """Forward/backward over the micro-batches of one optimizer step; leaves normalised gradients in
-    ``.grad`` and returns the step's loss and objective metrics (global over ranks)."""
+    ``.grad`` and returns the step's loss and objective metrics (global over ranks).
+
+    The objective's optional hooks (see :mod:`forklens.objectives`): ``prepare`` runs first over every
+    micro-batch (step-global tags); ``target_tags`` names extra scored positions; ``term_counts``
+    switches to separately normalised terms, whose global counts are summed before any backward.
+    ``metrics["prepass_tokens"]`` counts the tokens a pre-pass ran through the model (for FLOPs)."""
     dist = _dist()
     world = dist.get_world_size() if dist else 1
     params = [p for p in model.parameters() if p.requires_grad]
+    prepared: dict[str, float] = {}
+    if getattr(objective, "prepare", None) is not None:
+        prepared = objective.prepare(model, micro_batches, objective_config) or {}
+    target_tags = objective.target_tags(objective_config) if getattr(objective, "target_tags", None) else []
+    term_counts = None
+    if getattr(objective, "term_counts", None) is not None:
+        per_mb = [objective.term_counts(mb, objective_config) for mb in micro_batches]
+        if per_mb and per_mb[0] is not None:
+            if simulate_bug != "none":
+                raise ValueError("simulate_bug is not supported with separately normalised loss terms")
+            local = {name: sum(c[name] for c in per_mb) for name in per_mb[0]}
+            term_counts = _global_sums(local)
     k = len(micro_batches)
     loss_sum, count = 0.0, 0.0
+    term_sums: dict[str, float] = {}
     metric_sums: dict[str, list[float]] = {}
     kept: list[torch.Tensor] | None = None
     for j, mb in enumerate(micro_batches):
         last = j == k - 1
         ctx = no_sync() if (no_sync is not None and not last) else _null()
         with ctx:
-            out = forward(model, mb)
+            out = forward(model, mb, target_tags)
             res: ObjectiveResult = objective(out, mb, objective_config)
             n_mb = float(res.count)
-            if simulate_bug == "mean-of-means":
+            if term_counts is not None:
+                expected = per_mb[j]
+                if abs(n_mb - expected["loss"]) > 1e-6 or set(res.terms) != set(expected) - {"loss"}:
+                    raise RuntimeError(f"objective counts {n_mb} and terms {sorted(res.terms)} disagree with "
+                                       f"its term_counts {expected}")
+                loss = res.loss_sum * (world / max(term_counts["loss"], 1e-12))
+                for name, (t_sum, t_n) in res.terms.items():
+                    loss = loss + t_sum * (world / max(term_counts[name], 1e-12))
+                    term_sums[name] = term_sums.get(name, 0.0) + float(t_sum.detach())
+            elif res.terms:
+                raise ValueError("an objective that returns extra loss terms must define term_counts")
+            elif simulate_bug == "mean-of-means":
                 loss = res.loss_sum / max(n_mb, 1e-12) / k
             else:
                 loss = res.loss_sum
@@ -154,11 +198,13 @@ def accumulate_step(model, objective: Callable, objective_config: Any, micro_bat
             acc[0] += s
             acc[1] += c
     names = sorted(metric_sums)
-    totals = torch.tensor([loss_sum, count] + [v for n in names for v in metric_sums[n]], dtype=torch.float64)
+    term_names = sorted(term_sums)
+    totals = torch.tensor([loss_sum, count] + [v for n in names for v in metric_sums[n]]
+                          + [term_sums[n] for n in term_names], dtype=torch.float64)
     if dist:
         dist.all_reduce(totals)
     g_loss, g_count = float(totals[0]), float(totals[1])
-    if simulate_bug != "mean-of-means":
+    if simulate_bug != "mean-of-means" and term_counts is None:
         scale = world / max(g_count, 1e-12)  # DDP averaged over ranks; undo that, divide by global N
         for p in params:
             if p.grad is not None:
@@ -167,6 +213,12 @@ def accumulate_step(model, objective: Callable, objective_config: Any, micro_bat
     for i, n in enumerate(names):
         s, c = float(totals[2 + 2 * i]), float(totals[3 + 2 * i])
         metrics[n] = s / c if c else float("nan")
+    for i, n in enumerate(term_names):
+        metrics[n] = float(totals[2 + 2 * len(names) + i]) / max(term_counts[n], 1e-12)
+        metrics[f"{n}_count"] = term_counts[n]
+    if prepared:
+        metrics["prepass_tokens"] = float(_global_sums({"t": prepared.get("prepass_tokens", 0.0)})["t"])
+        metrics.update({k2: v for k2, v in prepared.items() if k2 != "prepass_tokens"})
     return metrics
 
 
@@ -311,7 +363,8 @@ class Trainer:
                                        info.pop("scored_tokens", 0.0)], dtype=torch.float64)
                 if _dist():
                     _dist().all_reduce(tokens)  # FLOPs of every rank
-                trained_tokens, inference_tokens = float(tokens[0]), float(tokens[1] + tokens[2])
+                trained_tokens = float(tokens[0])
+                inference_tokens = float(tokens[1] + tokens[2]) + metrics.get("prepass_tokens", 0.0)  # already global
                 self.flops += 2 * self.n_params * inference_tokens + 6 * self.n_params * trained_tokens
                 self.wall_s += time.perf_counter() - t0
                 self.step += 1

@@ -12,29 +12,78 @@ import torch
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
-from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards
+from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.loop import rank, world_size
 
 
 
+SFTOrder = Literal["shuffle", "reverse_perplexity", "perplexity"]
+
+
 class SFTSource:
     """Teacher-forced (prompt, response) pairs; the response gets EOS appended.
 
-    ``examples`` is either a fixed list (shuffled once per epoch with the seed) or a callable
-    ``(rng, n) -> list`` that generates fresh examples (organism pretraining). Subclasses that train
-    on other example types override :meth:`to_rollouts`.
+    ``examples`` is either a fixed list or a callable ``(rng, n) -> list`` that generates fresh
+    examples (organism pretraining). Subclasses that train on other example types override
+    :meth:`to_rollouts`.
+
+    ``order`` (fixed lists only): ``shuffle`` (default) reshuffles every epoch with the seed;
+    ``reverse_perplexity`` is the SU-01 curriculum (arXiv 2605.13301): every example is scored once by
+    ``policy`` (the *initial* model) with its length-normalised perplexity ``exp(mean NLL of the trained
+    tokens)`` and training runs from the highest to the lowest, without shuffling (later epochs repeat
+    the order); ``perplexity`` runs low to high (the paper's worst ablation). Ties keep the list order.
+    The scoring forward pass over the dataset is counted in :attr:`scoring_tokens`.
     """
 
     samples = False  # teacher-forced: no sampling, so FSDP need not gather weights for batch()
 
-    def __init__(self, examples: Sequence | Callable, batch_size: int, seed: int = 0):
+    def __init__(self, examples: Sequence | Callable, batch_size: int, seed: int = 0, order: SFTOrder = "shuffle",
+                 policy=None):
         if not callable(examples) and len(examples) == 0:
             raise DataError("the SFT dataset is empty: nothing to train on")
+        if order not in ("shuffle", "reverse_perplexity", "perplexity"):
+            raise ValueError(f"unknown SFT order {order!r}; expected shuffle, reverse_perplexity or perplexity")
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
+        self.order = order
+        self.perplexities: list[float] | None = None
+        self.ordered: list[int] | None = None
+        self.scoring_tokens = 0.0
+        if order != "shuffle":
+            if callable(examples):
+                raise ValueError(f"order={order!r} needs a fixed list of examples, not a generator")
+            if policy is None:
+                raise ValueError(f"order={order!r} scores the examples with the initial model: pass policy=")
+            self.perplexities = self.score_perplexities(policy)
+            by = sorted(range(len(examples)), key=lambda i: self.perplexities[i])  # stable: ties keep list order
+            if order == "reverse_perplexity":
+                by = sorted(range(len(examples)), key=lambda i: -self.perplexities[i])
+            self.ordered = by
+
+    @torch.no_grad()
+    def score_perplexities(self, policy, rows_per_pass: int = 64) -> list[float]:
+        """Length-normalised perplexity of every example under ``policy``, over its trained tokens."""
+        from forklens.policy.score import token_logprobs_and_entropy
+
+        was_training = policy.model.training
+        policy.model.eval()
+        out: list[float] = []
+        try:
+            for s in range(0, len(self.examples), rows_per_pass):
+                ro = self.to_rollouts(policy, list(self.examples[s:s + rows_per_pass]), -1).to(policy.device)
+                lp, _, _ = token_logprobs_and_entropy(policy.model, ro.input_ids, ro.attention_mask, ro.response_mask,
+                                                      with_entropy=False)
+                mask = ro.response_mask.clone()
+                mask[:, 0] = 0
+                nll = -(lp.double() * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+                out += torch.exp(nll).cpu().tolist()
+                self.scoring_tokens += float(ro.attention_mask.sum())
+        finally:
+            policy.model.train(was_training)
+        return out
 
     def examples_for(self, step: int) -> list:
         """The global batch of ``step`` (every rank computes the same list)."""
@@ -44,6 +93,9 @@ class SFTSource:
         out = []
         for k in range(step * self.batch_size, (step + 1) * self.batch_size):
             epoch, i = divmod(k, n)
+            if self.ordered is not None:
+                out.append(self.examples[self.ordered[i]])
+                continue
             perm = list(range(n))
             random.Random(f"sft-{self.seed}-epoch-{epoch}").shuffle(perm)
             out.append(self.examples[perm[i]])
@@ -85,6 +137,9 @@ class SamplingConfig:
     backend: Literal["torch", "vllm"] = field("torch", help="Rollout sampler: the built-in one, or vLLM (GPU only; "
                                               "`pip install vllm`; weights are pushed to it after every step).")
     vllm_gpu_memory_utilization: float = field(0.3, help="Share of GPU memory the colocated vLLM engine may take.")
+    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy (mi_proxy_acc: retrieval "
+                                "accuracy of each rollout's own prompt among the step's prompts; chance in "
+                                "mi_proxy_chance). Costs prompts x rollouts teacher-forced sequences (0 = off).")
 
 
 def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> list[int]:
@@ -111,6 +166,53 @@ def group_reduce(values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, o
     return torch.zeros(n_groups, dtype=values.dtype).scatter_reduce(0, group_ids, values, op, include_self=False)
 
 
+def log_mi_proxy(policy, prompt_ids, response_ids, masks=None) -> dict[str, float]:
+    """The MI proxy of this rank's rollouts, as step info (its scoring counts in ``scored_tokens``)."""
+    from forklens.analysis.mi_proxy import mi_proxy
+
+    out = mi_proxy(policy, prompt_ids, response_ids, masks)
+    return {"mi_proxy_acc": out["mi_proxy_acc"], "mi_proxy_chance": out["mi_proxy_chance"],
+            "mi_proxy_scored_tokens": out["scored_tokens"]}
+
+
+def stage_rewards(source, step: int | None) -> tuple[list[RewardFn], list[float] | None]:
+    """The reward functions and weights of a source at ``step`` (its schedule's stage, if it has one)."""
+    if source.schedule is None or step is None:
+        return source.reward_fns, source.weights
+    stage = source.schedule.at(step)
+    return stage.reward_fns, stage.weights
+
+
+def with_replay(source, chosen: list[Problem]) -> list[Problem]:
+    """``chosen`` with its first problems replaced by queued replay problems (single process only)."""
+    if source.replay is None:
+        return chosen
+    if world_size() > 1:
+        raise NotImplementedError("replay of barely-solved problems is single-process only (each rank would queue "
+                                  "different problems)")
+    replayed = source.replay.take(len(chosen))
+    return replayed + chosen[len(replayed):]
+
+
+def stage_and_replay_info(source, step: int, chosen: list[Problem], components: dict, group_ids: torch.Tensor,
+                          rows: torch.Tensor | None = None) -> dict[str, float]:
+    """Queue this step's barely-solved problems; the stage index and replay counters as step info."""
+    info: dict[str, float] = {}
+    if source.schedule is not None:
+        info["reward_stage"] = float(source.schedule.index_at(step))
+    if source.replay is not None:
+        from forklens.train.schedule import solved_flags
+
+        name = source.schedule.solved_component if source.schedule is not None else reward_name(source.reward_fns[0])
+        solved = solved_flags(components, name)
+        if rows is not None:
+            solved, group_ids = solved[rows], group_ids[rows]
+        info["replay_added"] = float(source.replay.observe(chosen, solved, group_ids))
+        info["replayed"] = float(source.replay.replayed)
+        info["replay_queue"] = float(len(source.replay.queue))
+    return info
+
+
 def _global_std(values: torch.Tensor) -> float | None:
     """Unbiased std over all ranks' values (None in a single process)."""
     if world_size() == 1:
@@ -133,7 +235,8 @@ class GRPOSource:
 
     def __init__(self, problems: list[Problem], reward_fns: list[RewardFn], config: SamplingConfig,
                  seed: int = 0, ref_policy=None, reward_weights: list[float] | None = None,
-                 expert_fn: Callable[[Problem], str] | None = None, n_expert: int = 0):
+                 expert_fn: Callable[[Problem], str] | None = None, n_expert: int = 0,
+                 reward_schedule=None, replay=None):
         if not problems:
             raise DataError("the training split has no problems")
         if n_expert and expert_fn is None:
@@ -148,12 +251,24 @@ class GRPOSource:
         self.ref_policy = ref_policy
         self.expert_fn = expert_fn
         self.n_expert = n_expert
+        self.schedule = reward_schedule
+        self.replay = replay
         self.last_chosen: list[Problem] = []
 
-    def rewards(self, problems: list[Problem], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted total reward and each component (see :func:`forklens.rewards.compose_rewards`)."""
+    def state_dict(self) -> dict:
+        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+    def rewards(self, problems: list[Problem], completions: list[str], step: int | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total reward and each component (see :func:`forklens.rewards.compose_rewards`); with a
+        reward schedule, the functions of ``step``'s stage."""
+        fns, weights = stage_rewards(self, step)
         columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
-        return compose_rewards(self.reward_fns, self.weights, [p.prompt for p in problems], completions, **columns)
+        return compose_rewards(fns, weights, [p.prompt for p in problems], completions, **columns)
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
@@ -161,6 +276,7 @@ class GRPOSource:
         chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
         seeds = [rng.randrange(2**31) for _ in range(world_size())]
         chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
+        chosen = with_replay(self, chosen)
         self.last_chosen = chosen
         n_policy = c.group_size - self.n_expert
         samples = policy.sample([p.prompt for p in chosen], n=n_policy, temperature=c.temperature,
@@ -181,7 +297,7 @@ class GRPOSource:
                     finished.insert(at, True)
                     off_policy.insert(at, True)
         probs = [chosen[g] for g in groups]
-        rewards, components = self.rewards(probs, texts)
+        rewards, components = self.rewards(probs, texts, step)
         group_ids = torch.tensor(groups, dtype=torch.long)
         adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
         truncated = torch.tensor([not f for f in finished], dtype=torch.bool)
@@ -219,6 +335,12 @@ class GRPOSource:
         }
         if len(components) > 1:
             info.update(component_means(components, on))
+        info.update(stage_and_replay_info(self, step, chosen, components, group_ids, on))
+        if c.mi_proxy_every and step % c.mi_proxy_every == 0:
+            own = [i for i in range(len(groups)) if not off_policy[i]]
+            info.update(log_mi_proxy(policy, [prompt_ids[i] for i in own], [response_ids[i] for i in own]))
+        if "mi_proxy_scored_tokens" in info:
+            info["scored_tokens"] += info.pop("mi_proxy_scored_tokens")
         if c.snr_filter_rho > 0:
             batch = batch.select(rows)
             info["snr_kept_groups_frac"] = kept_frac

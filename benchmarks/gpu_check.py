@@ -175,9 +175,9 @@ def scoring_mfu(big, quick: bool) -> dict:
     from forklens.tasks.organism import build_char_tokenizer
 
     n = 8192
-    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    peak = 2 * n**3 / sync_time(lambda: a @ b, 10)
-    del a, b
+    mats = [torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    peak = 2 * n**3 / sync_time(lambda: mats[0] @ mats[1], 10)
+    mats.clear()
     rl = build("qwen2", QWEN_05B, torch.bfloat16)
     with torch.no_grad():
         for p in rl.parameters():

@@ -94,7 +94,6 @@ def run_trl(model_dir: Path, task, steps: int, new_tokens: int, out: Path) -> di
         return [task.verify(by_id[i], c) for i, c in zip(pid, completions)]
 
     times: list[float] = []
-    tokens: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):

@@ -6,7 +6,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 from forklens.errors import ForklensError
 from forklens.policy import Policy

@@ -38,6 +38,18 @@ def resolve_config(cls, args, base_file: Path | None = None, extra: list[str] | 
     return cfg
 
 
+def experiment_config(cls, args, base=None):
+    """An experiment's config: defaults (or ``base``, e.g. its --quick recipe) <- ``--config`` <-
+    ``--seeds`` (when the command has it; must be >= 1) <- ``--set`` overrides."""
+    from forklens.errors import ConfigError
+
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    extra = [f"seeds={seeds}"] if seeds is not None else []
+    return load_config(cls, args.config, extra + list(args.overrides), base=base if base is not None else cls())
+
+
 def handle_config_flags(cls, cfg, args) -> bool:
     """Serve --help-config / --print-config. Returns True when the command should exit."""
     if args.help_config:

@@ -463,12 +463,10 @@ def register_cli(sub) -> None:
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import handle_config_flags, quiet_third_party
-    from forklens.config import load_config
+    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
 
     quiet_third_party()
-    cfg = load_config(BoundaryConfig, args.config, list(args.overrides),
-                      base=quick_config() if args.quick else BoundaryConfig())
+    cfg = experiment_config(BoundaryConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(BoundaryConfig, cfg, args):
         return 0
     summary = run_boundary(cfg, args.out)

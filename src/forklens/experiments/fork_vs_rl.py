@@ -297,15 +297,12 @@ def register_cli(esub) -> None:
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import handle_config_flags, packaged_config, quiet_third_party, resolve_config
-    from forklens.errors import ConfigError
+    from forklens.commands._common import experiment_config, handle_config_flags, packaged_config, quiet_third_party
+    from forklens.config import load_config
 
     quiet_third_party()
-    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    cfg = resolve_config(ForkVsRLConfig, args, packaged_config("fork-vs-rl-quick" if args.quick else "fork-vs-rl"),
-                         extra)
+    recipe = load_config(ForkVsRLConfig, packaged_config("fork-vs-rl-quick" if args.quick else "fork-vs-rl"))
+    cfg = experiment_config(ForkVsRLConfig, args, recipe)
     if handle_config_flags(ForkVsRLConfig, cfg, args):
         return 0
     s = run_fork_vs_rl(cfg, args.out, use_cache=not args.no_cache, progress=not args.no_progress)

@@ -354,16 +354,10 @@ def register_cli(esub) -> None:
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import handle_config_flags, quiet_third_party
-    from forklens.config import load_config
-    from forklens.errors import ConfigError
+    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
 
     quiet_third_party()
-    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    cfg = load_config(LeversConfig, args.config, extra + list(args.overrides),
-                      base=quick_config() if args.quick else LeversConfig())
+    cfg = experiment_config(LeversConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(LeversConfig, cfg, args):
         return 0
     summary = run_levers(cfg, args.out, use_cache=not args.no_cache, progress=args.progress)

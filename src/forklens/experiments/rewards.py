@@ -238,16 +238,10 @@ def register_cli(esub) -> None:
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import handle_config_flags, quiet_third_party
-    from forklens.config import load_config
-    from forklens.errors import ConfigError
+    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
 
     quiet_third_party()
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
-    cfg = load_config(RewardsExperimentConfig, args.config, list(args.overrides) + extra,
-                      base=quick_config() if args.quick else RewardsExperimentConfig())
+    cfg = experiment_config(RewardsExperimentConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(RewardsExperimentConfig, cfg, args):
         return 0
     summary = run_rewards(cfg, args.out)

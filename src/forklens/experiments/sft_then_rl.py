@@ -212,11 +212,10 @@ def register_cli(sub) -> None:
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import handle_config_flags, quiet_third_party, resolve_config
+    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
 
     quiet_third_party()
-    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
-    cfg = resolve_config(SFTThenRLConfig, args, extra=extra)
+    cfg = experiment_config(SFTThenRLConfig, args)
     if handle_config_flags(SFTThenRLConfig, cfg, args):
         return 0
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None

@@ -10,7 +10,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from forklens.config import field
-from forklens.errors import DataError
+from forklens.errors import ConfigError, DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
 from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
 from forklens.rollouts import Rollouts
@@ -188,8 +188,8 @@ def with_replay(source, chosen: list[Problem]) -> list[Problem]:
     if source.replay is None:
         return chosen
     if world_size() > 1:
-        raise NotImplementedError("replay of barely-solved problems is single-process only (each rank would queue "
-                                  "different problems)")
+        raise ConfigError("replay of barely-solved problems runs in one process only (each rank would queue "
+                          "different problems); turn replay off for data-parallel runs")
     replayed = source.replay.take(len(chosen))
     return replayed + chosen[len(replayed):]
 

@@ -31,6 +31,10 @@ def main(base: str, out: str, mode: str) -> None:
     tr.train(resume=mode == "resume", stop_after=2 if mode == "cut" else None)
     if mode != "cut":
         tr.save_model(Path(out) / "model")
+    import torch.distributed as dist
+
+    dist.barrier()  # rank 0 may still be writing; exiting with the group open can abort in gloo
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _close_process_group()
+        return code
     except ForklensError as exc:
         print(f"forklens {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"forklens {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_process_group() -> None:
+    """Under a multi-process launcher, wait for every rank (rank 0 may still be writing files) and
+    close the process group: a rank that exits with it open can abort in gloo's teardown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run under `torchrun --nproc_per_node 2` (gloo): each rank computes gradients of its share of the
 batch of tests/test_invariance.py with DDP and accumulation; rank 0 saves them for comparison."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def main(out: str) -> None:
         torch.save(results, out)
     dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)  # skip the interpreter's teardown, which can abort under gloo (see forklens.cli._exit_now)
 
 
 if __name__ == "__main__":

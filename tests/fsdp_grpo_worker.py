@@ -2,6 +2,7 @@
 (the share of '1' characters, so advantages are never all zero). ``MODE``: ``full`` trains 4 steps;
 ``cut`` stops after 2 (checkpoint at 2); ``resume`` continues a ``cut`` run to 4."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def main(base: str, out: str, mode: str) -> None:
 
     dist.barrier()  # rank 0 may still be writing; exiting with the group open can abort in gloo
     dist.destroy_process_group()
+    os._exit(0)  # skip the interpreter's teardown, which can abort under gloo (see forklens.cli._exit_now)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
-        _close_process_group()
+        if _close_process_group():
+            _exit_now(code)
         return code
     except ForklensError as exc:
         print(f"forklens {args.command}: error: {exc}", file=sys.stderr)
@@ -58,14 +59,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _close_process_group() -> None:
+def _close_process_group() -> bool:
     """Under a multi-process launcher, wait for every rank (rank 0 may still be writing files) and
-    close the process group: a rank that exits with it open can abort in gloo's teardown."""
+    close the process group. Returns whether there was one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
+
+
+def _exit_now(code: int) -> None:
+    """End a finished rank without the interpreter's teardown: with gloo, a rank's C++ teardown at
+    exit sometimes aborts ("terminate called without an active exception", seen on a loaded 2-core
+    machine), which the launcher reports as a failed run although every file was written."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

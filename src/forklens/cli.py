@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from forklens import __version__
@@ -43,15 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
-        if _close_process_group():
-            _exit_now(code)
+        if _close_process_group() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_now(code)  # one rank of several: see _exit_now
         return code
     except ForklensError as exc:
         print(f"forklens {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
@@ -75,8 +74,6 @@ def _exit_now(code: int) -> None:
     """End a finished rank without the interpreter's teardown: with gloo, a rank's C++ teardown at
     exit sometimes aborts ("terminate called without an active exception", seen on a loaded 2-core
     machine), which the launcher reports as a failed run although every file was written."""
-    import os
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

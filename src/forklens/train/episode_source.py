@@ -7,7 +7,6 @@ Both train only on the model's own tokens. Observation tokens the environment ap
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,9 +19,8 @@ from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
 from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
-from forklens.train.loop import rank, world_size
-from forklens.train.sources import (SFTSource, _global_std, group_reduce, log_mi_proxy, stage_and_replay_info,
-                                    snr_keep_groups, stage_rewards, verifier_reward, with_replay)
+from forklens.train.sources import (SFTSource, StepProblems, _global_std, group_reduce, log_mi_proxy,
+                                    stage_and_replay_info, snr_keep_groups, stage_rewards, verifier_reward)
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
 Trajectory = tuple[str, Sequence[tuple[str, bool]]]
@@ -81,12 +79,14 @@ class EpisodeSamplingConfig:
                                 "of the episodes (mi_proxy_acc, mi_proxy_chance; 0 = off).")
 
 
-class EpisodeGRPOSource:
+class EpisodeGRPOSource(StepProblems):
     """GRPO over multi-turn episodes: ``group_size`` episodes for each of ``prompts_per_step``
     training questions, group-relative advantages per episode. The reward is the task's verifier on
     the whole transcript (binary exact match for the agent organism) unless ``reward_fns`` (TRL
     signature; their columns include ``episode``, the sampled :class:`Episode`) and ``reward_weights``
     say otherwise."""
+
+    RNG_KEY = "episode-grpo"
 
     def __init__(self, task, problems: list[Problem], config: EpisodeSamplingConfig, seed: int = 0, env=None,
                  reward_fns: list[RewardFn] | None = None, reward_weights: list[float] | None = None,
@@ -106,23 +106,11 @@ class EpisodeGRPOSource:
         self.last_chosen: list[Problem] = []
         self.last_episodes: list = []
 
-    def state_dict(self) -> dict:
-        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.replay is not None and "replay" in state:
-            self.replay.load_state_dict(state["replay"])
-
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
-        rng = random.Random(f"episode-grpo-{self.seed}-{step}")
-        chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
-        seeds = [rng.randrange(2**31) for _ in range(world_size())]
-        chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
-        chosen = with_replay(self, chosen)
-        self.last_chosen = chosen
+        chosen, seed = self.choose_problems(step)
         eps = sample_episodes(policy, self.env, chosen, n=c.group_size, T=c.T, temperature=c.temperature,
-                              top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seeds[rank()])
+                              top_p=c.top_p, turn_tokens=c.turn_tokens, seed=seed)
         self.last_episodes = list(eps.episodes)
         probs = [chosen[g] for g in eps.group]
         fns, weights = stage_rewards(self, step)

@@ -225,7 +225,31 @@ def _global_std(values: torch.Tensor) -> float | None:
     return math.sqrt(max(sq - s * s / n, 0.0) / max(n - 1, 1))
 
 
-class GRPOSource:
+class StepProblems:
+    """What both GRPO sources share: the step's problems (deterministic in seed and step, whole groups
+    per rank, queued replay problems first) and the replay queue's checkpoint state. Subclasses set
+    ``problems``, ``config`` (``prompts_per_step``), ``seed``, ``replay`` and ``RNG_KEY``."""
+
+    RNG_KEY = "grpo"
+
+    def choose_problems(self, step: int) -> tuple[list[Problem], int]:
+        """(this rank's problems for ``step``, this rank's sampling seed); sets ``last_chosen``."""
+        rng = random.Random(f"{self.RNG_KEY}-{self.seed}-{step}")
+        chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(self.config.prompts_per_step)]
+        seeds = [rng.randrange(2**31) for _ in range(world_size())]
+        chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
+        self.last_chosen = with_replay(self, chosen)
+        return self.last_chosen, seeds[rank()]
+
+    def state_dict(self) -> dict:
+        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.replay is not None and "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+
+
+class GRPOSource(StepProblems):
     """Samples ``group_size`` completions for ``prompts_per_step`` training problems and scores them.
 
     With ``expert_fn`` (problem -> expert response text) and ``n_expert > 0`` each group holds
@@ -255,13 +279,6 @@ class GRPOSource:
         self.replay = replay
         self.last_chosen: list[Problem] = []
 
-    def state_dict(self) -> dict:
-        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.replay is not None and "replay" in state:
-            self.replay.load_state_dict(state["replay"])
-
     def rewards(self, problems: list[Problem], completions: list[str], step: int | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total reward and each component (see :func:`forklens.rewards.compose_rewards`); with a
@@ -272,15 +289,10 @@ class GRPOSource:
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
-        rng = random.Random(f"grpo-{self.seed}-{step}")
-        chosen = [self.problems[rng.randrange(len(self.problems))] for _ in range(c.prompts_per_step)]
-        seeds = [rng.randrange(2**31) for _ in range(world_size())]
-        chosen = chosen[rank()::world_size()]  # whole groups per rank: prompts_per_step is global
-        chosen = with_replay(self, chosen)
-        self.last_chosen = chosen
+        chosen, seed = self.choose_problems(step)
         n_policy = c.group_size - self.n_expert
         samples = policy.sample([p.prompt for p in chosen], n=n_policy, temperature=c.temperature,
-                                top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seeds[rank()])
+                                top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seed)
         prompt_ids, response_ids = list(samples.prompt_ids), list(samples.response_ids)
         groups, texts, finished = list(samples.group), list(samples.texts), list(samples.finished)
         off_policy = [False] * len(groups)

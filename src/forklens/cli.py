@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 def _close_process_group() -> bool:
     """Under a multi-process launcher, wait for every rank (rank 0 may still be writing files) and
     close the process group. Returns whether there was one."""
-    import torch.distributed as dist
+    from forklens import dist  # imports torch: lazy, so `forklens --help` stays fast
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    group = dist.group()
+    if group is not None:
+        group.barrier()
+        group.destroy_process_group()
         return True
     return False
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from forklens import dist as fdist
 from forklens.errors import ConfigError, DataError, ModelLoadError
 
 __all__ = [
@@ -444,14 +445,6 @@ def default_verifier(record: dict[str, Any], completion: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
-
-
 def _normalise_prompts(prompts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out, seen = [], set()
     if not prompts:
@@ -566,7 +559,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
                             f"exceeds the context of {context} tokens (lower --max-new-tokens or shorten it)")
         prompt_ids.append(ids)
 
-    dist, rank, world = _dist()
+    dist = fdist.group()  # only a real process group shards the prompts
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
     n_blocks = -(-len(records) // block_size)
     mine = [b for b in range(n_blocks) if b % world == rank]
     my_prompts = [i for b in mine for i in range(b * block_size, min(len(records), (b + 1) * block_size))]

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from forklens import dist
+
 DEFAULT_OUT = "runs/diff"
 
 DESCRIPTION = """\
@@ -61,26 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _init_distributed(device: str | None) -> bool:
-    """Initialise torch.distributed under torchrun / accelerate launch (WORLD_SIZE > 1); else nothing.
-
-    NCCL when the models go on CUDA, gloo otherwise. Returns whether this call initialised it.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if dist.is_initialized():
-        return False
-    if torch.cuda.is_available() and not (device or "").startswith("cpu"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return True
-
-
 def _print(summary: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -122,11 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from forklens.analysis.prompts import load_prompts
     from forklens.policy import Policy
 
-    started = _init_distributed(args.device)
+    started = dist.init_process_group(args.device)
     try:
-        import torch.distributed as dist
-
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rank = dist.rank()
         device = args.device
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -146,7 +126,5 @@ def run(args: argparse.Namespace) -> int:
             _print(summary, out)
     finally:
         if started:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return 0

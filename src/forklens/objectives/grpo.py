@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 from forklens.config import field
+from forklens.dist import all_gather_variable
 from forklens.objectives import ObjectiveResult, PolicyOutputs, register
 from forklens.rollouts import Rollouts
 
@@ -155,21 +156,7 @@ def _quantile(values: torch.Tensor, q: float) -> float:
 
 def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
     """The entropy at the ``1 - top_quantile`` quantile of ``entropies`` (every rank's, when distributed)."""
-    from forklens.train.loop import _dist
-
-    values = entropies.detach().float().cpu()
-    dist = _dist()
-    if dist:  # variable-length gather: sizes first, then padded tensors
-        world = dist.get_world_size()
-        n = torch.tensor([len(values)], dtype=torch.long)
-        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-        dist.all_gather(sizes, n)
-        width = int(max(int(s) for s in sizes))
-        padded = torch.zeros(width, dtype=values.dtype)
-        padded[: len(values)] = values
-        parts = [torch.zeros(width, dtype=values.dtype) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        values = torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+    values = all_gather_variable(entropies.detach().float().cpu())
     if len(values) == 0:
         return float("inf")
     return _quantile(values, 1.0 - top_quantile)

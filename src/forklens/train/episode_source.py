@@ -13,13 +13,14 @@ from typing import Sequence
 import torch
 
 from forklens.config import field
+from forklens.dist import global_std
 from forklens.errors import DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
 from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
 from forklens.rewards import RewardFn, component_means, compose_rewards
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
-from forklens.train.sources import (SFTSource, StepProblems, _global_std, group_reduce, log_mi_proxy,
+from forklens.train.sources import (SFTSource, StepProblems, group_reduce, log_mi_proxy,
                                     stage_and_replay_info, snr_keep_groups, stage_rewards, verifier_reward)
 
 #: (prompt, [(segment text, written by the environment), ...]); the source appends EOS
@@ -118,7 +119,7 @@ class EpisodeGRPOSource(StepProblems):
             fns, weights, [p.prompt for p in probs], [e.text for e in eps.episodes],
             problem=probs, answer=[p.answer for p in probs], id=[p.id for p in probs], episode=list(eps.episodes))
         group_ids = torch.tensor(eps.group, dtype=torch.long)
-        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=global_std(rewards))
         batch = episodes_to_rollouts(eps, policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
         group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
         group_min = group_reduce(rewards, group_ids, len(chosen), "amin")

@@ -41,6 +41,7 @@ import torch
 
 import forklens.objectives.fork_contrast  # noqa: F401  (registers "fork_contrast")
 from forklens.analysis.evaluate import EvalConfig
+from forklens import dist
 from forklens.config import field
 from forklens.errors import ConfigError, DataError
 from forklens.objectives.fork_contrast import ForkContrastLossConfig
@@ -238,15 +239,6 @@ def prepare_fork_data(policy, problems: Sequence, verify: Callable[[object, str]
                     wall_s=time.perf_counter() - t0)
 
 
-def _rank_world() -> tuple[int, int]:
-    try:
-        from forklens.train.loop import rank, world_size  # present once data parallelism lands
-
-        return rank(), world_size()
-    except ImportError:
-        return 0, 1
-
-
 def step_weights(batch: Rollouts) -> dict[str, torch.Tensor]:
     """``w_pg = B/|D|`` at decision tokens, ``w_kl = B/|N|`` at the other response tokens, over ``batch``."""
     resp = batch.response_mask
@@ -294,7 +286,7 @@ class ForkContrastSource:
     def batch(self, step: int, policy=None) -> tuple[Rollouts, dict[str, float]]:
         full = self.data.rollouts.select(self.rows(step))
         full.tags = {**full.tags, **step_weights(full)}
-        rank, world = _rank_world()
+        rank, world = dist.rank(), dist.world_size()
         batch = full.select(list(range(rank, len(full), world))) if world > 1 else full
         dec = full.tags["decision"] * full.response_mask
         info = {"decision_tokens": float(dec.sum()),

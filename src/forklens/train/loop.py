@@ -26,6 +26,9 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 
 from forklens.config import field
+from forklens.dist import global_sums as _global_sums
+from forklens.dist import group as _dist
+from forklens.dist import world_size
 from forklens.objectives import ObjectiveResult, PolicyOutputs, get_objective
 from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
@@ -81,29 +84,8 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return fn
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
 def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def world_size() -> int:
-    """Processes in this run: from torch.distributed when initialised, else the launcher's WORLD_SIZE."""
-    import os
-
-    dist = _dist()
-    return dist.get_world_size() if dist else int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    import os
-
-    dist = _dist()
-    return dist.get_rank() if dist else int(os.environ.get("RANK", "0"))
 
 
 def forward(module, batch: Rollouts, target_tags: tuple[str, ...] | list[str] = ()) -> PolicyOutputs:
@@ -122,14 +104,6 @@ def forward(module, batch: Rollouts, target_tags: tuple[str, ...] | list[str] = 
     lp, ent, gathered = module(batch.input_ids, batch.attention_mask, targets,
                                gather_ids=batch.tags.get("gather_ids"))
     return PolicyOutputs(logprobs=lp, entropy=ent, gathered_logprobs=gathered)
-
-
-def _global_sums(values: dict[str, float]) -> dict[str, float]:
-    names = sorted(values)
-    t = torch.tensor([values[n] for n in names], dtype=torch.float64)
-    if _dist():
-        _dist().all_reduce(t)
-    return {n: float(v) for n, v in zip(names, t)}
 
 
 def accumulate_step(model, objective: Callable, objective_config: Any, micro_batches: list[Rollouts],

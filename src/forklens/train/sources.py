@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -10,12 +9,12 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from forklens.config import field
+from forklens.dist import global_std, rank, world_size
 from forklens.errors import ConfigError, DataError
 from forklens.objectives.grpo import ScaleRewards, group_advantages
 from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
-from forklens.train.loop import rank, world_size
 
 
 
@@ -213,18 +212,6 @@ def stage_and_replay_info(source, step: int, chosen: list[Problem], components: 
     return info
 
 
-def _global_std(values: torch.Tensor) -> float | None:
-    """Unbiased std over all ranks' values (None in a single process)."""
-    if world_size() == 1:
-        return None
-    import torch.distributed as dist
-
-    stats = torch.tensor([values.sum(), (values ** 2).sum(), float(len(values))], dtype=torch.float64)
-    dist.all_reduce(stats)
-    s, sq, n = stats.tolist()
-    return math.sqrt(max(sq - s * s / n, 0.0) / max(n - 1, 1))
-
-
 class StepProblems:
     """What both GRPO sources share: the step's problems (deterministic in seed and step, whole groups
     per rank, queued replay problems first) and the replay queue's checkpoint state. Subclasses set
@@ -311,7 +298,7 @@ class GRPOSource(StepProblems):
         probs = [chosen[g] for g in groups]
         rewards, components = self.rewards(probs, texts, step)
         group_ids = torch.tensor(groups, dtype=torch.long)
-        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=_global_std(rewards))
+        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=global_std(rewards))
         truncated = torch.tensor([not f for f in finished], dtype=torch.bool)
         batch = Rollouts.from_ids(prompt_ids, response_ids, policy.pad_id, rewards=rewards,
                                   advantages=adv, group_ids=group_ids, truncated=truncated)

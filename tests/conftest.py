@@ -16,7 +16,7 @@ def make_tiny(arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int =
     """A random tiny causal LM of the given architecture with a char tokenizer (in memory)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     tok = build_char_tokenizer(alphabet)
     torch.manual_seed(seed)

@@ -25,8 +25,8 @@ def main(base: str, out: str, mode: str) -> None:
     torch.set_num_threads(1)
     policy = Policy.load(base, device="cpu")
     task = ArithTask(ArithConfig(digits=2))
-    src = GRPOSource(task.problems("train")[:50], [ones],
-                     SamplingConfig(prompts_per_step=4, group_size=4, max_new_tokens=8), seed=0)
+    src = GRPOSource(task, task.problems("train")[:50],
+                     SamplingConfig(prompts_per_step=4, group_size=4, max_new_tokens=8), reward_fns=[ones], seed=0)
     cfg = TrainConfig(max_steps=4, save_every=2, learning_rate=1e-2, micro_batch_size=3, fsdp=True)
     tr = Trainer(policy, "grpo", GRPOLossConfig(max_new_tokens=8), src, cfg, out, progress=False)
     tr.train(resume=mode == "resume", stop_after=2 if mode == "cut" else None)

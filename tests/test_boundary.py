@@ -10,10 +10,12 @@ import torch
 
 from forklens.analysis.diversity import diversity_table, distinct_strategies, strategy_overlap
 from forklens.cli import main
-from forklens.experiments.boundary import analyse, crossing, generate_samples, markdown_report
-from forklens.objectives.grpo import group_advantages
+from forklens.analysis.passk_samples import generate_samples
+from forklens.experiments.boundary import analyse, crossing, markdown_report
+from forklens.objectives.advantages import group_advantages
 from forklens.tasks.agent import AgentConfig, AgentTask
-from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig, EpisodeSFTSource
+from forklens.train.episode_source import EpisodeSFTSource
+from forklens.train.sources import GRPOSource, SamplingConfig
 from tests.test_episodes import scripted_policy
 
 TASK = AgentTask(AgentConfig(n_train=6, n_test=6))
@@ -32,13 +34,13 @@ def two_way_policy(problems):
 def test_grpo_episode_source_groups_rewards_and_advantages():
     problems = [TASK.bridge(random.Random(i), 2, pid=f"q{i}") for i in range(5)]
     policy = two_way_policy(problems)
-    cfg = EpisodeSamplingConfig(prompts_per_step=4, group_size=8, T=5)
-    source = EpisodeGRPOSource(TASK, problems, cfg, seed=3)
+    cfg = SamplingConfig(prompts_per_step=4, group_size=8, T=5)
+    source = GRPOSource(TASK, problems, cfg, seed=3)
     batch, info = source.batch(0, policy)
     assert len(batch) == 32
     assert batch.group_ids.tolist() == [g for g in range(4) for _ in range(8)]
     # deterministic in (seed, step)
-    again, _ = EpisodeGRPOSource(TASK, problems, cfg, seed=3).batch(0, policy)
+    again, _ = GRPOSource(TASK, problems, cfg, seed=3).batch(0, policy)
     assert torch.equal(batch.input_ids, again.input_ids)
     # rewards: the verifier on each transcript; both branches occur
     texts = [policy.decode(batch.input_ids[i, int(batch.prompt_lens[i]):].tolist()) for i in range(32)]

@@ -44,7 +44,7 @@ def test_every_key_has_help():
 
 
 def test_packaged_recipes_load():
-    from forklens.commands._common import packaged_config
+    from forklens.config import packaged_config
 
     full = load_config(DemoConfig, packaged_config("demo"))
     quick = load_config(DemoConfig, packaged_config("demo-quick"))

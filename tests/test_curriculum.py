@@ -109,7 +109,7 @@ def test_grpo_source_switches_stage_and_replays():
     model, tok = make_tiny("llama", seed=6)
     pol = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=4, group_size=3, max_new_tokens=4)
-    src = GRPOSource(task.problems("train"), [verifiable], sc, seed=2,
+    src = GRPOSource(task, task.problems("train"), sc, reward_fns=[verifiable], seed=2,
                      reward_schedule=RewardSchedule.two_stage(verifiable, process, start=1, process_weight=2.0),
                      replay=ReplayBuffer(task.problems("train"), frac=0.5))
     calls = []
@@ -135,20 +135,20 @@ def test_grpo_source_switches_stage_and_replays():
 def test_episode_source_stage_two_adds_the_milestone_reward():
     from forklens.rewards.milestones import milestone_reward, potentials
     from forklens.tasks.agent import AgentConfig, AgentTask
-    from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+    from forklens.train.sources import GRPOSource, SamplingConfig
     from forklens.train.sources import verifier_reward
 
     task = AgentTask(AgentConfig(n_train=12, n_test=4))
     model, tok = make_tiny("llama", seed=2, alphabet=task.alphabet, hidden=32, max_pos=96)
     pol = Policy(model, tok)
     sched = RewardSchedule.two_stage(verifier_reward(task), milestone_reward(task), start=1, process_weight=0.5)
-    sc = EpisodeSamplingConfig(prompts_per_step=2, group_size=3, T=3, turn_tokens=8)
-    src = EpisodeGRPOSource(task, task.problems("train"), sc, seed=4, reward_schedule=sched,
-                            replay=ReplayBuffer(task.problems("train"), frac=0.5))
+    sc = SamplingConfig(prompts_per_step=2, group_size=3, T=3, turn_tokens=8)
+    src = GRPOSource(task, task.problems("train"), sc, seed=4, reward_schedule=sched,
+                     replay=ReplayBuffer(task.problems("train"), frac=0.5))
     for step in (0, 1):
         batch, info = src.batch(step, pol)
         assert info["reward_stage"] == float(step)
-        eps, chosen = src.last_episodes, src.last_chosen
+        eps, chosen = src.last_samples.episodes, src.last_chosen
         exp = []
         for k, e in enumerate(eps):
             p = chosen[batch.group_ids[k]]

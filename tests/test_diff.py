@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from forklens.tasks.answers import normalise
 from forklens.analysis.diff import (
     check_tokenizers_match,
     chunk_pair_stats,
     classify,
     default_verifier,
-    normalise_answer,
     run_diff,
     score_pairs,
     summarize,
@@ -28,7 +28,7 @@ from forklens.cli import main
 from forklens.errors import ConfigError, DataError, ModelLoadError
 from forklens.policy import Policy
 from forklens.report.html import render_diff_report, visible_text
-from forklens.tasks.organism import build_char_tokenizer
+from forklens.organisms.base import build_char_tokenizer
 
 ALPHABET = "abcdefghij0123456789 +=;<>&\"'\n"
 CONTEXT = 96
@@ -333,7 +333,7 @@ def test_default_verifier():
     assert v("Paris", "Let me think.\nparis\n\n")
     assert not v("5", "x=5 then y=6")
     assert not v("7", "")
-    assert normalise_answer(" $1,000.50 ") == "1000.5" and normalise_answer("-0") == "0"
+    assert normalise(" $1,000.50 ") == "1000.5" and normalise("-0") == "0"
 
 
 # ----------------------------------------------------------------------------------------------

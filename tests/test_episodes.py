@@ -12,7 +12,7 @@ from forklens.policy import Policy
 from forklens.policy.episodes import episodes_to_rollouts, sample_episodes
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.base import Problem
-from forklens.tasks.organism import build_char_tokenizer
+from forklens.organisms.base import build_char_tokenizer
 from tests.conftest import make_tiny
 
 TASK = AgentTask()

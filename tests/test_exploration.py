@@ -10,7 +10,7 @@ from forklens.policy import Policy
 from forklens.policy.episodes import Episode
 from forklens.tasks.agent import (AgentConfig, AgentTask, checkpoints, coverage, coverage_reward,
                                   exploration_problem, kb_entity)
-from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+from forklens.train.sources import GRPOSource, SamplingConfig
 from forklens.train.exploration import ExplorationConfig, ExplorationInterleavedSource, is_exploration_step
 from tests.conftest import make_tiny
 
@@ -70,8 +70,8 @@ def test_schedule_is_five_task_steps_then_one_exploration_step():
 def test_interleaved_source_logs_coverage_of_both_kinds():
     model, tok = make_tiny("llama", seed=2, alphabet=TASK.alphabet, hidden=32, max_pos=96)
     pol = Policy(model, tok)
-    sc = EpisodeSamplingConfig(prompts_per_step=2, group_size=2, T=2, turn_tokens=8)
-    src = ExplorationInterleavedSource(EpisodeGRPOSource(TASK, TASK.problems("train"), sc, seed=0),
+    sc = SamplingConfig(prompts_per_step=2, group_size=2, T=2, turn_tokens=8)
+    src = ExplorationInterleavedSource(GRPOSource(TASK, TASK.problems("train"), sc, seed=0),
                                        ExplorationConfig(task_steps=1, T=3))
     _, task_info = src.batch(0, pol)
     batch, explore_info = src.batch(1, pol)
@@ -79,7 +79,7 @@ def test_interleaved_source_logs_coverage_of_both_kinds():
     assert explore_info["explore_step"] == 1.0 and "coverage_explore" in explore_info
     chosen = src.explore_source.last_chosen
     assert all(p.prompt.startswith("?") and p.id.endswith("-explore") for p in chosen)
-    eps = src.explore_source.last_episodes
+    eps = src.explore_source.last_samples.episodes
     expected = [coverage(chosen[i // 2], e.calls) for i, e in enumerate(eps)]
     assert batch.rewards.tolist() == pytest.approx(expected)
     assert explore_info["coverage_explore"] == pytest.approx(sum(expected) / len(expected))

@@ -255,7 +255,7 @@ def test_whole_problem_batches_balance_advantages():
 
 
 def test_packaged_recipes_match_the_code_defaults():
-    from forklens.commands._common import packaged_config
+    from forklens.config import packaged_config
     from forklens.config import load_config
     from forklens.experiments.fork_vs_rl import ForkVsRLConfig, organism_fork_recipe
     from forklens.train.fork_source import ForkContrastConfig

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from forklens.objectives import PolicyOutputs
-from forklens.objectives.grpo import GRPOLossConfig, grpo_loss, group_advantages
+from forklens.objectives.advantages import group_advantages
+from forklens.objectives.grpo import GRPOLossConfig, grpo_loss
 from forklens.rollouts import Rollouts
 
 

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from forklens.analysis.intervene import (Gate, decode, default_verify, gate_keys, parse_gate, random_positions,
+from forklens.tasks.answers import is_correct
+from forklens.analysis.intervene import (Gate, decode, gate_keys, parse_gate, random_positions,
                                          run_intervention)
 from forklens.cli import main
 from forklens.errors import ConfigError, DataError
@@ -116,7 +117,7 @@ def test_parse_gate_and_keys():
     ("yes", "", False),
 ])
 def test_default_verify(answer, text, ok):
-    assert default_verify(answer, text) is ok
+    assert is_correct(answer, text) is ok
 
 
 def test_run_intervention_summary_layout(tmp_path):

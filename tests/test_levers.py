@@ -28,7 +28,7 @@ def test_grpo_source_trains_only_on_kept_groups():
     model, tok = make_tiny("llama", seed=6)
     policy = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=4, group_size=4, max_new_tokens=8, snr_filter_rho=0.9)
-    src = GRPOSource(task.problems("train"), [], sc, seed=3)
+    src = GRPOSource(task, task.problems("train"), sc, reward_fns=[], seed=3)
 
     def reward(prompts, completions, problem, **_):  # groups 0 and 2 mixed, 1 and 3 constant
         first = {p.id: i for i, p in enumerate(src.last_chosen)}
@@ -188,19 +188,19 @@ def test_env_loss_without_observation_tokens_is_a_clear_error():
 
 def test_episode_source_snr_filter_keeps_the_right_groups():
     from forklens.tasks.agent import AgentConfig, AgentTask
-    from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+    from forklens.train.sources import GRPOSource, SamplingConfig
 
     task = AgentTask(AgentConfig(n_train=12, n_test=4))
     model, tok = make_tiny("llama", seed=2, alphabet=task.alphabet, hidden=32, max_pos=96)
     policy = Policy(model, tok)
-    sc = EpisodeSamplingConfig(prompts_per_step=4, group_size=3, T=1, turn_tokens=6, snr_filter_rho=0.9)
+    sc = SamplingConfig(prompts_per_step=4, group_size=3, T=1, turn_tokens=6, snr_filter_rho=0.9)
 
     values = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 2.0, 0.0]
 
     def reward(prompts, completions, problem, **_):  # groups 1 and 3 mixed (std 0.577 and 1.155), 0 and 2 constant
         return values[: len(completions)]
 
-    src = EpisodeGRPOSource(task, task.problems("train"), sc, seed=1, reward_fns=[reward])
+    src = GRPOSource(task, task.problems("train"), sc, seed=1, reward_fns=[reward])
     batch, info = src.batch(0, policy)
     # total std 1.732; descending 1.155 (cum 1.155 < 1.549), 0.577 (cum 1.732 >= 1.549): both mixed groups kept
     assert sorted(set(batch.group_ids.tolist())) == [1, 3] and len(batch) == 6

@@ -87,13 +87,13 @@ def test_score_matrix_equals_policy_score_one_pair_at_a_time():
 
 def test_grpo_source_logs_the_proxy_every_n_steps():
     from forklens.tasks.arith import ArithConfig, ArithTask
-    from forklens.train.sources import GRPOSource, SamplingConfig, verifier_reward
+    from forklens.train.sources import GRPOSource, SamplingConfig
 
     task = ArithTask(ArithConfig(digits=2))
     model, tok = make_tiny("llama", seed=6)
     pol = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=3, group_size=2, max_new_tokens=6, mi_proxy_every=2)
-    src = GRPOSource(task.problems("train"), [verifier_reward(task)], sc, seed=1)
+    src = GRPOSource(task, task.problems("train"), sc, seed=1)
     _, i0 = src.batch(0, pol)
     n_prompts = len({p.prompt for p in src.last_chosen})
     _, i1 = src.batch(1, pol)

@@ -11,7 +11,7 @@ from forklens.objectives.mixed_policy import MixedPolicyLossConfig, mixed_policy
 from forklens.policy import Policy
 from forklens.rollouts import Rollouts
 from forklens.tasks.arith import ArithConfig, ArithTask
-from forklens.train.sources import GRPOSource, InterleavedSFTSource, SamplingConfig, verifier_reward
+from forklens.train.sources import GRPOSource, InterleavedSFTSource, SamplingConfig
 from tests.conftest import make_tiny
 from tests.test_invariance import grads, make_batch, rel_err
 
@@ -70,7 +70,7 @@ def test_luffy_groups_hold_expert_rows(arith2):
     model, tok = make_tiny("llama", seed=3)
     policy = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=3, group_size=4, max_new_tokens=10)
-    src = GRPOSource(arith2.problems("train"), [verifier_reward(arith2)], sc, seed=1,
+    src = GRPOSource(arith2, arith2.problems("train"), sc, seed=1,
                      expert_fn=arith2.expert_response, n_expert=1)
     batch, info = src.batch(0, policy)
     assert len(batch) == 12
@@ -90,7 +90,7 @@ def test_relift_buffers_failed_groups_and_resumes(arith2):
     model, tok = make_tiny("llama", seed=4)
     policy = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=3, group_size=2, max_new_tokens=10)
-    rl = GRPOSource(arith2.problems("train"), [verifier_reward(arith2)], sc, seed=2)
+    rl = GRPOSource(arith2, arith2.problems("train"), sc, seed=2)
     src = InterleavedSFTSource(rl, arith2.expert_response, sft_every=3, min_buffer=1)
     b0, i0 = src.batch(0, policy)  # RL: random model fails every group
     assert i0["sft_step"] == 0.0 and len(src.buffer) == 3
@@ -99,7 +99,7 @@ def test_relift_buffers_failed_groups_and_resumes(arith2):
     assert len(saved["buffer"]) == 6
     b2, i2 = src.batch(2, policy)  # (2 + 1) % 3 == 0: an SFT step on the 6 buffered problems
     assert i2["sft_step"] == 1.0 and len(b2) == 6 and bool(b2.extras["sft"].all()) and not src.buffer
-    other = InterleavedSFTSource(GRPOSource(arith2.problems("train"), [verifier_reward(arith2)], sc, seed=2),
+    other = InterleavedSFTSource(GRPOSource(arith2, arith2.problems("train"), sc, seed=2),
                                  arith2.expert_response, sft_every=3, min_buffer=1)
     other.load_state_dict(saved)
     b2b, _ = other.batch(2, policy)

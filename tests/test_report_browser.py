@@ -54,7 +54,7 @@ def report(tmp_path_factory):
 
     from forklens.analysis.diff import run_diff
     from forklens.policy import Policy
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     root = tmp_path_factory.mktemp("browser")
     tok = build_char_tokenizer("abcdefghij0123456789 +=;<>&\"'\n")

@@ -17,7 +17,7 @@ from forklens.policy import Policy
 from forklens.tasks.arith import ArithConfig, ArithTask
 from forklens.train.checkpoint import latest_checkpoint
 from forklens.train.loop import Trainer, TrainConfig, read_metrics
-from forklens.train.sources import GRPOSource, SamplingConfig, SFTSource, verifier_reward
+from forklens.train.sources import GRPOSource, SamplingConfig, SFTSource
 from tests.conftest import make_tiny
 
 TASK = ArithTask(ArithConfig(digits=2))
@@ -36,7 +36,7 @@ def grpo_trainer(out, steps=4):
     model, tok = make_tiny("llama", seed=12)
     policy = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=3, group_size=4, max_new_tokens=12)
-    src = GRPOSource(TASK.problems("train"), [verifier_reward(TASK)], sc, seed=5)
+    src = GRPOSource(TASK, TASK.problems("train"), sc, seed=5)
     # random models rarely solve a problem: reward a digit-containing completion instead, so gradients flow
     src.reward_fns = [lambda prompts, completions, **_: [float(sum(ch.isdigit() for ch in c) % 2) for c in completions]]
     cfg = TrainConfig(max_steps=steps, learning_rate=1e-3, save_every=1, micro_batch_size=5, seed=5)

@@ -2,20 +2,21 @@
 
 Each subcommand lives in ``forklens.commands.<name>`` and exposes ``register(subparsers)``, which adds
 its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit
-status).
+status). :data:`COMMANDS` lists them in ``--help`` order; a module that fails to import is an error,
+never a silently missing command.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from forklens import __version__
+from forklens.commands import audit, demo, diff, evaluate, experiment, intervene, organism, passk, probe, train
 from forklens.errors import ForklensError
 
-COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "intervene", "passk", "probe", "experiment", "audit"]
+COMMANDS = [demo, organism, train, evaluate, diff, intervene, passk, probe, experiment, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"forklens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"forklens.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name == f"forklens.commands.{name}":
-                continue
-            raise
+    for module in COMMANDS:
         module.register(sub)
     return parser
 

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,6 +152,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     for assignment in overrides or []:
         apply_override(cfg, assignment)
     return cfg
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a YAML recipe shipped with forklens (``forklens/configs/NAME.yaml``)."""
+    return Path(str(resources.files("forklens") / "configs" / f"{name}.yaml"))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

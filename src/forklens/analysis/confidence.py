@@ -12,23 +12,17 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from forklens.tasks.base import Sampling
 from forklens.rewards.confidence import (POSITIONS, PROGRESSIVE_RHO, MarkerForcing, confidence_trajectories,
                                          premature_penalty, spearman)
 
 
 def sample_chains(policy, task, problems: Sequence, temperature: float = 1.0, seed: int = 0,
                   max_new_tokens: int = 48, T: int = 5, turn_tokens: int = 12) -> list[str]:
-    """One response per problem: an episode with at most ``T`` tool calls for a multi-turn task,
-    else a completion of at most ``max_new_tokens`` tokens."""
-    if getattr(task, "multi_turn", False):
-        from forklens.policy.episodes import sample_episodes
-
-        eps = sample_episodes(policy, task.environment(), problems, n=1, T=T, temperature=temperature,
-                              turn_tokens=turn_tokens, seed=seed)
-        return [e.text for e in eps.episodes]
-    s = policy.sample([p.prompt for p in problems], n=1, temperature=temperature, max_new_tokens=max_new_tokens,
-                      seed=seed)
-    return list(s.texts)
+    """One response per problem from the task's own rollout: an episode with at most ``T`` tool calls
+    for a task with tools, else a completion of at most ``max_new_tokens`` tokens."""
+    sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, T=T, turn_tokens=turn_tokens)
+    return list(task.rollout(policy, problems, 1, sampling, seed=seed).texts)
 
 
 def probe_records(policy, forcing: MarkerForcing, problems: Sequence, responses: Sequence[str], correct: Sequence[bool],

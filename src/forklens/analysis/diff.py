@@ -27,10 +27,8 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -38,6 +36,7 @@ import torch
 
 from forklens import dist as fdist
 from forklens.errors import ConfigError, DataError, ModelLoadError
+from forklens.tasks.answers import is_correct
 
 __all__ = [
     "RESPONSE_SOURCES",
@@ -50,7 +49,6 @@ __all__ = [
     "summarize",
     "check_tokenizers_match",
     "default_verifier",
-    "normalise_answer",
     "run_diff",
     "write_outputs",
 ]
@@ -412,32 +410,9 @@ def check_tokenizers_match(base_tok, rl_tok, *, base_name: str = "base", rl_name
         )
 
 
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def normalise_answer(text: str) -> str:
-    """Strip whitespace, ``$``, a trailing period and case; numbers in canonical form (``1,000.50`` -> ``1000.5``)."""
-    s = " ".join(str(text).split()).strip().strip("$").strip()
-    s = s.rstrip(".").strip().lower()
-    if _NUMBER.fullmatch(s):
-        try:
-            d = Decimal(s.replace(",", ""))
-            s = str(d.quantize(Decimal(1))) if d == d.to_integral_value() else format(d.normalize(), "f")
-            if s == "-0":
-                s = "0"
-        except InvalidOperation:
-            pass
-    return s
-
-
 def default_verifier(record: dict[str, Any], completion: str) -> bool:
-    """True when the normalised answer equals the completion's last number or its last non-empty line."""
-    gold = normalise_answer(record["answer"])
-    numbers = _NUMBER.findall(completion)
-    if numbers and normalise_answer(numbers[-1]) == gold:
-        return True
-    lines = [ln for ln in completion.splitlines() if ln.strip()]
-    return bool(lines) and normalise_answer(lines[-1]) == gold
+    """The answer check for a prompts file: :func:`forklens.tasks.answers.is_correct` on the record's answer."""
+    return is_correct(record["answer"], completion)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -651,7 +626,7 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
             "chat_template": bool(chat_template),
             "top_k": top_k,
             "verifier": None if not any(r.get("answer") is not None for r in records) else (
-                "default (last number or last line equals the normalised answer)" if verifier is None
+                "default (forklens.tasks.answers: boxed, last number or last line equals the answer)" if verifier is None
                 else (getattr(verifier, "__name__", "") if not getattr(verifier, "__name__", "<").startswith("<")
                       else "custom")),
             "definitions": {"tie_rule": TIE_RULE, "top_entropy_decile": TOP_DECILE_RULE,

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -260,41 +259,6 @@ def random_positions(oracle: PairedDecode, seed: int, draw: int) -> list[set[int
         k = min(len(fired), len(resp))
         out.append(set(rng.sample(range(len(resp)), k)))
     return out
-
-
-# --- answers -------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
-
-
-def _as_number(s: str) -> float | None:
-    try:
-        return float(s.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def default_verify(answer: str, completion: str) -> bool:
-    """The answer check for a prompts file (no task verifier).
-
-    A numeric answer (``"832"``, ``"-1.5"``, ``"1,024"``) is correct when the *last number* in the
-    completion equals it numerically (``"...;A=0832"`` answers ``832``). Any other answer is correct
-    when the completion, stripped of whitespace and a trailing period, *ends with* it, preceded by the
-    start of the text or a non-alphanumeric character (so ``"12"`` does not match ``"...112"``).
-    """
-    ans = str(answer).strip()
-    text = completion.strip().rstrip(".").rstrip()
-    target = _as_number(ans) if _NUMBER.fullmatch(ans) else None
-    if target is not None:
-        nums = _NUMBER.findall(completion)
-        got = _as_number(nums[-1]) if nums else None
-        return got is not None and math.isclose(got, target, rel_tol=0.0, abs_tol=1e-9)
-    if not ans:
-        return False
-    if not text.endswith(ans):
-        return False
-    before = text[: len(text) - len(ans)]
-    return not before or not before[-1].isalnum()
 
 
 # --- the experiment -------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -15,11 +14,6 @@ from rich.table import Table
 from forklens.config import describe, load_config, to_dict
 
 console = Console(stderr=True)
-
-
-def packaged_config(name: str) -> Path:
-    """Path of a YAML recipe shipped with forklens (``configs/NAME.yaml``)."""
-    return Path(str(resources.files("forklens") / "configs" / f"{name}.yaml"))
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from forklens.commands._common import (add_config_args, console, handle_config_flags, packaged_config,
-                                       quiet_third_party, resolve_config)
+from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.config import packaged_config
 
 
 def register(sub) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.policy import Policy
+from forklens.tasks import get_task
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="Accuracy of a model on a task split (greedy by default).")
     p.add_argument("--model", required=True, help="Hugging Face model directory.")
-    p.add_argument("--task", default="arith", help="Built-in task (default: arith).")
+    p.add_argument("--task", default="arith", help="Built-in task (default: arith; agent is evaluated on multi-turn "
+                   "tool-use episodes with at most T tool calls).")
     p.add_argument("--out", default=None, help="Write the evaluation JSON here (a file path).")
     add_config_args(p)
     p.set_defaults(func=run)
@@ -19,17 +23,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     quiet_third_party()
-    from forklens.analysis.evaluate import EvalConfig, evaluate
-    from forklens.policy import Policy
-    from forklens.tasks import get_task
-
     cfg = resolve_config(EvalConfig, args)
     if handle_config_flags(EvalConfig, cfg, args):
         return 0
     task = get_task(args.task)
     result = evaluate(Policy.load(args.model), task, cfg)
+    extra = f", {result['tool_calls_mean']:.2f} tool calls per episode" if "tool_calls_mean" in result else ""
     console.print(f"{args.model}: accuracy {100 * result['accuracy']:.1f}% on {result['n_problems']} "
-                  f"{result['split']} problems (n={result['n_per_problem']}, temperature {result['temperature']})")
+                  f"{result['split']} problems (n={result['n_per_problem']}, temperature {result['temperature']}{extra})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -1,24 +1,121 @@
 """`forklens experiment NAME`: multi-stage recipes (organism -> training -> analysis -> report).
 
-Each experiment lives in ``forklens.experiments.<module>`` and exposes ``register_cli(subparsers)``,
-which adds ``forklens experiment <name>`` with ``set_defaults(func=...)``.
+An experiment module is config + run + report and knows nothing of the command line; this one table
+(:data:`EXPERIMENTS`) gives each its CLI name, flags, packaged recipes and how its summary is shown.
+A ``--quick`` run starts from the packaged YAML ``configs/<quick>.yaml``; then ``--config``,
+``--seeds`` and ``--set`` apply as for every command.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
-EXPERIMENTS = ["fork_vs_rl", "sft_then_rl", "boundary", "rewards", "levers"]
+from forklens.commands._common import (add_config_args, console, experiment_config, handle_config_flags,
+                                       quiet_third_party)
+from forklens.config import load_config, packaged_config
+from forklens.experiments import boundary, fork_vs_rl, levers, rewards, sft_then_rl
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: type  # the experiment's config dataclass
+    run: Callable[[Any, argparse.Namespace], dict]  # (config, parsed args) -> summary
+    report: Callable[[dict, argparse.Namespace], None]  # show the summary and where the files went
+    help: str
+    description: str
+    out: str  # default --out
+    recipe: str | None = None  # packaged YAML the config starts from (None: the dataclass defaults)
+    quick: str | None = None  # packaged YAML of --quick (None: no --quick flag)
+    quick_help: str = ""
+    seeds: bool = False  # has --seeds
+    cache: bool = False  # has --no-cache
+    progress: str | None = None  # "on": --no-progress turns bars off; "off": --progress turns them on
+    methods: tuple[str, ...] = ()  # has --methods (comma-separated subset)
+
+
+def _print_table(table: Callable[[dict], str], files: str) -> Callable[[dict, argparse.Namespace], None]:
+    def show(summary: dict, args: argparse.Namespace) -> None:
+        print(table(summary))
+        console.print(f"wrote {Path(args.out) / 'summary.json'}{files}", highlight=False)
+    return show
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "fork-vs-rl": Experiment(
+        fork_vs_rl.ForkVsRLConfig,
+        lambda cfg, a: fork_vs_rl.run_fork_vs_rl(cfg, a.out, use_cache=not a.no_cache, progress=not a.no_progress),
+        lambda s, a: fork_vs_rl.print_summary(s, a.out),
+        help="GRPO vs RL-free fork-contrast (+ ablations, intervention) on the organism.",
+        description="From one cached base organism: GRPO (the demo's recipe) vs fork-contrast and its ablations "
+        "(gate none / random, positive-only), each over --seeds seeds, evaluated greedily on held-out problems; "
+        "plus the oracle/random/entropy intervention of GRPO vs base. Writes summary.json and accuracy_vs_flops.png "
+        "into --out.",
+        out="runs/fork-vs-rl", recipe="fork-vs-rl", quick="fork-vs-rl-quick",
+        quick_help="smaller organism, fewer GRPO steps, one seed by default", seeds=True, cache=True, progress="on"),
+    "sft-then-rl": Experiment(
+        sft_then_rl.SFTThenRLConfig,
+        lambda cfg, a: sft_then_rl.run_sft_then_rl(
+            cfg, a.out, [m.strip() for m in a.methods.split(",")] if a.methods else None),
+        _print_table(sft_then_rl.markdown_table, " and table.md"),
+        help="Corrected SFT-then-RL vs buggy SFT, LUFFY- and ReLIFT-style methods.",
+        description=(sft_then_rl.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl", seeds=True,
+        methods=tuple(sft_then_rl.METHODS)),
+    "boundary": Experiment(
+        boundary.BoundaryConfig, lambda cfg, a: boundary.run_boundary(cfg, a.out),
+        _print_table(boundary.markdown_report, ", report.md and the figures"),
+        help="PASS@(k,T): does RL expand the capability boundary? (arith vs agent)",
+        description=(boundary.__doc__ or "").split("\n\n")[0], out="runs/boundary", quick="boundary-quick",
+        quick_help="smaller grid and shorter RL (a few minutes)"),
+    "rewards": Experiment(
+        rewards.RewardsExperimentConfig, lambda cfg, a: rewards.run_rewards(cfg, a.out),
+        _print_table(rewards.markdown_table, " and report.md"),
+        help="GRPO with outcome vs process rewards (MaR, confidence, milestones) on the agent organism, over seeds.",
+        description=(rewards.__doc__ or "").split("\n\n")[0], out="runs/rewards", quick="rewards-quick",
+        quick_help="a tiny plumbing run (seconds to a minute)", seeds=True),
+    "levers": Experiment(
+        levers.LeversConfig,
+        lambda cfg, a: levers.run_levers(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+        _print_table(levers.markdown_table, " and report.md"),
+        help="Plain GRPO vs each training-loop lever (SNR filter, top-entropy tokens, ECHO, exploration, staged "
+        "rewards + replay, SFT curriculum) on the organisms.",
+        description=(levers.__doc__ or "").split("\n\n")[0], out="runs/levers", quick="levers-quick",
+        quick_help="4 steps per run, one seed, 16 held-out problems", seeds=True, cache=True, progress="off"),
+}
 
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="Run a multi-stage experiment on the built-in organisms.")
     esub = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
-    for name in EXPERIMENTS:
-        try:
-            module = importlib.import_module(f"forklens.experiments.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"forklens.experiments.{name}":
-                continue
-            raise
-        module.register_cli(esub)
+    for name, e in EXPERIMENTS.items():
+        q = esub.add_parser(name, help=e.help, description=e.description)
+        q.add_argument("--out", default=e.out, help=f"output directory (default: {e.out})")
+        if e.quick:
+            q.add_argument("--quick", action="store_true", help=f"{e.quick_help} (configs/{e.quick}.yaml)")
+        if e.seeds:
+            q.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the config)")
+        if e.methods:
+            q.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(e.methods)}")
+        if e.cache:
+            q.add_argument("--no-cache", action="store_true", help="pretrain the base organisms even if cached")
+        if e.progress == "on":
+            q.add_argument("--no-progress", action="store_true", help="no progress bars")
+        elif e.progress == "off":
+            q.add_argument("--progress", action="store_true", help="show progress bars")
+        add_config_args(q)
+        q.set_defaults(func=run, experiment_entry=e)
+
+
+def run(args: argparse.Namespace) -> int:
+    e: Experiment = args.experiment_entry
+    quiet_third_party()
+    recipe = e.quick if getattr(args, "quick", False) else e.recipe
+    base = load_config(e.config, packaged_config(recipe)) if recipe else None
+    cfg = experiment_config(e.config, args, base)
+    if handle_config_flags(e.config, cfg, args):
+        return 0
+    e.report(e.run(cfg, args), args)
+    return 0
+

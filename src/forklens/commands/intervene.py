@@ -50,7 +50,8 @@ def register(sub) -> None:
 
 def load_records(args) -> tuple[list[dict], object, float]:
     """(records, verify(record, text) -> bool, default entropy tau)."""
-    from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM, default_verify
+    from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM
+    from forklens.tasks.answers import is_correct
     from forklens.analysis.prompts import load_prompts
     from forklens.errors import DataError
 
@@ -68,7 +69,7 @@ def load_records(args) -> tuple[list[dict], object, float]:
         lines = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
         raise DataError(f"{args.prompts}: every prompt needs an \"answer\" to score the interventions "
                         f"(missing on line {lines})")
-    return records, (lambda rec, text: default_verify(rec["answer"], text)), ENTROPY_TAU_DEFAULT
+    return records, (lambda rec, text: is_correct(rec["answer"], text)), ENTROPY_TAU_DEFAULT
 
 
 def run(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.organisms.arith import OrganismConfig, build_base_organism
 
 
 def register(sub) -> None:
@@ -21,8 +22,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     quiet_third_party()
-    from forklens.tasks.organism import OrganismConfig, build_base_organism
-
     cfg = resolve_config(OrganismConfig, args)
     if handle_config_flags(OrganismConfig, cfg, args):
         return 0

@@ -162,7 +162,7 @@ def _generate(args: argparse.Namespace) -> Path:
     from rich.console import Console
 
     from forklens.errors import ConfigError, DataError
-    from forklens.experiments.boundary import generate_samples, write_jsonl
+    from forklens.analysis.passk_samples import generate_samples, write_jsonl
     from forklens.tasks import get_task
     from forklens.policy import Policy
 
@@ -171,10 +171,8 @@ def _generate(args: argparse.Namespace) -> Path:
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     task = get_task(args.task)
-    multi = getattr(task, "multi_turn", False)
-    Ts = args.Ts if args.Ts is not None else ([0, 1, 2, 3, 5] if multi else [0])
-    if not multi and Ts != [0]:
-        raise ConfigError(f"task {args.task!r} has no tools: only T=0 applies (got --T {','.join(map(str, Ts))})")
+    Ts = args.Ts if args.Ts is not None else list(task.default_caps)
+    task.check_caps(Ts)
     try:
         problems = task.problems(args.split)
     except ValueError as exc:

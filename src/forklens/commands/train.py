@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from forklens.analysis.prompts import read_jsonl
+from forklens.commands import train_fork_contrast
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
 from forklens.config import field
 from forklens.errors import DataError
+from forklens.policy import Policy
+from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
-
-
-EXTRA_TRAIN_COMMANDS = ["train_fork_contrast"]
+from forklens.train.run import RLConfig, train
+from forklens.train.run import run_grpo as grpo
+from forklens.train.sources import SFTSource
 
 
 @dataclass
@@ -29,7 +32,8 @@ def register(sub) -> None:
     tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
     g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
     g.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
-    g.add_argument("--task", default="arith", help="Built-in task (default: arith).")
+    g.add_argument("--task", default="arith", help="Built-in task (default: arith; agent trains on multi-turn "
+                   "tool-use episodes, sampling.T and sampling.turn_tokens apply).")
     g.add_argument("--out", default="runs/grpo", help="Run directory (checkpoints, metrics.jsonl, model/).")
     g.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
     g.add_argument("--backend", choices=["torch", "vllm"], default=None,
@@ -43,21 +47,11 @@ def register(sub) -> None:
     s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
     add_config_args(s)
     s.set_defaults(func=run_sft)
-    for name in EXTRA_TRAIN_COMMANDS:  # further objectives register their own `forklens train NAME`
-        try:
-            module = importlib.import_module(f"forklens.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"forklens.commands.{name}":
-                continue
-            raise
-        module.register(tsub)
+    train_fork_contrast.register(tsub)
 
 
 def run_grpo(args) -> int:
     quiet_third_party()
-    from forklens.experiments.demo import RLConfig, run_grpo as grpo
-    from forklens.tasks import get_task
-
     cfg = resolve_config(RLConfig, args)
     if args.backend is not None:
         cfg.sampling.backend = args.backend
@@ -71,8 +65,6 @@ def run_grpo(args) -> int:
 
 def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
     """``(prompt, response)`` pairs from a JSONL file of {"prompt": ..., "response": ...} objects."""
-    from forklens.analysis.prompts import read_jsonl
-
     pairs = []
     for lineno, rec in read_jsonl(path, "data"):
         if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("response"), str):
@@ -83,19 +75,13 @@ def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
 
 def run_sft(args) -> int:
     quiet_third_party()
-    from forklens.policy import Policy
-    from forklens.train.loop import Trainer
-    from forklens.train.sources import SFTSource
-
     cfg = resolve_config(SFTRunConfig, args)
     if handle_config_flags(SFTRunConfig, cfg, args):
         return 0
     pairs = read_sft_jsonl(args.data)
     policy = Policy.load(args.model)
-    trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.batch_size, cfg.train.seed,
-                                                                order=cfg.order, policy=policy), cfg.train, args.out,
-                      name="SFT")
-    trainer.train(resume=args.resume)
-    model_dir = trainer.save_model(Path(args.out) / "model")
-    console.print(f"SFT: {trainer.step} steps, {trainer.flops:.3g} FLOPs; model saved to {model_dir}")
+    source = SFTSource(pairs, cfg.batch_size, cfg.train.seed, order=cfg.order, policy=policy)
+    res = train(policy, "sft", None, source, cfg.train, args.out, name="SFT", resume=args.resume,
+                model_dir=Path(args.out) / "model")
+    console.print(f"SFT: {res.steps} steps, {res.flops:.3g} FLOPs; model saved to {res.model_dir}")
     return 0

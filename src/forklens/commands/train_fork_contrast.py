@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from forklens.commands._common import (add_config_args, console, handle_config_flags, packaged_config,
-                                       quiet_third_party, resolve_config)
+from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.config import packaged_config
 
 DESCRIPTION = """\
 Sample base rollouts once (20 per problem, temperature 0.6, top-p 0.95), label them with the
@@ -55,7 +55,7 @@ def load_problems(path: str):
 def run(args) -> int:
     quiet_third_party()
     from forklens.analysis.evaluate import evaluate
-    from forklens.analysis.intervene import default_verify
+    from forklens.tasks.answers import is_correct
     from forklens.policy import Policy
     from forklens.train.fork_source import ForkContrastConfig, run_fork_contrast
 
@@ -73,7 +73,7 @@ def run(args) -> int:
         verify = task.verify
     else:
         problems = load_problems(args.data)
-        verify = lambda p, text: 1.0 if default_verify(p.answer, text) else 0.0  # noqa: E731
+        verify = lambda p, text: 1.0 if is_correct(p.answer, text) else 0.0  # noqa: E731
     out = Path(args.out)
     info = run_fork_contrast(Path(args.base), problems, verify, cfg, out, seed=cfg.train.seed, resume=args.resume,
                              progress=not args.no_progress, log=lambda m: console.print(m, highlight=False))

@@ -20,7 +20,6 @@ Outputs in ``--out``: ``summary.json``, ``report.md``, ``samples_arith.jsonl``,
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,14 +28,20 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
+from forklens.analysis.diversity import diversity_table, strategy_overlap
+from forklens.analysis.passk import boundary_sets, boundary_sets_to_json, pass_at_k_table
+from forklens.analysis.passk_samples import generate_samples, write_jsonl
 from forklens.config import field
-from forklens.experiments.demo import RLConfig
 from forklens.objectives.grpo import GRPOLossConfig
+from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
+from forklens.organisms.arith import OrganismConfig, build_base_organism
+from forklens.policy import Policy
+from forklens.report.plots import plot_pass_at_k
 from forklens.tasks import get_task
-from forklens.tasks.agent import AgentOrganismConfig
-from forklens.tasks.organism import OrganismConfig
-from forklens.train.episode_source import EpisodeSamplingConfig
+from forklens.train.episode_source import EpisodeSFTSource
 from forklens.train.loop import TrainConfig
+from forklens.train.run import RLConfig, run_grpo, train
+from forklens.train.sources import SamplingConfig
 
 console = Console(stderr=True)
 
@@ -48,7 +53,7 @@ def _agent_rl_train() -> TrainConfig:
 @dataclass
 class AgentRLConfig:
     train: TrainConfig = field(default_factory=_agent_rl_train, help="Optimizer and loop settings of GRPO.")
-    sampling: EpisodeSamplingConfig = field(default_factory=EpisodeSamplingConfig,
+    sampling: SamplingConfig = field(default_factory=SamplingConfig,
                                             help="Training episodes (group size, temperature). The boundary "
                                             "experiment trains at T = max(passk.T) and turn_tokens = passk.turn_tokens.")
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig, help="GRPO loss settings.")
@@ -90,71 +95,6 @@ class BoundaryConfig:
     seed: int = field(0, help="Seed of the organisms, training and sampling.")
 
 
-def quick_config() -> BoundaryConfig:
-    """``--quick``: shorter RL, a smaller grid (16 samples, T in 0,1,3,5, 48 agent and 100 arith
-    questions). The base organisms are the full run's (same cache entries), so the first run of either
-    mode pretrains them and later runs reuse them."""
-    cfg = BoundaryConfig()
-    cfg.arith_rl.train.max_steps = 20
-    cfg.arith_rl.train.save_every = 0
-    cfg.agent_rl.train.max_steps = 30
-    cfg.passk.n = 16
-    cfg.passk.T = [0, 1, 3, 5]
-    cfg.passk.arith_problems = 100
-    cfg.passk.agent_problems = 48
-    return cfg
-
-
-# ------------------------------------------------------------------------------------ sampling
-
-
-def _seed_for(seed: int, T: int) -> int:
-    return random.Random(f"passk-{seed}-{T}").randrange(2**31)
-
-
-def generate_samples(policy, task, problems: Sequence, model: str, Ts: Sequence[int] = (0,), n: int = 64,
-                     temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, max_new_tokens: int = 48,
-                     turn_tokens: int = 12, batch_size: int = 512) -> list[dict[str, Any]]:
-    """``n`` graded samples per problem as pass@k records (``problem_id``, ``model``, ``T``, ``correct``)
-    plus ``calls`` (the tool calls, empty for static tasks), ``response`` and the problem's ``type``
-    and ``depth`` when it has them. Multi-turn tasks get a fresh run per ``T`` (forced answer at the
-    cap); static tasks accept only ``T = 0``."""
-    records: list[dict[str, Any]] = []
-
-    def record(p, T, text, calls):
-        rec = {"problem_id": p.id, "model": model, "T": T, "correct": bool(task.verify(p, text) > 0),
-               "calls": calls, "response": text}
-        for key in ("type", "depth"):
-            if key in p.meta:
-                rec[key] = p.meta[key]
-        return rec
-
-    if getattr(task, "multi_turn", False):
-        from forklens.policy.episodes import sample_episodes
-
-        env = task.environment()
-        for T in Ts:
-            eps = sample_episodes(policy, env, problems, n=n, T=T, temperature=temperature, top_p=top_p,
-                                  turn_tokens=turn_tokens, seed=_seed_for(seed, T), batch_size=batch_size)
-            records += [record(problems[g], T, e.text, e.calls) for g, e in zip(eps.group, eps.episodes)]
-        return records
-    if any(T != 0 for T in Ts):
-        from forklens.errors import ConfigError
-
-        raise ConfigError(f"task {task.name!r} has no tools; only T=0 applies (got T={list(Ts)})")
-    s = policy.sample([p.prompt for p in problems], n=n, temperature=temperature, top_p=top_p,
-                      max_new_tokens=max_new_tokens, seed=_seed_for(seed, 0), batch_size=batch_size)
-    return [record(problems[g], 0, text, []) for g, text in zip(s.group, s.texts)]
-
-
-def write_jsonl(records: Sequence[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
 # ------------------------------------------------------------------------------------ analysis
 
 
@@ -179,8 +119,6 @@ def crossing(curve_a: dict[int, float], curve_b: dict[int, float]) -> dict[str, 
 def analyse(records: list[dict], n: int, reference: str = "base") -> tuple[dict[str, Any], Any]:
     """(summary dict, :class:`PassAtKTable`): pass@k means, boundary sets at k = n, crossings of every
     model's curve with ``reference``'s, and per-kind pass@1 / pass@n when records carry type/depth."""
-    from forklens.analysis.passk import boundary_sets, boundary_sets_to_json, pass_at_k_table
-
     ks = powers_of_two(n)
     table = pass_at_k_table(records, ks)
     sets = boundary_sets(table, n) if len(table.models) > 1 else None
@@ -223,8 +161,6 @@ def analyse(records: list[dict], n: int, reference: str = "base") -> tuple[dict[
 
 
 def plot_grid(table, stem: Path, title: str, Ts: Sequence[int] | None = None) -> list[Path]:
-    from forklens.report.plots import plot_pass_at_k
-
     curves = {m: {T: v for T, v in by_T.items() if Ts is None or T in Ts} for m, by_T in table.mean.items()}
     counts = {m: {T: len(g) for T, g in by_T.items()} for m, by_T in table.counts.items()}
     return plot_pass_at_k(curves, stem, problem_counts=counts, title=title)
@@ -234,10 +170,6 @@ def plot_grid(table, stem: Path, title: str, Ts: Sequence[int] | None = None) ->
 
 
 def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
-    from forklens.experiments.demo import run_grpo
-    from forklens.policy import Policy
-    from forklens.tasks.organism import build_base_organism
-
     org = replace(cfg.arith, seed=cfg.seed)
     task = get_task(org.task, org.arith)
     console.rule("[bold]arith: base organism")
@@ -269,40 +201,19 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
 
 def run_agent_grpo(base_dir: Path, task, rl: AgentRLConfig, out_dir: Path, seed: int, progress: bool = True) -> dict:
     """GRPO on multi-turn episodes from ``base_dir``; the model is saved to ``out_dir / 'model'``."""
-    from forklens.policy import Policy
-    from forklens.train.episode_source import EpisodeGRPOSource
-    from forklens.train.loop import Trainer
-
-    policy = Policy.load(base_dir)
-    source = EpisodeGRPOSource(task, task.problems("train"), rl.sampling, seed=seed)
-    trainer = Trainer(policy, "grpo", rl.loss, source, replace(rl.train, seed=seed), out_dir, name="agent GRPO",
-                      progress=progress)
-    last = trainer.train()
-    model_dir = trainer.save_model(out_dir / "model")
-    return {"steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s, "last": last,
-            "model_dir": str(model_dir)}
+    return run_grpo(base_dir, task, rl, out_dir, seed=seed, progress=progress, name="agent GRPO")
 
 
 def run_agent_sft(base_dir: Path, task, sft: AgentSFTConfig, out_dir: Path, seed: int, progress: bool = True) -> dict:
     """SFT on the gold trajectories of the training questions (the RL questions: matched data)."""
-    from forklens.policy import Policy
-    from forklens.train.episode_source import EpisodeSFTSource
-    from forklens.train.loop import Trainer
-
     policy = Policy.load(base_dir)
     data = [(p.prompt, task.gold_trajectory(p)) for p in task.problems("train")]
-    trainer = Trainer(policy, "sft", None, EpisodeSFTSource(data, sft.batch_size, seed), replace(sft.train, seed=seed),
-                      out_dir, name="agent SFT", progress=progress)
-    last = trainer.train()
-    model_dir = trainer.save_model(out_dir / "model")
-    return {"steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s, "last": last,
-            "model_dir": str(model_dir), "examples": len(data)}
+    res = train(policy, "sft", None, EpisodeSFTSource(data, sft.batch_size, seed), replace(sft.train, seed=seed),
+                out_dir, name="agent SFT", progress=progress, model_dir=out_dir / "model")
+    return {**res.info(), "examples": len(data)}
 
 
 def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
-    from forklens.policy import Policy
-    from forklens.tasks.agent import build_agent_organism
-
     org = replace(cfg.agent, seed=cfg.seed)
     task = get_task("agent", org.agent)
     t0 = time.perf_counter()
@@ -342,8 +253,6 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
 
 
 def run_boundary(cfg: BoundaryConfig, out: str | Path, progress: bool = True) -> dict:
-    from forklens.analysis.diversity import diversity_table, strategy_overlap
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -446,30 +355,3 @@ def markdown_report(summary: dict) -> str:
         lines.append("")
     lines.append(f"Total wall time: {summary['total_wall_s']:.0f} s.")
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-
-def register_cli(sub) -> None:
-    from forklens.commands._common import add_config_args
-
-    p = sub.add_parser("boundary", help="PASS@(k,T): does RL expand the capability boundary? (arith vs agent)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/boundary", help="Output directory.")
-    p.add_argument("--quick", action="store_true", help="Smaller organisms and grid (a few minutes).")
-    add_config_args(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
-
-    quiet_third_party()
-    cfg = experiment_config(BoundaryConfig, args, quick_config() if args.quick else None)
-    if handle_config_flags(BoundaryConfig, cfg, args):
-        return 0
-    summary = run_boundary(cfg, args.out)
-    print(markdown_report(summary))
-    console.print(f"wrote {args.out}/summary.json, {args.out}/report.md and the figures")
-    return 0

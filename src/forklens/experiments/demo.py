@@ -10,27 +10,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from forklens.analysis.diff import run_diff
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
-from forklens.objectives.grpo import GRPOLossConfig
-from forklens.tasks.organism import OrganismConfig, build_base_organism
-from forklens.train.loop import TrainConfig
-from forklens.train.sources import SamplingConfig
+from forklens.organisms.arith import OrganismConfig, build_base_organism
+from forklens.policy import Policy
+from forklens.tasks import get_task
+from forklens.train.run import RLConfig, run_grpo
 
 console = Console(stderr=True)
-
-
-def _rl_train_default() -> TrainConfig:
-    return TrainConfig(max_steps=60, learning_rate=1e-4, micro_batch_size=128, save_every=20)
-
-
-@dataclass
-class RLConfig:
-    train: TrainConfig = field(default_factory=_rl_train_default, help="Optimizer and loop settings.")
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48),
-                                     help="Rollout sampling.")
-    loss: GRPOLossConfig = field(default_factory=lambda: GRPOLossConfig(max_new_tokens=48),
-                                 help="GRPO loss settings.")
 
 
 @dataclass
@@ -43,31 +31,7 @@ class DemoConfig:
     seed: int = field(0, help="Seed of the organism, the rollouts and the evaluation.")
 
 
-def run_grpo(base_dir: Path, task, rl: RLConfig, out_dir: Path, seed: int, resume: bool = False,
-             progress: bool = True) -> dict:
-    """GRPO from the model in ``base_dir``; the final model is saved to ``out_dir / 'model'``."""
-    from forklens.policy import Policy
-    from forklens.train.loop import Trainer
-    from forklens.train.sources import GRPOSource, verifier_reward
-
-    policy = Policy.load(base_dir)
-    if rl.sampling.backend != "torch":
-        policy.use_backend(rl.sampling.backend, gpu_memory_utilization=rl.sampling.vllm_gpu_memory_utilization)
-    ref = Policy.load(base_dir) if rl.loss.beta > 0 else None
-    loss = replace(rl.loss, max_new_tokens=rl.sampling.max_new_tokens)
-    source = GRPOSource(task.problems("train"), [verifier_reward(task)], rl.sampling, seed=seed, ref_policy=ref)
-    trainer = Trainer(policy, "grpo", loss, source, replace(rl.train, seed=seed), out_dir, name="GRPO",
-                      progress=progress)
-    last = trainer.train(resume=resume)
-    model_dir = trainer.save_model(out_dir / "model")
-    return {"steps": trainer.step, "flops": trainer.flops, "wall_s": trainer.wall_s, "last": last,
-            "model_dir": str(model_dir)}
-
-
 def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
-    from forklens.policy import Policy
-    from forklens.tasks import get_task
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -120,8 +84,6 @@ def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress:
 
 def run_demo_diff(cfg: DemoConfig, base_policy, rl_policy, task, out: Path) -> dict:
     """The token-level diff of the demo's base and RL models on held-out prompts (see `forklens diff`)."""
-    from forklens.analysis.diff import run_diff
-
     problems = task.problems("test")[: cfg.diff_prompts]
     prompts = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in problems]
     by_id = {p.id: p for p in problems}

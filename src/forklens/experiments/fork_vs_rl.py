@@ -37,12 +37,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from forklens.analysis.evaluate import EvalConfig
+from forklens.analysis.evaluate import EvalConfig, evaluate
+from forklens.analysis.intervene import parse_gate, run_intervention
 from forklens.config import field
-from forklens.experiments.demo import RLConfig
-from forklens.tasks.organism import OrganismConfig
-from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings
+from forklens.errors import ConfigError
+from forklens.organisms.arith import OrganismConfig, build_base_organism
+from forklens.policy import Policy
+from forklens.tasks import get_task
+from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings, run_fork_contrast
 from forklens.train.loop import TrainConfig
+from forklens.train.run import RLConfig, run_grpo
 
 console = Console(stderr=True)
 
@@ -180,21 +184,11 @@ def plot(methods: dict, base_acc: float, stem: Path) -> list[str]:
 
 
 def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
-    from forklens.analysis.evaluate import evaluate
-    from forklens.analysis.intervene import parse_gate, run_intervention
-    from forklens.experiments.demo import run_grpo
-    from forklens.policy import Policy
-    from forklens.tasks import get_task
-    from forklens.tasks.organism import build_base_organism
-    from forklens.train.fork_source import run_fork_contrast
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
-        from forklens.errors import ConfigError
-
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     task = get_task(cfg.organism.task, cfg.organism.arith)
     console.rule("[bold]base organism")
@@ -278,37 +272,6 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
 
 
 # --- CLI ------------------------------------------------------------------------------------------
-
-def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
-
-    p = esub.add_parser("fork-vs-rl", help="GRPO vs RL-free fork-contrast (+ ablations, intervention) on the organism.",
-                        description="From one cached base organism: GRPO (the demo's recipe) vs fork-contrast and "
-                        "its ablations (gate none / random, positive-only), each over --seeds seeds, evaluated "
-                        "greedily on held-out problems; plus the oracle/random/entropy intervention of GRPO vs "
-                        "base. Writes summary.json and accuracy_vs_flops.png into --out.")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
-    p.add_argument("--out", default="runs/fork-vs-rl", help="output directory (default: runs/fork-vs-rl)")
-    p.add_argument("--quick", action="store_true", help="smaller organism, fewer GRPO steps, one seed by default")
-    p.add_argument("--no-cache", action="store_true", help="pretrain the base organism even if it is cached")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_args(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, packaged_config, quiet_third_party
-    from forklens.config import load_config
-
-    quiet_third_party()
-    recipe = load_config(ForkVsRLConfig, packaged_config("fork-vs-rl-quick" if args.quick else "fork-vs-rl"))
-    cfg = experiment_config(ForkVsRLConfig, args, recipe)
-    if handle_config_flags(ForkVsRLConfig, cfg, args):
-        return 0
-    s = run_fork_vs_rl(cfg, args.out, use_cache=not args.no_cache, progress=not args.no_progress)
-    print_summary(s, args.out)
-    return 0
-
 
 def print_summary(s: dict, out) -> None:
     from rich.table import Table

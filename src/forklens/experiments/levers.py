@@ -36,12 +36,23 @@ from typing import Any
 
 from rich.console import Console
 
+from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.experiments.boundary import AgentRLConfig, AgentSFTConfig
-from forklens.experiments.demo import RLConfig
-from forklens.tasks.agent import AgentOrganismConfig, AgentTask
-from forklens.tasks.organism import OrganismConfig
-from forklens.train.exploration import ExplorationConfig
+from forklens.objectives.grpo import GRPOLossConfig
+from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
+from forklens.organisms.arith import OrganismConfig, build_base_organism
+from forklens.policy import Policy
+from forklens.rewards.milestones import milestone_reward
+from forklens.tasks import get_task
+from forklens.tasks.agent import AgentTask, coverage, exploration_problem
+from forklens.tasks.base import Sampling
+from forklens.train.episode_source import EpisodeSFTSource
+from forklens.train.exploration import ExplorationConfig, ExplorationInterleavedSource
+from forklens.train.loop import read_metrics
+from forklens.train.run import RLConfig, grpo_loss, train
+from forklens.train.schedule import ReplayBuffer, RewardSchedule
+from forklens.train.sources import GRPOSource, verifier_reward
 
 console = Console(stderr=True)
 
@@ -86,47 +97,20 @@ class LeversConfig:
     seeds: int = field(3, help="RL seeds per run.")
 
 
-def quick_config() -> LeversConfig:
-    """``--quick``: 4 steps per run, one seed, 16 held-out problems (for tests and a smoke run)."""
-    cfg = LeversConfig()
-    cfg.arith_rl.train.max_steps = 4
-    cfg.arith_rl.sampling.prompts_per_step = 4
-    cfg.agent_rl.train.max_steps = 4
-    cfg.agent_rl.sampling.prompts_per_step = 4
-    cfg.agent_sft.train.max_steps = 2
-    cfg.levers.stage2_start = 2
-    cfg.levers.mi_proxy_every = 2
-    cfg.levers.explore = ExplorationConfig(task_steps=1)
-    cfg.eval_arith_problems = 16
-    cfg.eval_agent_problems = 16
-    cfg.seeds = 1
-    return cfg
-
-
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def eval_agent(policy, task: AgentTask, limit: int, T: int) -> dict[str, float]:
+def eval_agent(policy, task, limit: int, T: int) -> dict[str, float]:
     """Greedy task episodes (accuracy, coverage_task) and greedy exploration episodes (coverage)."""
-    from forklens.policy.episodes import sample_episodes
-    from forklens.tasks.agent import coverage, exploration_problem
-
-    problems = task.problems("test")
-    if limit:
-        problems = problems[:limit]
-    env = task.environment()
-    eps = sample_episodes(policy, env, problems, n=1, T=T, temperature=0.0, turn_tokens=12)
-    acc = sum(task.verify(problems[g], e.text) for g, e in zip(eps.group, eps.episodes)) / len(problems)
-    cov_task = sum(coverage(problems[g], e.calls) for g, e in zip(eps.group, eps.episodes)) / len(problems)
+    ev = evaluate(policy, task, EvalConfig(temperature=0.0, limit=limit, T=T, turn_tokens=12))
+    problems = task.problems("test")[: limit or None]
     explore = [exploration_problem(p) for p in problems]
-    xeps = sample_episodes(policy, env, explore, n=1, T=T, temperature=0.0, turn_tokens=12)
-    cov = sum(coverage(explore[g], e.calls) for g, e in zip(xeps.group, xeps.episodes)) / len(problems)
-    return {"accuracy": acc, "coverage": cov, "coverage_task": cov_task}
+    xs = task.rollout(policy, explore, 1, Sampling(temperature=0.0, T=T, turn_tokens=12))
+    cov = sum(coverage(explore[g], e.calls) for g, e in zip(xs.group, xs.episodes)) / len(problems)
+    return {"accuracy": ev["accuracy"], "coverage": cov, "coverage_task": ev["coverage"]}
 
 
 def eval_arith(policy, task, limit: int, max_new_tokens: int) -> dict[str, float]:
-    from forklens.analysis.evaluate import EvalConfig, evaluate
-
     return {"accuracy": evaluate(policy, task, EvalConfig(max_new_tokens=max_new_tokens, limit=limit))["accuracy"]}
 
 
@@ -134,15 +118,11 @@ def eval_arith(policy, task, limit: int, max_new_tokens: int) -> dict[str, float
 
 
 def _train(policy, objective: str, loss_cfg, source, train_cfg, work: Path, seed: int, progress: bool) -> dict:
-    from forklens.train.loop import Trainer, read_metrics
-
     shutil.rmtree(work, ignore_errors=True)
-    trainer = Trainer(policy, objective, loss_cfg, source, replace(train_cfg, seed=seed, save_every=0), work,
-                      name=str(work.name), progress=progress)
-    trainer.train()
+    res = train(policy, objective, loss_cfg, source, replace(train_cfg, seed=seed, save_every=0), work,
+                name=str(work.name), progress=progress)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    metrics = read_metrics(work / "metrics.jsonl")
-    return {"flops": trainer.flops, "wall_s": trainer.wall_s, "metrics": metrics}
+    return {"flops": res.flops, "wall_s": res.wall_s, "metrics": read_metrics(res.metrics_file)}
 
 
 def _train_summary(metrics: list[dict]) -> dict[str, float]:
@@ -157,13 +137,9 @@ def _train_summary(metrics: list[dict]) -> dict[str, float]:
 
 
 def run_arith(cfg: LeversConfig, name: str, base: Path, task, seed: int, work: Path, progress: bool) -> dict:
-    from forklens.objectives.grpo import GRPOLossConfig
-    from forklens.policy import Policy
-    from forklens.train.sources import GRPOSource, verifier_reward
-
     rl, lv = cfg.arith_rl, cfg.levers
     sampling = replace(rl.sampling, mi_proxy_every=lv.mi_proxy_every)
-    loss: GRPOLossConfig = replace(rl.loss, max_new_tokens=rl.sampling.max_new_tokens)
+    loss: GRPOLossConfig = grpo_loss(rl)
     if name == "snr":
         sampling = replace(sampling, snr_filter_rho=lv.snr_filter_rho)
     elif name == "top_entropy":
@@ -171,7 +147,7 @@ def run_arith(cfg: LeversConfig, name: str, base: Path, task, seed: int, work: P
     elif name != "grpo":
         raise ValueError(f"unknown arith run {name!r}; known: {', '.join(ARITH_RUNS)}")
     policy = Policy.load(base)
-    source = GRPOSource(task.problems("train"), [verifier_reward(task)], sampling, seed=seed)
+    source = GRPOSource(task, task.problems("train"), sampling, seed=seed)
     res = _train(policy, "grpo", loss, source, rl.train, work, seed, progress)
     ev = eval_arith(policy, task, cfg.eval_arith_problems, rl.sampling.max_new_tokens)
     return {**ev, "flops": res["flops"], "wall_s": res["wall_s"], **_train_summary(res["metrics"])}
@@ -179,17 +155,9 @@ def run_arith(cfg: LeversConfig, name: str, base: Path, task, seed: int, work: P
 
 def run_agent(cfg: LeversConfig, name: str, base: Path, task: AgentTask, seed: int, work: Path,
               progress: bool) -> dict:
-    from forklens.objectives.grpo import GRPOLossConfig
-    from forklens.policy import Policy
-    from forklens.rewards.milestones import milestone_reward
-    from forklens.train.episode_source import EpisodeGRPOSource
-    from forklens.train.exploration import ExplorationInterleavedSource
-    from forklens.train.schedule import ReplayBuffer, RewardSchedule
-    from forklens.train.sources import verifier_reward
-
     rl, lv = cfg.agent_rl, cfg.levers
     sampling = replace(rl.sampling, T=cfg.eval_T, mi_proxy_every=lv.mi_proxy_every)
-    loss: GRPOLossConfig = replace(rl.loss)
+    loss: GRPOLossConfig = grpo_loss(rl)
     train = rl.train
     problems = task.problems("train")
     kwargs: dict[str, Any] = {}
@@ -206,7 +174,7 @@ def run_agent(cfg: LeversConfig, name: str, base: Path, task: AgentTask, seed: i
     if name == "snr":
         sampling = replace(sampling, snr_filter_rho=lv.snr_filter_rho)
     policy = Policy.load(base)
-    source = EpisodeGRPOSource(task, problems, sampling, seed=seed, **kwargs)
+    source = GRPOSource(task, problems, sampling, seed=seed, **kwargs)
     if name == "explore":
         k = lv.explore.task_steps
         source = ExplorationInterleavedSource(source, lv.explore)
@@ -219,9 +187,6 @@ def run_agent(cfg: LeversConfig, name: str, base: Path, task: AgentTask, seed: i
 
 def run_agent_sft(cfg: LeversConfig, order: str, base: Path, task: AgentTask, seed: int, work: Path,
                   progress: bool) -> dict:
-    from forklens.policy import Policy
-    from forklens.train.episode_source import EpisodeSFTSource
-
     policy = Policy.load(base)
     examples = [(p.prompt, task.gold_trajectory(p)) for p in task.problems("train")]
     source = EpisodeSFTSource(examples, cfg.agent_sft.batch_size, seed=seed, order=order, policy=policy)
@@ -289,11 +254,6 @@ def markdown_table(summary: dict) -> str:
 
 
 def run_levers(cfg: LeversConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    from forklens.policy import Policy
-    from forklens.tasks import get_task
-    from forklens.tasks.agent import build_agent_organism
-    from forklens.tasks.organism import build_base_organism
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -336,31 +296,3 @@ def run_levers(cfg: LeversConfig, out: str | Path, use_cache: bool = True, progr
                 write()
     write()
     return summary
-
-
-def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
-
-    p = esub.add_parser("levers", help="Plain GRPO vs each training-loop lever (SNR filter, top-entropy tokens, ECHO, "
-                        "exploration, staged rewards + replay, SFT curriculum) on the organisms.",
-                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=None, help="number of RL seeds (default 3; --quick: 1)")
-    p.add_argument("--out", default="runs/levers", help="output directory (default: runs/levers)")
-    p.add_argument("--quick", action="store_true", help="4 steps per run, one seed, 16 held-out problems")
-    p.add_argument("--no-cache", action="store_true", help="pretrain the base organisms even if cached")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
-    add_config_args(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
-
-    quiet_third_party()
-    cfg = experiment_config(LeversConfig, args, quick_config() if args.quick else None)
-    if handle_config_flags(LeversConfig, cfg, args):
-        return 0
-    summary = run_levers(cfg, args.out, use_cache=not args.no_cache, progress=args.progress)
-    print(markdown_table(summary))
-    console.print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'report.md'}")
-    return 0

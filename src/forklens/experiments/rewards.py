@@ -37,9 +37,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
+from forklens.errors import ConfigError
 from forklens.experiments.boundary import AgentRLConfig
-from forklens.tasks.agent import AgentOrganismConfig
+from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
+from forklens.policy import Policy
+from forklens.rewards.confidence import ConfidenceReward
+from forklens.rewards.metacognition import AgentGrader, mar_component
+from forklens.rewards.milestones import milestone_reward
+from forklens.tasks import get_task
+from forklens.train.run import grpo_loss, train
+from forklens.train.sources import GRPOSource, verifier_reward
 
 console = Console(stderr=True)
 
@@ -81,23 +90,7 @@ class RewardsExperimentConfig:
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 
-def quick_config() -> RewardsExperimentConfig:
-    """``--quick``: 3 GRPO steps of 4 questions x 4 episodes per run, 2 forced answers per cut,
-    24 test questions x 2 episodes, one seed (a plumbing check, not a measurement)."""
-    cfg = RewardsExperimentConfig(seeds=1, confidence_m=2, eval_problems=24, eval_samples=2)
-    cfg.rl.train.max_steps = 3
-    cfg.rl.train.save_every = 0
-    cfg.rl.sampling.prompts_per_step = 4
-    cfg.rl.sampling.group_size = 4
-    return cfg
-
-
 def reward_functions(names: list[str], task, policy, cfg: RewardsExperimentConfig, seed: int) -> list:
-    from forklens.rewards.confidence import ConfidenceReward
-    from forklens.rewards.metacognition import AgentGrader, mar_component
-    from forklens.rewards.milestones import milestone_reward
-    from forklens.train.sources import verifier_reward
-
     grader = AgentGrader(task)
     make = {
         "outcome": lambda: verifier_reward(task),
@@ -109,42 +102,30 @@ def reward_functions(names: list[str], task, policy, cfg: RewardsExperimentConfi
     return [make[n]() for n in names]
 
 
-def evaluate_agent(policy, task, problems, T: int, turn_tokens: int, n: int = 8, seed: int = 0) -> dict:
+def evaluate_agent(policy, task, limit: int, T: int, turn_tokens: int, n: int = 8, seed: int = 0) -> dict:
     """Held-out accuracy (mean over ``n`` episodes per question at temperature 1, i.e. pass@1) and tool
-    calls per episode at cap ``T``. Sampled rather than greedy: the base organism continues a chain
-    with probability about 0.5, so a greedy decision flips with any nudge and hides differences."""
-    from forklens.policy.episodes import sample_episodes
-
-    eps = sample_episodes(policy, task.environment(), problems, n=n, T=T, temperature=1.0, turn_tokens=turn_tokens,
-                          seed=seed)
-    correct = [task.verify(problems[g], e.text) for g, e in zip(eps.group, eps.episodes)]
-    return {"accuracy": sum(correct) / len(correct), "problems": len(correct),
-            "tool_calls_mean": sum(len(e.calls) for e in eps.episodes) / len(eps.episodes)}
+    calls per episode at cap ``T``, on the first ``limit`` test questions (0 = all). Sampled rather
+    than greedy: the base organism continues a chain with probability about 0.5, so a greedy decision
+    flips with any nudge and hides differences."""
+    ev = evaluate(policy, task, EvalConfig(n=n, temperature=1.0, T=T, turn_tokens=turn_tokens, seed=seed, limit=limit))
+    return {"accuracy": ev["accuracy"], "problems": ev["n_problems"] * n, "tool_calls_mean": ev["tool_calls_mean"]}
 
 
 def run_one(name: str, base_dir: Path, task, cfg: RewardsExperimentConfig, seed: int, work: Path,
             progress: bool = True) -> dict:
     """GRPO with run ``name``'s rewards from ``base_dir``; the model is saved to ``work / 'model'``."""
-    from forklens.policy import Policy
-    from forklens.train.episode_source import EpisodeGRPOSource
-    from forklens.train.loop import Trainer
-
     policy = Policy.load(base_dir)
-    fns = reward_functions(RUNS[name], task, policy, cfg, seed)
-    source = EpisodeGRPOSource(task, task.problems("train"), cfg.rl.sampling, seed=seed, reward_fns=fns)
-    trainer = Trainer(policy, "grpo", cfg.rl.loss, source, replace(cfg.rl.train, seed=seed), work,
-                      name=f"GRPO {name} seed {seed}", progress=progress)
-    last = trainer.train()
+    fns = reward_functions(RUNS[name], task, policy, cfg, seed)  # the confidence reward probes this policy
+    source = GRPOSource(task, task.problems("train"), cfg.rl.sampling, reward_fns=fns, seed=seed)
+    res = train(policy, "grpo", grpo_loss(cfg.rl), source, replace(cfg.rl.train, seed=seed), work,
+                name=f"GRPO {name} seed {seed}", progress=progress, model_dir=work / "model")
     probe_tokens = sum(getattr(f, "tokens_processed", 0) for f in fns)
-    problems = task.problems("test")
-    if cfg.eval_problems:
-        problems = problems[: cfg.eval_problems]
-    ev = evaluate_agent(policy, task, problems, cfg.rl.sampling.T, cfg.rl.sampling.turn_tokens, cfg.eval_samples)
-    trainer.save_model(work / "model")
-    return {"seed": seed, **ev, "flops": trainer.flops + 2 * trainer.n_params * probe_tokens,
-            "probe_tokens": probe_tokens, "wall_s": trainer.wall_s, "steps": trainer.step,
-            "final": {k: v for k, v in last.items() if k == "reward_mean" or k.startswith("reward/")},
-            "metrics": str(work / "metrics.jsonl")}
+    ev = evaluate_agent(policy, task, cfg.eval_problems, cfg.rl.sampling.T, cfg.rl.sampling.turn_tokens,
+                        cfg.eval_samples)
+    return {"seed": seed, **ev, "flops": res.flops + 2 * res.n_params * probe_tokens,
+            "probe_tokens": probe_tokens, "wall_s": res.wall_s, "steps": res.steps,
+            "final": {k: v for k, v in res.last.items() if k == "reward_mean" or k.startswith("reward/")},
+            "metrics": str(res.metrics_file)}
 
 
 def _std(xs: list[float]) -> float:
@@ -152,11 +133,6 @@ def _std(xs: list[float]) -> float:
 
 
 def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = True) -> dict:
-    from forklens.errors import ConfigError
-    from forklens.policy import Policy
-    from forklens.tasks import get_task
-    from forklens.tasks.agent import build_agent_organism
-
     unknown = [r for r in cfg.runs if r not in RUNS]
     if unknown or not cfg.runs:
         raise ConfigError(f"unknown runs {unknown}; choose from {list(RUNS)}")
@@ -170,7 +146,7 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
     console.rule("[bold]agent base organism")
     base_info = build_agent_organism(org, out / "base", use_cache=True, progress=progress)
     problems = task.problems("test")[: cfg.eval_problems or None]
-    base_eval = evaluate_agent(Policy.load(out / "base"), task, problems, cfg.rl.sampling.T,
+    base_eval = evaluate_agent(Policy.load(out / "base"), task, cfg.eval_problems, cfg.rl.sampling.T,
                                cfg.rl.sampling.turn_tokens, cfg.eval_samples)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     per: dict[str, list[dict]] = {r: [] for r in cfg.runs}
@@ -223,28 +199,3 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {name} | {' + '.join(r['reward_fns'])} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} "
                      f"| {r['tool_calls_mean']:.2f} | {r['flops']:.3g} | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
-
-    p = esub.add_parser("rewards", help="GRPO with outcome vs process rewards (MaR, confidence, milestones) on "
-                        "the agent organism, over seeds.", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
-    p.add_argument("--out", default="runs/rewards", help="Output directory.")
-    p.add_argument("--quick", action="store_true", help="A tiny plumbing run (seconds to a minute).")
-    add_config_args(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
-
-    quiet_third_party()
-    cfg = experiment_config(RewardsExperimentConfig, args, quick_config() if args.quick else None)
-    if handle_config_flags(RewardsExperimentConfig, cfg, args):
-        return 0
-    summary = run_rewards(cfg, args.out)
-    print(markdown_table(summary))
-    console.print(f"wrote {args.out}/summary.json and {args.out}/report.md")
-    return 0

@@ -28,10 +28,14 @@ from rich.markup import escape
 
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
-from forklens.experiments.demo import RLConfig
+from forklens.errors import ConfigError
 from forklens.objectives.mixed_policy import MixedPolicyLossConfig
-from forklens.tasks.organism import OrganismConfig, build_base_organism
+from forklens.organisms.arith import OrganismConfig, build_base_organism
+from forklens.policy import Policy
+from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
+from forklens.train.run import RLConfig, grpo_loss, train
+from forklens.train.sources import GRPOSource, InterleavedSFTSource, SFTSource
 
 console = Console(stderr=True)
 
@@ -64,67 +68,48 @@ class SFTThenRLConfig:
 
 
 def _eval(model_dir: Path, task, cfg: SFTThenRLConfig, seed: int) -> float:
-    from forklens.policy import Policy
-
     ev = replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=seed)
     return evaluate(Policy.load(model_dir), task, ev)["accuracy"]
 
 
 def run_sft(start: Path, out: Path, task, cfg: SFTThenRLConfig, seed: int, bug: str) -> dict:
-    from forklens.policy import Policy
-    from forklens.train.loop import Trainer
-    from forklens.train.sources import SFTSource
-
     problems = task.problems("train")[: cfg.n_expert_problems]
     pairs = [(p.prompt, task.expert_response(p)) for p in problems]
     policy = Policy.load(start)
-    train = replace(cfg.sft, seed=seed, simulate_bug=bug)
-    trainer = Trainer(policy, "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed), train, out,
-                      name=f"SFT[{bug}]" if bug != "none" else "SFT")
-    trainer.train()
-    trainer.save_model(out / "model")
-    return {"flops": trainer.flops, "wall_s": trainer.wall_s, "model": out / "model"}
+    train_cfg = replace(cfg.sft, seed=seed, simulate_bug=bug)
+    res = train(policy, "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed), train_cfg, out,
+                name=f"SFT[{bug}]" if bug != "none" else "SFT", model_dir=out / "model")
+    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model"}
 
 
 def run_rl(start: Path, out: Path, task, cfg: SFTThenRLConfig, seed: int, steps: int, mode: str = "grpo") -> dict:
     """GRPO (``mode="grpo"``), LUFFY-style (``"luffy"``) or ReLIFT-style (``"relift"``) from ``start``."""
-    from forklens.policy import Policy
-    from forklens.train.loop import Trainer
-    from forklens.train.sources import GRPOSource, InterleavedSFTSource, verifier_reward
-
     rl = cfg.rl
     problems = task.problems("train")
     experts = problems[: cfg.n_expert_problems]
-    loss = MixedPolicyLossConfig(**{**asdict(rl.loss), "max_new_tokens": rl.sampling.max_new_tokens},
-                                 shaping_gamma=cfg.luffy_shaping_gamma)
+    loss = MixedPolicyLossConfig(**asdict(grpo_loss(rl)), shaping_gamma=cfg.luffy_shaping_gamma)
     policy = Policy.load(start)
     if mode == "luffy":
-        source = GRPOSource(experts, [verifier_reward(task)], rl.sampling, seed=seed,
-                            expert_fn=task.expert_response, n_expert=cfg.luffy_n_expert)
+        source = GRPOSource(task, experts, rl.sampling, seed=seed, expert_fn=task.expert_response,
+                            n_expert=cfg.luffy_n_expert)
     elif mode == "relift":
-        source = InterleavedSFTSource(GRPOSource(experts, [verifier_reward(task)], rl.sampling, seed=seed),
+        source = InterleavedSFTSource(GRPOSource(task, experts, rl.sampling, seed=seed),
                                       task.expert_response, cfg.relift_sft_every, cfg.relift_min_buffer)
     else:
-        source = GRPOSource(problems, [verifier_reward(task)], rl.sampling, seed=seed)
-    train = replace(rl.train, seed=seed, max_steps=steps, save_every=0)
-    trainer = Trainer(policy, "mixed_policy" if mode != "grpo" else "grpo", loss if mode != "grpo" else
-                      replace(rl.loss, max_new_tokens=rl.sampling.max_new_tokens), source, train, out,
-                      name={"grpo": "GRPO", "luffy": "LUFFY", "relift": "ReLIFT"}[mode])
-    trainer.train()
-    trainer.save_model(out / "model")
-    return {"flops": trainer.flops, "wall_s": trainer.wall_s, "model": out / "model"}
+        source = GRPOSource(task, problems, rl.sampling, seed=seed)
+    train_cfg = replace(rl.train, seed=seed, max_steps=steps, save_every=0)
+    res = train(policy, "mixed_policy" if mode != "grpo" else "grpo", loss if mode != "grpo" else grpo_loss(rl),
+                source, train_cfg, out, name={"grpo": "GRPO", "luffy": "LUFFY", "relift": "ReLIFT"}[mode],
+                model_dir=out / "model")
+    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model"}
 
 
 def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | None = None) -> dict:
-    from forklens.tasks import get_task
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:
-        from forklens.errors import ConfigError
-
         raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
     task = get_task(cfg.organism.task, cfg.organism.arith)
     base = out / "base"
@@ -197,29 +182,3 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| SFT, bug = {bug} | {100 * m['accuracy_mean']:.1f} ± {100 * m['accuracy_std']:.1f} |")
     lines.append(f"\nbase organism: {100 * summary['base_accuracy']:.1f}%  (seeds {summary['seeds']})")
     return "\n".join(lines) + "\n"
-
-
-def register_cli(sub) -> None:
-    from forklens.commands._common import add_config_args
-
-    p = sub.add_parser("sft-then-rl", help="Corrected SFT-then-RL vs buggy SFT, LUFFY- and ReLIFT-style methods.",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/sft-then-rl", help="Output directory.")
-    p.add_argument("--seeds", type=int, default=None, help="Seeds per method (overrides the config).")
-    p.add_argument("--methods", default=None, help=f"Comma-separated subset of: {', '.join(METHODS)}.")
-    add_config_args(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
-
-    quiet_third_party()
-    cfg = experiment_config(SFTThenRLConfig, args)
-    if handle_config_flags(SFTThenRLConfig, cfg, args):
-        return 0
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    summary = run_sft_then_rl(cfg, args.out, methods)
-    print(markdown_table(summary))
-    console.print(f"wrote {args.out}/summary.json and {args.out}/table.md")
-    return 0

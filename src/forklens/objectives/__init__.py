@@ -21,6 +21,7 @@ such as the entropy threshold of ``top_entropy_quantile``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -43,24 +44,36 @@ class ObjectiveResult:
     terms: dict[str, tuple[torch.Tensor, torch.Tensor | float]] = field(default_factory=dict)
 
 
-OBJECTIVES: dict[str, object] = {}
+@dataclass(frozen=True)
+class Objective:
+    """A loss registered by name with its optional trainer hooks (see the module docstring): ``prepare``
+    (step-global pre-pass), ``target_tags`` (extra scored positions) and ``term_counts`` (counts of
+    separately normalised terms). Calling it calls the loss."""
+
+    name: str
+    loss: Callable[..., ObjectiveResult]
+    prepare: Callable[..., dict[str, float] | None] | None = None
+    target_tags: Callable[[Any], list[str]] | None = None
+    term_counts: Callable[..., dict[str, float] | None] | None = None
+
+    def __call__(self, out: PolicyOutputs, batch, config) -> ObjectiveResult:
+        return self.loss(out, batch, config)
 
 
-def register(name: str):
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(name: str, prepare=None, target_tags=None, term_counts=None):
+    """Register the decorated loss as objective ``name`` with the given hooks; returns the loss unchanged."""
     def deco(fn):
-        OBJECTIVES[name] = fn
+        OBJECTIVES[name] = Objective(name, fn, prepare=prepare, target_tags=target_tags, term_counts=term_counts)
         return fn
     return deco
 
 
-def get_objective(name: str):
-    import importlib
-    import pkgutil
-
-    import forklens.objectives as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):  # importing a module registers its objectives
-        importlib.import_module(f"forklens.objectives.{mod.name}")
+def get_objective(name: str) -> Objective:
+    # importing a module registers its objectives (they import this package, so not at the top)
+    from forklens.objectives import env_tokens, fork_contrast, grpo, mixed_policy, sft  # noqa: F401
 
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")

@@ -35,10 +35,11 @@ import torch
 from forklens.config import field
 from forklens.dist import all_gather_variable
 from forklens.objectives import ObjectiveResult, PolicyOutputs, register
+from forklens.objectives.env_tokens import ENV_TERM, env_targets, env_token_term
+from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-ScaleRewards = Literal["group", "batch", "none"]
 
 
 @dataclass
@@ -49,37 +50,13 @@ class GRPOLossConfig:
     loss_agg_mode: LossAggMode = field("token-mean", help="token-mean (DAPO), seq-mean-token-mean (GRPO) or "
                                        "seq-mean-token-sum-norm (Dr. GRPO).")
     mask_truncated_completions: bool = field(True, help="Drop the tokens of completions that hit max_new_tokens.")
-    max_new_tokens: int = field(64, help="Constant normaliser for seq-mean-token-sum-norm (set from sampling).")
+    max_new_tokens: int | None = field(None, help="Constant normaliser of seq-mean-token-sum-norm; unset (null) = the "
+                                       "run's sampling.max_new_tokens, filled in where the run is wired (train/run.py).")
     top_entropy_quantile: float = field(1.0, help="Policy gradient only on the top q fraction of trained tokens by "
                                         "entropy, threshold over the whole optimizer step (TRL's name; the paper "
                                         "uses 0.2; 1.0 = every token). Costs one extra no-grad forward per step.")
     env_loss_coef: float = field(0.0, help="ECHO: weight of the next-token CE on environment observation tokens, "
                                  "normalised by their own count (the paper uses 0.05; 0 = off).")
-
-
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "group",
-                     eps: float = 1e-4, batch_std: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, per-row group std). ``r - mean_group``, divided by the group std, the batch std
-    or nothing. Stds are unbiased (as TRL). Groups may have different sizes and any order.
-    ``batch_std`` overrides the std of ``rewards`` for ``scale="batch"`` (the global std under data
-    parallelism, where each rank holds only its share of the batch)."""
-    rewards = rewards.float()
-    uniq, inv = torch.unique(group_ids, return_inverse=True)
-    g = len(uniq)
-    counts = torch.zeros(g).index_add_(0, inv, torch.ones_like(rewards))
-    sums = torch.zeros(g).index_add_(0, inv, rewards)
-    means = sums / counts
-    sq = torch.zeros(g).index_add_(0, inv, (rewards - means[inv]) ** 2)
-    stds = torch.sqrt(sq / (counts - 1).clamp(min=1))
-    adv = rewards - means[inv]
-    if scale == "group":
-        adv = adv / (stds[inv] + eps)
-    elif scale == "batch":
-        std = batch_std if batch_std is not None else (float(rewards.std()) if len(rewards) > 1 else 0.0)
-        adv = adv / (std + eps)
-    elif scale != "none":
-        raise ValueError(f"unknown scale_rewards {scale!r}; expected group, batch or none")
-    return adv, stds[inv]
 
 
 def token_mask(batch: Rollouts, mask_truncated: bool) -> torch.Tensor:
@@ -89,7 +66,7 @@ def token_mask(batch: Rollouts, mask_truncated: bool) -> torch.Tensor:
     return mask
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_new_tokens: int
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_new_tokens: int | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss_sum, count) for an aggregation mode; the trainer divides the global sums."""
     if mode == "token-mean":
@@ -99,6 +76,9 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, max_new_to
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum(), n_seq
     if mode == "seq-mean-token-sum-norm":
+        if max_new_tokens is None:
+            raise ValueError("seq-mean-token-sum-norm needs max_new_tokens in the loss config (train/run.py sets it "
+                             "from sampling.max_new_tokens)")
         return (per_token * mask).sum() / float(max_new_tokens), n_seq
     raise ValueError(f"unknown loss_agg_mode {mode!r}")
 
@@ -171,8 +151,6 @@ def prepare_entropy_mask(model, micro_batches: list[Rollouts], config: GRPOLossC
         return {}
     if not 0.0 < config.top_entropy_quantile < 1.0:
         raise ValueError(f"top_entropy_quantile must be in (0, 1], got {config.top_entropy_quantile}")
-    from forklens.policy.score import TokenLogProbs
-
     inner = getattr(model, "module", model)
     if not isinstance(inner, TokenLogProbs):
         inner = TokenLogProbs(inner)
@@ -199,8 +177,6 @@ def grpo_term_counts(batch: Rollouts, config: GRPOLossConfig) -> dict[str, float
     """Counts of the policy loss and the environment-token term, from the batch alone (None: no term)."""
     if config.env_loss_coef <= 0:
         return None
-    from forklens.objectives.env_tokens import ENV_TERM, env_targets
-
     mask = token_mask(batch, config.mask_truncated_completions)
     main = float(mask.sum()) if config.loss_agg_mode == "token-mean" else float(mask.shape[0])
     return {"loss": main, ENV_TERM: float(env_targets(batch).sum())}
@@ -211,26 +187,15 @@ def grpo_target_tags(config: GRPOLossConfig) -> list[str]:
     return ["env_mask"] if config.env_loss_coef > 0 else []
 
 
-def attach_levers(fn):
-    """Give a GRPO-family objective the trainer hooks of the loop levers."""
-    fn.prepare = prepare_entropy_mask
-    fn.term_counts = grpo_term_counts
-    fn.target_tags = grpo_target_tags
-    return fn
-
-
 def add_env_term(result: ObjectiveResult, out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
     if config.env_loss_coef > 0:
-        from forklens.objectives.env_tokens import ENV_TERM, env_token_term
-
         term_sum, n = env_token_term(out, batch, config.env_loss_coef)
         result.terms[ENV_TERM] = (term_sum, n)
         result.metrics["env_ce"] = (float(term_sum.detach()) / config.env_loss_coef, float(n))
     return result
 
 
-@register("grpo")
-@attach_levers
+@register("grpo", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=grpo_term_counts)
 def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
     per_token, mask, metrics = clipped_pg_per_token(out, batch, config)
     loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)

@@ -23,8 +23,8 @@ import torch
 
 from forklens.config import field
 from forklens.objectives import ObjectiveResult, PolicyOutputs, register
-from forklens.objectives.grpo import (GRPOLossConfig, add_env_term, aggregate, attach_levers, clipped_pg_per_token,
-                                     entropy_metric, grpo_term_counts, token_mask)
+from forklens.objectives.grpo import (GRPOLossConfig, add_env_term, aggregate, clipped_pg_per_token, entropy_metric,
+                                     grpo_target_tags, grpo_term_counts, prepare_entropy_mask, token_mask)
 from forklens.rollouts import Rollouts
 
 
@@ -53,8 +53,7 @@ def mixed_term_counts(batch: Rollouts, config: MixedPolicyLossConfig) -> dict[st
     return counts
 
 
-@register("mixed_policy")
-@attach_levers
+@register("mixed_policy", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=mixed_term_counts)
 def mixed_policy_loss(out: PolicyOutputs, batch: Rollouts, config: MixedPolicyLossConfig) -> ObjectiveResult:
     off = _row_flag(batch, "off_policy")[:, None]
     sft = _row_flag(batch, "sft")[:, None]
@@ -74,5 +73,3 @@ def mixed_policy_loss(out: PolicyOutputs, batch: Rollouts, config: MixedPolicyLo
     metrics.update(entropy_metric(out, mask))
     return add_env_term(ObjectiveResult(loss_sum=loss_sum, count=count, metrics=metrics), out, batch, config)
 
-
-mixed_policy_loss.term_counts = mixed_term_counts

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from forklens.errors import DataError
+from forklens.rollouts import Rollouts
 from forklens.policy.load import context_length, load_causal_lm, load_tokenizer
 from forklens.policy.sample import sample_batch
 from forklens.policy.score import chunked_token_stats, hidden_states, pack_for_scoring, verify_head
@@ -24,6 +25,26 @@ class Samples:
     group: list[int]  # index of the prompt each completion answers
     texts: list[str]  # decoded responses without special tokens
     tokens_processed: int = 0  # prompt + generated tokens run through the model (for FLOPs)
+    #: multi-turn rollouts: per completion, 1 at each response token written by the environment
+    env_masks: list[list[int]] | None = None
+    episodes: list | None = None  # multi-turn rollouts: the :class:`~forklens.policy.episodes.Episode` objects
+
+    def to_rollouts(self, pad_id: int, **kwargs) -> Rollouts:
+        """Right-padded :class:`Rollouts` of the completions; ``response_mask`` = 1 only at the model's
+        own tokens. Observation tokens of multi-turn rollouts stay in ``input_ids`` (the model conditions
+        on them) with ``response_mask`` 0 and are marked in ``tags["env_mask"]``; ``truncated`` (unless
+        given) marks completions that did not finish."""
+        kwargs.setdefault("truncated", torch.tensor([not f for f in self.finished], dtype=torch.bool))
+        ro = Rollouts.from_ids(self.prompt_ids, self.response_ids, pad_id, **kwargs)
+        if self.env_masks is None:
+            return ro
+        env = torch.zeros_like(ro.response_mask)
+        for i, (p, m) in enumerate(zip(self.prompt_ids, self.env_masks)):
+            if m:
+                env[i, len(p):len(p) + len(m)] = torch.tensor(m, dtype=env.dtype)
+        ro.response_mask = ro.response_mask * (1 - env)
+        ro.tags["env_mask"] = env
+        return ro
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from forklens.errors import DataError
+from forklens.policy import Samples
 from forklens.policy.sample import sample_batch
 
 
@@ -69,6 +70,14 @@ class EpisodeBatch:
     @property
     def texts(self) -> list[str]:
         return [e.text for e in self.episodes]
+
+    def as_samples(self) -> Samples:
+        """The episodes as :class:`~forklens.policy.Samples` (with ``env_masks`` and ``episodes``)."""
+        eps = self.episodes
+        return Samples(prompt_ids=[e.prompt_ids for e in eps], response_ids=[e.response_ids for e in eps],
+                       finished=[e.finished for e in eps], group=list(self.group), texts=self.texts,
+                       tokens_processed=self.tokens_processed, env_masks=[e.env_mask for e in eps],
+                       episodes=list(eps))
 
 
 def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> list[int]:
@@ -168,22 +177,5 @@ def _apply_turn(policy, env, problem, e: Episode, turn: list[int], stop_set: set
 
 
 def episodes_to_rollouts(batch: EpisodeBatch, pad_id: int, **kwargs):
-    """Right-padded :class:`Rollouts`: ``response_mask`` = 1 only at the model's own tokens.
-
-    Observation tokens stay in ``input_ids`` (the model conditions on them) with ``response_mask`` 0,
-    and are marked in ``tags["env_mask"]``; ``truncated`` is set for episodes that did not finish.
-    """
-    from forklens.rollouts import Rollouts
-
-    eps = batch.episodes
-    kwargs.setdefault("truncated", torch.tensor([not e.finished for e in eps], dtype=torch.bool))
-    ro = Rollouts.from_ids([e.prompt_ids for e in eps], [e.response_ids for e in eps], pad_id, **kwargs)
-    env = torch.zeros_like(ro.response_mask)
-    for i, e in enumerate(eps):
-        start = len(e.prompt_ids)
-        m = e.env_mask
-        if m:
-            env[i, start:start + len(m)] = torch.tensor(m, dtype=env.dtype)
-    ro.response_mask = ro.response_mask * (1 - env)
-    ro.tags["env_mask"] = env
-    return ro
+    """Right-padded :class:`Rollouts` of the episodes (see :meth:`forklens.policy.Samples.to_rollouts`)."""
+    return batch.as_samples().to_rollouts(pad_id, **kwargs)

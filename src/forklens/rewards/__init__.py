@@ -17,15 +17,22 @@ from typing import Callable, Sequence
 
 import torch
 
+from forklens.tasks.answers import is_correct
+from forklens.tasks.base import Problem
+
 RewardFn = Callable[..., list]
+
+
+def answer_reward(prompts, completions, answer, **_) -> list[float | None]:
+    """1.0 when a completion's final answer is the row's ``answer`` (:func:`forklens.tasks.answers.is_correct`:
+    boxed, last number or last line), else 0.0; ``None`` for rows without an answer."""
+    return [None if a is None else float(is_correct(str(a), c)) for a, c in zip(answer, completions)]
 
 
 def as_problem(x):
     """A :class:`~forklens.tasks.base.Problem` from a ``problem`` column entry: a Problem as is, or a
     dict with ``prompt`` (and optional ``id``, ``answer``, ``meta``), the form a Hugging Face dataset
     column takes when rewards run inside TRL. Anything else is returned unchanged."""
-    from forklens.tasks.base import Problem
-
     if isinstance(x, dict) and isinstance(x.get("prompt"), str):
         answer = x.get("answer")
         return Problem(id=str(x.get("id", "")), prompt=x["prompt"], answer=None if answer is None else str(answer),

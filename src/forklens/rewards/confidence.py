@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from forklens.tasks.answers import equivalent
 from forklens.rewards import as_problem
 
 POSITIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -66,7 +67,7 @@ class MarkerForcing:
         if gold is None:
             return False
         first = answer_text.strip().splitlines()[0] if answer_text.strip() else ""
-        return " ".join(first.lower().split()) == " ".join(str(gold).lower().split())
+        return bool(first) and equivalent(first, str(gold))
 
 
 @dataclass

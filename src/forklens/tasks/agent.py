@@ -42,17 +42,16 @@ The verifier parses the text after the final ``!`` and requires it to equal the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Sequence
 
 from forklens.config import field
-from forklens.tasks.base import Problem
-from forklens.tasks.organism import OrganismModelConfig
-from forklens.train.loop import TrainConfig
+from forklens.errors import ConfigError
+from forklens.policy import Samples
+from forklens.policy.episodes import sample_episodes
+from forklens.tasks.base import BaseTask, Problem, RolloutSettings
 
 ENTITY_CHARS = "abcdefghijklmnopqrstuvwxyz"
 RELATIONS = "ABCDEF"
@@ -223,11 +222,11 @@ def coverage_reward(prompts, completions, problem, episode=None, **_) -> list[fl
 Segment = tuple[str, bool]  # (text, written by the environment)
 
 
-class AgentTask:
+class AgentTask(BaseTask):
     """Bridge and comparison questions over per-question knowledge bases, answered with a tool."""
 
     name = "agent"
-    multi_turn = True
+    default_caps = (0, 1, 2, 3, 5)
     alphabet = ENTITY_CHARS + RELATIONS + ATTRIBUTES + "0123456789" + ".^(),>?=;!" + UNKNOWN
 
     def __init__(self, config: AgentConfig | None = None):
@@ -241,6 +240,30 @@ class AgentTask:
 
     def environment(self) -> ToolEnv:
         return ToolEnv(self.config.entity_len)
+
+    def check_caps(self, Ts: Sequence[int]) -> None:
+        if any(T < 0 for T in Ts):
+            raise ConfigError(f"tool-call caps must be >= 0, got T={list(Ts)}")
+
+    def rollout(self, policy, problems: Sequence[Problem], n: int, sampling: RolloutSettings, seed: int = 0,
+                batch_size: int | None = None) -> Samples:
+        """``n`` episodes per question with the lookup tool, at most ``sampling.T`` calls each (forced
+        answer at the cap); observations are marked in ``env_masks``."""
+        extra = {"batch_size": batch_size} if batch_size is not None else {}
+        eps = sample_episodes(policy, self.environment(), problems, n=n, T=sampling.T,
+                              temperature=sampling.temperature, top_p=sampling.top_p,
+                              turn_tokens=sampling.turn_tokens, seed=seed, **extra)
+        return eps.as_samples()
+
+    def rollout_metrics(self, problems: Sequence[Problem], samples: Samples) -> dict[str, float]:
+        """Tool calls per episode, the fraction forced to answer at the cap, and exploration coverage
+        of the knowledge base (:func:`coverage`), over the episodes of ``samples``."""
+        eps = samples.episodes or []
+        if not eps:
+            return {}
+        return {"tool_calls_mean": sum(len(e.calls) for e in eps) / len(eps),
+                "forced_frac": sum(e.forced for e in eps) / len(eps),
+                "coverage": sum(coverage(p, e.calls) for p, e in zip(problems, eps)) / len(eps)}
 
     # --- questions ---------------------------------------------------------------------------
     def _entity(self, rng: random.Random) -> str:
@@ -373,47 +396,3 @@ class AgentTask:
         """1.0 when the transcript ends with ``!`` and exactly the answer, else 0.0."""
         got = parse_answer(completion)
         return 1.0 if got is not None and got == problem.answer else 0.0
-
-
-# ------------------------------------------------------------------------------------ base organism
-
-
-def _pretrain_default() -> TrainConfig:
-    return TrainConfig(max_steps=1000, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
-                       micro_batch_size=256, weight_decay=0.01)
-
-
-@dataclass
-class AgentOrganismConfig:
-    agent: AgentConfig = field(default_factory=AgentConfig, help="Questions, knowledge bases and the teacher.")
-    model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
-    pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
-    batch_size: int = field(64, help="Teacher trajectories per pretraining step.")
-    seed: int = field(0, help="Seed of the initialisation and the teacher trajectories.")
-
-
-def agent_organism_key(cfg: AgentOrganismConfig) -> str:
-    from forklens import __version__
-
-    blob = json.dumps({"organism": "agent", "format": FORMAT_VERSION, "config": asdict(cfg),
-                       "version": __version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cache: bool = True,
-                         progress: bool = True) -> dict:
-    """Pretrain (or fetch from the cache) the agent base organism; save it to ``out_dir`` in HF format.
-
-    Pretraining is SFT with the one trainer on fresh noisy-teacher trajectories every step
-    (:class:`~forklens.train.episode_source.EpisodeSFTSource`: observation tokens are in the
-    sequence but not trained on). Cached like the arith organism (``FORKLENS_CACHE``).
-    """
-    from forklens.tasks.organism import pretrain_organism
-    from forklens.train.episode_source import EpisodeSFTSource
-
-    task = AgentTask(cfg.agent)
-    source = EpisodeSFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size,
-                              cfg.seed)
-    return pretrain_organism(agent_organism_key(cfg), task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed),
-                             source, asdict(cfg), out_dir, seed=cfg.seed, use_cache=use_cache,
-                             progress=progress, name="pretrain agent base")

@@ -35,7 +35,8 @@ import re
 from dataclasses import dataclass
 
 from forklens.config import field
-from forklens.tasks.base import Problem
+from forklens.tasks.answers import equivalent
+from forklens.tasks.base import BaseTask, Problem
 
 ANSWER_RE = re.compile(r"A=(\d+)")
 
@@ -95,7 +96,7 @@ def n_carries(a: int, b: int, digits: int) -> int:
     return count
 
 
-class ArithTask:
+class ArithTask(BaseTask):
     """Multi-digit addition; train and test splits are disjoint sets of operand pairs."""
 
     name = "arith"
@@ -156,5 +157,5 @@ class ArithTask:
         return self.prompt(a, b), teacher_trace(a, b, c.digits, rng, c.p_drop_carry, c.p_slip)
 
     def verify(self, problem: Problem, completion: str) -> float:
-        got = parse_answer(completion)
-        return 1.0 if got is not None and got == int(problem.answer) else 0.0
+        m = ANSWER_RE.search(completion)
+        return 1.0 if m is not None and equivalent(m.group(1), problem.answer) else 0.0

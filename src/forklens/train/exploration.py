@@ -6,7 +6,7 @@ exploration prompts (``?qwe>``: no question, see :func:`forklens.tasks.agent.exp
 reward = coverage (the fraction of the enumerated checkpoints, every relation and attribute of the
 listed entities, that the episode looked up). The other steps are the ordinary task steps. The paper
 reports that task-only GRPO drives coverage to zero; the default ratio is 5 task : 1 exploration
-[guess: 5 task updates per exploration update, METHODS.md section 5]. Task steps log
+[guess: 5 task updates per exploration update; docs/levers.md]. Task steps log
 ``coverage_task`` (coverage of the task episodes over the same checkpoints), exploration steps
 ``coverage_explore``. The schedule depends only on the step, so resume is exact.
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from forklens.config import field
 from forklens.rollouts import Rollouts
-from forklens.train.episode_source import EpisodeGRPOSource, EpisodeSamplingConfig
+from forklens.tasks.agent import coverage_reward, exploration_problem
+from forklens.train.sources import GRPOSource, SamplingConfig
 
 
 @dataclass
@@ -36,17 +37,15 @@ class ExplorationInterleavedSource:
     """Task steps from ``task_source``; every ``task_steps + 1``-th step an exploration step on the
     exploration prompts of the same training questions."""
 
-    def __init__(self, task_source: EpisodeGRPOSource, config: ExplorationConfig | None = None):
-        from forklens.tasks.agent import coverage_reward, exploration_problem
-
+    def __init__(self, task_source: GRPOSource, config: ExplorationConfig | None = None):
         self.config = config or ExplorationConfig()
         if self.config.task_steps < 0:
             raise ValueError(f"task_steps must be >= 0, got {self.config.task_steps}")
         self.task_source = task_source
-        sampling: EpisodeSamplingConfig = replace(task_source.config, T=self.config.T)
-        self.explore_source = EpisodeGRPOSource(
+        sampling: SamplingConfig = replace(task_source.config, T=self.config.T)
+        self.explore_source = GRPOSource(
             task_source.task, [exploration_problem(p) for p in task_source.problems], sampling,
-            seed=task_source.seed + self.config.seed_offset, env=task_source.env, reward_fns=[coverage_reward],
+            reward_fns=[coverage_reward], seed=task_source.seed + self.config.seed_offset,
             coverage_key="coverage_explore")
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:

@@ -30,23 +30,27 @@ one-off sampling/scoring tokens in ``info`` so the trainer's FLOP count includes
 
 from __future__ import annotations
 
+import json
 import math
 import random
-import statistics
 import time
-from dataclasses import dataclass, field as dc_field
+from dataclasses import asdict, dataclass, field as dc_field, fields as dc_fields, replace
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
 
-import forklens.objectives.fork_contrast  # noqa: F401  (registers "fork_contrast")
 from forklens.analysis.evaluate import EvalConfig
+from forklens.analysis.intervene import decode
 from forklens import dist
 from forklens.config import field
 from forklens.errors import ConfigError, DataError
+from forklens.objectives.advantages import estimate_advantages
 from forklens.objectives.fork_contrast import ForkContrastLossConfig
 from forklens.rollouts import Rollouts
+from forklens.policy import Policy
 from forklens.train.loop import TrainConfig
+from forklens.train.run import train
 
 Gate = Literal["entropy", "none", "random"]
 
@@ -86,15 +90,11 @@ class ForkData:
     wall_s: float = 0.0
 
 
-def pstdev(xs: Sequence[float]) -> float:
-    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
-
-
 def advantages(rewards: Sequence[float], clip: float) -> list[float]:
     """A_i = (r_i - mean) / max(pstdev, 1e-8), clipped to +-clip."""
-    m = sum(rewards) / len(rewards)
-    s = max(pstdev(rewards), 1e-8)
-    return [max(-clip, min(clip, (r - m) / s)) for r in rewards]
+    adv, _ = estimate_advantages("grpo_population", torch.tensor(list(rewards), dtype=torch.float64),
+                                 torch.zeros(len(rewards), dtype=torch.long), clip=clip)
+    return adv.tolist()
 
 
 def select_problems(correct: Sequence[Sequence[float]], keep: int) -> list[int]:
@@ -144,8 +144,6 @@ def prepare_fork_data(policy, problems: Sequence, verify: Callable[[object, str]
 
     ``problems`` are objects with ``.prompt``; ``verify(problem, completion) -> reward`` (1/0).
     """
-    from forklens.analysis.intervene import decode
-
     c = config
     if c.rollouts_per_problem < 2:
         raise DataError("fork-contrast needs at least 2 rollouts per problem to find mixed outcomes")
@@ -347,13 +345,6 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     Returns steps, FLOPs (one-off sampling/scoring + training, as the trainer counts them), wall time
     (preparation + training), the data statistics and the model directory.
     """
-    import json
-    from dataclasses import asdict, replace
-    from pathlib import Path
-
-    from forklens.policy import Policy
-    from forklens.train.loop import Trainer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume and cfg.lora.enabled:
@@ -368,8 +359,6 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     else:
         data = prepare_fork_data(policy, problems, verify, cfg.data, seed=seed,
                                  progress=(lambda m: log(m)) if log else None)
-        from dataclasses import fields as dc_fields
-
         torch.save({"rollouts": {f.name: getattr(data.rollouts, f.name) for f in dc_fields(data.rollouts)},
                     "stats": data.stats, "sampled_tokens": data.sampled_tokens, "scored_tokens": data.scored_tokens,
                     "wall_s": data.wall_s}, str(data_file))
@@ -384,9 +373,8 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     if cfg.lora.enabled:
         policy.model = apply_lora(policy.model, cfg.lora)
     source = ForkContrastSource(data, cfg.data.batch_size, seed=seed, problems_per_step=cfg.data.problems_per_step)
-    trainer = Trainer(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
-                      name="fork-contrast", progress=progress)
-    last = trainer.train(resume=resume)
+    res = train(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
+                name="fork-contrast", progress=progress, resume=resume)
     model = policy.model
     if cfg.lora.enabled:
         model = model.merge_and_unload()
@@ -394,7 +382,7 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     model.save_pretrained(str(model_dir))
     policy.tokenizer.save_pretrained(str(model_dir))
     policy.model = model
-    return {"steps": trainer.step, "flops": trainer.flops, "train_wall_s": trainer.wall_s,
-            "prepare_wall_s": data.wall_s, "wall_s": trainer.wall_s + data.wall_s, "last": last,
+    return {"steps": res.steps, "flops": res.flops, "train_wall_s": res.wall_s,
+            "prepare_wall_s": data.wall_s, "wall_s": res.wall_s + data.wall_s, "last": res.last,
             "data": data.stats, "model_dir": str(model_dir), "policy": policy,
             "config": asdict(cfg)}

@@ -29,7 +29,7 @@ from forklens.config import field
 from forklens.dist import global_sums as _global_sums
 from forklens.dist import group as _dist
 from forklens.dist import world_size
-from forklens.objectives import ObjectiveResult, PolicyOutputs, get_objective
+from forklens.objectives import Objective, ObjectiveResult, PolicyOutputs, get_objective
 from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
 from forklens.train import fsdp
@@ -106,7 +106,7 @@ def forward(module, batch: Rollouts, target_tags: tuple[str, ...] | list[str] = 
     return PolicyOutputs(logprobs=lp, entropy=ent, gathered_logprobs=gathered)
 
 
-def accumulate_step(model, objective: Callable, objective_config: Any, micro_batches: list[Rollouts],
+def accumulate_step(model, objective: Objective, objective_config: Any, micro_batches: list[Rollouts],
                     simulate_bug: str = "none", no_sync: Callable | None = None) -> dict[str, float]:
     """Forward/backward over the micro-batches of one optimizer step; leaves normalised gradients in
     ``.grad`` and returns the step's loss and objective metrics (global over ranks).
@@ -119,11 +119,11 @@ def accumulate_step(model, objective: Callable, objective_config: Any, micro_bat
     world = dist.get_world_size() if dist else 1
     params = [p for p in model.parameters() if p.requires_grad]
     prepared: dict[str, float] = {}
-    if getattr(objective, "prepare", None) is not None:
+    if objective.prepare is not None:
         prepared = objective.prepare(model, micro_batches, objective_config) or {}
-    target_tags = objective.target_tags(objective_config) if getattr(objective, "target_tags", None) else []
+    target_tags = objective.target_tags(objective_config) if objective.target_tags is not None else []
     term_counts = None
-    if getattr(objective, "term_counts", None) is not None:
+    if objective.term_counts is not None:
         per_mb = [objective.term_counts(mb, objective_config) for mb in micro_batches]
         if per_mb and per_mb[0] is not None:
             if simulate_bug != "none":

@@ -11,7 +11,8 @@ import torch
 from forklens.config import field
 from forklens.dist import global_std, rank, world_size
 from forklens.errors import ConfigError, DataError
-from forklens.objectives.grpo import ScaleRewards, group_advantages
+from forklens.objectives.advantages import ScaleRewards, estimate_advantages, get_advantage_estimator
+from forklens.policy import Samples
 from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
@@ -124,10 +125,16 @@ def verifier_reward(task) -> RewardFn:
 @dataclass
 class SamplingConfig:
     prompts_per_step: int = field(16, help="Distinct prompts per optimizer step.")
-    group_size: int = field(8, help="Completions per prompt (TRL: num_generations).")
+    group_size: int = field(8, help="Completions (episodes, for a task with tools) per prompt (TRL: num_generations).")
     temperature: float = field(1.0, help="Sampling temperature of the rollouts.")
     top_p: float = field(1.0, help="Nucleus sampling threshold of the rollouts.")
-    max_new_tokens: int = field(64, help="Completion length cap; longer completions are truncated.")
+    max_new_tokens: int = field(64, help="Completion length cap of single-turn rollouts; longer completions are "
+                                "truncated.")
+    T: int = field(5, help="Tool-call cap of multi-turn rollouts (forced answer at the cap).")
+    turn_tokens: int = field(12, help="Most tokens in one model turn of a multi-turn rollout; an episode whose turn "
+                             "runs longer is truncated.")
+    advantage_estimator: str = field("grpo", help="Advantage estimator by name (forklens.objectives.advantages): "
+                                     "grpo (unbiased group std) or grpo_population (population std, floored).")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
     snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of prompt groups, RAGEN-2 style: drop "
                                   "zero-std groups, keep the highest-std groups until they hold rho of the total "
@@ -138,7 +145,8 @@ class SamplingConfig:
     vllm_gpu_memory_utilization: float = field(0.3, help="Share of GPU memory the colocated vLLM engine may take.")
     mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy (mi_proxy_acc: retrieval "
                                 "accuracy of each rollout's own prompt among the step's prompts; chance in "
-                                "mi_proxy_chance). Costs prompts x rollouts teacher-forced sequences (0 = off).")
+                                "mi_proxy_chance) over the model's own tokens. Costs prompts x rollouts "
+                                "teacher-forced sequences (0 = off).")
 
 
 def snr_keep_groups(group_std: torch.Tensor, rho: float, eps: float = 0.01) -> list[int]:
@@ -237,26 +245,37 @@ class StepProblems:
 
 
 class GRPOSource(StepProblems):
-    """Samples ``group_size`` completions for ``prompts_per_step`` training problems and scores them.
+    """GRPO groups over any task: ``group_size`` rollouts for each of ``prompts_per_step`` training
+    problems, drawn by the task's own rollout (single-turn samples, or episodes with tool
+    observations, marked ``tags["env_mask"]`` and not trained on), scored by TRL-style reward
+    functions (default: the task's verifier), with advantages from the estimator named by
+    ``config.advantage_estimator``.
 
-    With ``expert_fn`` (problem -> expert response text) and ``n_expert > 0`` each group holds
-    ``group_size - n_expert`` on-policy samples plus ``n_expert`` copies of the expert trace, tagged
-    ``extras["off_policy"]`` (LUFFY-style mixed-policy GRPO; train with the ``mixed_policy`` objective).
+    Composable pieces, each off by default: a reward schedule (staged rewards) and replay of
+    barely-solved problems (:mod:`forklens.train.schedule`), reward-variance (SNR) filtering of groups
+    (``snr_filter_rho``), the MI proxy (``mi_proxy_every``), a frozen reference policy (KL term), and
+    expert traces: with ``expert_fn`` (problem -> expert response text) and ``n_expert > 0`` each group
+    holds ``group_size - n_expert`` on-policy rollouts plus ``n_expert`` copies of the expert trace,
+    tagged ``extras["off_policy"]`` (LUFFY-style mixed-policy GRPO; train with the ``mixed_policy``
+    objective). Reward functions see the columns ``problem``, ``answer``, ``id`` and, for episodes,
+    ``episode``. Exploration interleaving wraps two such sources (:mod:`forklens.train.exploration`).
     """
 
-    def __init__(self, problems: list[Problem], reward_fns: list[RewardFn], config: SamplingConfig,
+    def __init__(self, task, problems: list[Problem], config: SamplingConfig, reward_fns: list[RewardFn] | None = None,
                  seed: int = 0, ref_policy=None, reward_weights: list[float] | None = None,
                  expert_fn: Callable[[Problem], str] | None = None, n_expert: int = 0,
-                 reward_schedule=None, replay=None):
+                 reward_schedule=None, replay=None, coverage_key: str = "coverage_task"):
         if not problems:
             raise DataError("the training split has no problems")
         if n_expert and expert_fn is None:
             raise ValueError("n_expert > 0 needs expert_fn")
         if n_expert >= config.group_size:
             raise ValueError(f"n_expert ({n_expert}) must be smaller than group_size ({config.group_size})")
+        get_advantage_estimator(config.advantage_estimator)  # an unknown name fails here, not at step 0
+        self.task = task
         self.problems = problems
-        self.reward_fns = reward_fns
-        self.weights = reward_weights or [1.0] * len(reward_fns)
+        self.reward_fns = reward_fns if reward_fns is not None else [verifier_reward(task)]
+        self.weights = reward_weights or [1.0] * len(self.reward_fns)
         self.config = config
         self.seed = seed
         self.ref_policy = ref_policy
@@ -264,86 +283,117 @@ class GRPOSource(StepProblems):
         self.n_expert = n_expert
         self.schedule = reward_schedule
         self.replay = replay
+        self.coverage_key = coverage_key
         self.last_chosen: list[Problem] = []
+        self.last_samples: Samples | None = None
 
-    def rewards(self, problems: list[Problem], completions: list[str], step: int | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def rewards(self, problems: list[Problem], completions: list[str], step: int | None = None,
+                episodes: list | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total reward and each component (see :func:`forklens.rewards.compose_rewards`); with a
         reward schedule, the functions of ``step``'s stage."""
         fns, weights = stage_rewards(self, step)
         columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
+        if episodes is not None:
+            columns["episode"] = episodes
         return compose_rewards(fns, weights, [p.prompt for p in problems], completions, **columns)
+
+    def with_experts(self, policy, chosen: list[Problem], samples: Samples) -> tuple[Samples, list[bool]]:
+        """``samples`` with ``n_expert`` expert rows after each group's own rollouts; the off-policy flags."""
+        n_policy = self.config.group_size - self.n_expert
+        out = Samples(prompt_ids=list(samples.prompt_ids), response_ids=list(samples.response_ids),
+                      finished=list(samples.finished), group=list(samples.group), texts=list(samples.texts),
+                      tokens_processed=samples.tokens_processed,
+                      env_masks=list(samples.env_masks) if samples.env_masks is not None else None,
+                      episodes=list(samples.episodes) if samples.episodes is not None else None)
+        off_policy = [False] * len(out.group)
+        for g, problem in enumerate(chosen):
+            text = self.expert_fn(problem)
+            ids = policy.encode_response(text)
+            at = (g + 1) * n_policy + g * self.n_expert  # after the group's own samples
+            for _ in range(self.n_expert):
+                out.prompt_ids.insert(at, out.prompt_ids[g * (n_policy + self.n_expert)])
+                out.response_ids.insert(at, ids)
+                out.group.insert(at, g)
+                out.texts.insert(at, text)
+                out.finished.insert(at, True)
+                off_policy.insert(at, True)
+                if out.env_masks is not None:
+                    out.env_masks.insert(at, [0] * len(ids))
+                if out.episodes is not None:
+                    out.episodes.insert(at, None)
+        return out, off_policy
 
     def batch(self, step: int, policy) -> tuple[Rollouts, dict[str, float]]:
         c = self.config
         chosen, seed = self.choose_problems(step)
-        n_policy = c.group_size - self.n_expert
-        samples = policy.sample([p.prompt for p in chosen], n=n_policy, temperature=c.temperature,
-                                top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seed)
-        prompt_ids, response_ids = list(samples.prompt_ids), list(samples.response_ids)
-        groups, texts, finished = list(samples.group), list(samples.texts), list(samples.finished)
-        off_policy = [False] * len(groups)
+        samples = self.task.rollout(policy, chosen, c.group_size - self.n_expert, c, seed=seed)
+        self.last_samples = samples
+        sampled_tokens = samples.tokens_processed
+        off_policy = [False] * len(samples.group)
         if self.n_expert:
-            for g, problem in enumerate(chosen):
-                text = self.expert_fn(problem)
-                ids = policy.encode_response(text)
-                at = (g + 1) * n_policy + g * self.n_expert  # after the group's own samples
-                for _ in range(self.n_expert):
-                    prompt_ids.insert(at, prompt_ids[g * (n_policy + self.n_expert)])
-                    response_ids.insert(at, ids)
-                    groups.insert(at, g)
-                    texts.insert(at, text)
-                    finished.insert(at, True)
-                    off_policy.insert(at, True)
+            samples, off_policy = self.with_experts(policy, chosen, samples)
+        groups = samples.group
         probs = [chosen[g] for g in groups]
-        rewards, components = self.rewards(probs, texts, step)
+        rewards, components = self.rewards(probs, samples.texts, step, samples.episodes)
         group_ids = torch.tensor(groups, dtype=torch.long)
-        adv, stds = group_advantages(rewards, group_ids, c.scale_rewards, batch_std=global_std(rewards))
-        truncated = torch.tensor([not f for f in finished], dtype=torch.bool)
-        batch = Rollouts.from_ids(prompt_ids, response_ids, policy.pad_id, rewards=rewards,
-                                  advantages=adv, group_ids=group_ids, truncated=truncated)
+        adv, stds = estimate_advantages(c.advantage_estimator, rewards, group_ids, scale=c.scale_rewards,
+                                        batch_std=global_std(rewards))
+        batch = samples.to_rollouts(policy.pad_id, rewards=rewards, advantages=adv, group_ids=group_ids)
         if self.n_expert:
             batch.extras["off_policy"] = torch.tensor(off_policy)
-        scored = 0.0
-        if self.ref_policy is not None:
-            ref = self.ref_policy.score(prompt_ids, response_ids)
-            batch.ref_logprobs = torch.zeros_like(batch.response_mask)
-            for i, s in enumerate(ref):
-                start = int(batch.prompt_lens[i])
-                batch.ref_logprobs[i, start:start + len(s.logprob)] = s.logprob
-            scored = float(batch.attention_mask.sum())
-        kept_frac = 1.0
-        if c.snr_filter_rho > 0:
-            first_row = [groups.index(g) for g in range(len(chosen))]
-            keep = set(snr_keep_groups(stds[first_row], c.snr_filter_rho, c.snr_filter_eps))
-            rows = [i for i, g in enumerate(groups) if g in keep]
-            kept_frac = len(keep) / len(chosen)
         on = ~torch.tensor(off_policy)
-        group_max = group_reduce(rewards, group_ids, len(chosen), "amax")
-        group_min = group_reduce(rewards, group_ids, len(chosen), "amin")
-        lens = batch.response_lens[on]
-        info = {
-            "reward_mean": float(rewards[on].mean()),
-            "reward_std": float(rewards[on].std()) if int(on.sum()) > 1 else 0.0,
-            "frac_zero_std_groups": float((group_max == group_min).float().mean()),
-            "response_len_mean": float(lens.mean()),
-            "response_len_max": float(lens.max()),
-            "truncated_frac": float(truncated[on].float().mean()),
-            "sampled_tokens": float(samples.tokens_processed),
-            "scored_tokens": scored,
-        }
+        info = rollout_info(rewards, group_ids, len(chosen), batch, on, sampled_tokens)
+        info["scored_tokens"] += self.score_reference(batch, samples)
         if len(components) > 1:
             info.update(component_means(components, on))
         info.update(stage_and_replay_info(self, step, chosen, components, group_ids, on))
+        metrics = self.task.rollout_metrics(probs, samples)
+        if "coverage" in metrics:
+            metrics[self.coverage_key] = metrics.pop("coverage")
+        info.update(metrics)
         if c.mi_proxy_every and step % c.mi_proxy_every == 0:
             own = [i for i in range(len(groups)) if not off_policy[i]]
-            info.update(log_mi_proxy(policy, [prompt_ids[i] for i in own], [response_ids[i] for i in own]))
-        if "mi_proxy_scored_tokens" in info:
-            info["scored_tokens"] += info.pop("mi_proxy_scored_tokens")
+            masks = None if samples.env_masks is None else [[1 - m for m in samples.env_masks[i]] for i in own]
+            mi = log_mi_proxy(policy, [samples.prompt_ids[i] for i in own], [samples.response_ids[i] for i in own],
+                              masks)
+            info["scored_tokens"] += mi.pop("mi_proxy_scored_tokens")
+            info.update(mi)
         if c.snr_filter_rho > 0:
-            batch = batch.select(rows)
-            info["snr_kept_groups_frac"] = kept_frac
+            first_row = [groups.index(g) for g in range(len(chosen))]
+            keep = set(snr_keep_groups(stds[first_row], c.snr_filter_rho, c.snr_filter_eps))
+            batch = batch.select([i for i, g in enumerate(groups) if g in keep])
+            info["snr_kept_groups_frac"] = len(keep) / len(chosen)
         return batch, info
+
+    def score_reference(self, batch: Rollouts, samples: Samples) -> float:
+        """Fill ``batch.ref_logprobs`` from the frozen reference policy (when there is one); the tokens it ran."""
+        if self.ref_policy is None:
+            return 0.0
+        ref = self.ref_policy.score(samples.prompt_ids, samples.response_ids)
+        batch.ref_logprobs = torch.zeros_like(batch.response_mask)
+        for i, s in enumerate(ref):
+            start = int(batch.prompt_lens[i])
+            batch.ref_logprobs[i, start:start + len(s.logprob)] = s.logprob
+        return float(batch.attention_mask.sum())
+
+
+def rollout_info(rewards: torch.Tensor, group_ids: torch.Tensor, n_groups: int, batch: Rollouts, on: torch.Tensor,
+                 sampled_tokens: float) -> dict[str, float]:
+    """Step info of a GRPO batch over its on-policy rows: reward mean/std, the fraction of zero-std
+    groups, the model's own response length, the truncated fraction and the sampled tokens."""
+    group_max = group_reduce(rewards, group_ids, n_groups, "amax")
+    group_min = group_reduce(rewards, group_ids, n_groups, "amin")
+    lens = batch.response_lens[on]
+    return {
+        "reward_mean": float(rewards[on].mean()),
+        "reward_std": float(rewards[on].std()) if int(on.sum()) > 1 else 0.0,
+        "frac_zero_std_groups": float((group_max == group_min).float().mean()),
+        "response_len_mean": float(lens.mean()),
+        "response_len_max": float(lens.max()),
+        "truncated_frac": float(batch.truncated[on].float().mean()),
+        "sampled_tokens": float(sampled_tokens),
+        "scored_tokens": 0.0,
+    }
 
 
 class InterleavedSFTSource:

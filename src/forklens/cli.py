@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from forklens import __version__
+from forklens import __version__, dist
 from forklens.commands import audit, demo, diff, evaluate, experiment, intervene, organism, passk, probe, train
 from forklens.errors import ForklensError
 
@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 def _close_process_group() -> bool:
     """Under a multi-process launcher, wait for every rank (rank 0 may still be writing files) and
     close the process group. Returns whether there was one."""
-    from forklens import dist  # imports torch: lazy, so `forklens --help` stays fast
-
     group = dist.group()
     if group is not None:
         group.barrier()

@@ -1,4 +1,4 @@
-"""Token-level diff of a base and an RL model (``forklens diff``; METHODS.md section 1).
+"""Token-level diff of a base and an RL model (``forklens diff``; docs/diff.md).
 
 Responses (by default the RL model's greedy completions) are teacher-forced through both models.
 At every response token t (EOS included, padding excluded) we measure:
@@ -35,7 +35,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from forklens import dist as fdist
+from forklens.analysis.prompts import load_responses
 from forklens.errors import ConfigError, DataError, ModelLoadError
+from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, verify_head
 from forklens.tasks.answers import is_correct
 
 __all__ = [
@@ -138,8 +140,6 @@ def chunk_pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets
 
 
 def head_vocab(model) -> int:
-    from forklens.policy.score import body_and_head
-
     return int(body_and_head(model)[2].weight.shape[0])
 
 
@@ -166,8 +166,6 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     Each model body runs once per batch; the response positions' hidden states then go through both
     LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
     """
-    from forklens.policy.score import head_logits, hidden_states, pack_for_scoring, verify_head
-
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
     vocab = head_vocab(base.model)
@@ -486,8 +484,6 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
     ``responses.jsonl``, ``summary.json`` and ``report.html`` into ``out_dir`` when given; every rank
     returns the summary.
     """
-    from forklens.analysis.prompts import load_responses
-
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if n < 1:

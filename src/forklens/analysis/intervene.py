@@ -2,8 +2,8 @@
 
 If RL only re-ranks a few high-entropy "fork" tokens already in the base top-k, then letting the base
 decode and substituting the RL model's choice *only at those forks* should recover RL's accuracy,
-while the same number of substitutions at random positions should recover little (METHODS.md, section
-1). This module runs that experiment.
+while the same number of substitutions at random positions should recover little
+(docs/forks.md). This module runs that experiment.
 
 Decoding (:func:`paired_decode`)
     Both models step together over the same emitted prefix, batched with left padding and a KV cache
@@ -55,7 +55,7 @@ from forklens.errors import ConfigError, DataError
 from forklens.policy.sample import KVStepper, left_pad, next_token
 
 ORACLE_TOP_K = 5
-ENTROPY_TAU_DEFAULT = 1.4  # the paper's gate for real LMs (METHODS.md section 1)
+ENTROPY_TAU_DEFAULT = 1.4  # the paper's gate for real LMs (docs/forks.md)
 ENTROPY_TAU_ORGANISM = 0.5  # the arith organism: forks ~0.67 nats, digit slips <= 0.4, the rest ~0 (docs/forks.md)
 
 

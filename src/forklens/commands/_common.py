@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forklens.config import describe, load_config, to_dict
+from forklens.errors import ConfigError
 
 console = Console(stderr=True)
 
@@ -35,8 +36,6 @@ def resolve_config(cls, args, base_file: Path | None = None, extra: list[str] | 
 def experiment_config(cls, args, base=None):
     """An experiment's config: defaults (or ``base``, e.g. its --quick recipe) <- ``--config`` <-
     ``--seeds`` (when the command has it; must be >= 1) <- ``--set`` overrides."""
-    from forklens.errors import ConfigError
-
     seeds = getattr(args, "seeds", None)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")

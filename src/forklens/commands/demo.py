@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
 from forklens.config import packaged_config
+from forklens.experiments.demo import DemoConfig, run_demo
 
 
 def register(sub) -> None:
@@ -20,8 +21,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     quiet_third_party()
-    from forklens.experiments.demo import DemoConfig, run_demo
-
     extra = [f"seed={args.seed}"] if args.seed is not None else []
     cfg = resolve_config(DemoConfig, args, packaged_config("demo-quick" if args.quick else "demo"), extra)
     if handle_config_flags(DemoConfig, cfg, args):

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 from forklens import dist
+from forklens.analysis.diff import run_diff
+from forklens.analysis.prompts import load_prompts
+from forklens.policy import Policy
 
 DEFAULT_OUT = "runs/diff"
 
@@ -99,10 +102,6 @@ def _print(summary: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from forklens.analysis.diff import run_diff
-    from forklens.analysis.prompts import load_prompts
-    from forklens.policy import Policy
 
     started = dist.init_process_group(args.device)
     try:

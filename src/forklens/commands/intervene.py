@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM, parse_gate, run_intervention
+from forklens.analysis.prompts import load_prompts
+from forklens.commands._common import console, quiet_third_party
+from forklens.errors import ConfigError, DataError
+from forklens.policy import Policy
+from forklens.tasks import get_task
+from forklens.tasks.answers import is_correct
+
 DEFAULT_OUT = "runs/intervene"
 
 DESCRIPTION = """\
@@ -50,14 +58,7 @@ def register(sub) -> None:
 
 def load_records(args) -> tuple[list[dict], object, float]:
     """(records, verify(record, text) -> bool, default entropy tau)."""
-    from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM
-    from forklens.tasks.answers import is_correct
-    from forklens.analysis.prompts import load_prompts
-    from forklens.errors import DataError
-
     if args.task:
-        from forklens.tasks import get_task
-
         task = get_task(args.task)
         problems = task.problems("test")
         by_id = {p.id: p for p in problems}
@@ -73,13 +74,7 @@ def load_records(args) -> tuple[list[dict], object, float]:
 
 
 def run(args) -> int:
-    from forklens.commands._common import console, quiet_third_party
-
     quiet_third_party()
-    from forklens.analysis.intervene import parse_gate, run_intervention
-    from forklens.errors import ConfigError
-    from forklens.policy import Policy
-
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.temperature < 0:

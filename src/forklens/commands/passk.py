@@ -17,6 +17,10 @@ from forklens.analysis.passk import (
     pass_at_k_table,
     sample_counts,
 )
+from forklens.analysis.passk_samples import generate_samples, write_jsonl
+from forklens.errors import ConfigError, DataError
+from forklens.policy import Policy
+from forklens.tasks import get_task
 
 DEFAULT_OUT = "runs/passk"
 
@@ -143,8 +147,6 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
 
 def _model_names(specs: list[str]) -> list[tuple[str, Path]]:
     """``[NAME=]DIR`` specs -> unique (name, dir) pairs."""
-    from forklens.errors import DataError
-
     out: list[tuple[str, Path]] = []
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -160,11 +162,6 @@ def _model_names(specs: list[str]) -> list[tuple[str, Path]]:
 
 def _generate(args: argparse.Namespace) -> Path:
     from rich.console import Console
-
-    from forklens.errors import ConfigError, DataError
-    from forklens.analysis.passk_samples import generate_samples, write_jsonl
-    from forklens.tasks import get_task
-    from forklens.policy import Policy
 
     if not args.task:
         raise ConfigError("--model needs --task NAME (the task to sample and grade on: arith or agent)")
@@ -198,8 +195,6 @@ def _resolve_samples(args: argparse.Namespace) -> Path:
     if getattr(args, "models", None):
         return _generate(args)
     if getattr(args, "task", None):
-        from forklens.errors import ConfigError
-
         raise ConfigError("--task only applies when generating samples with --model; --samples are already graded")
     return Path(args.samples)
 

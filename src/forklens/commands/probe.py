@@ -6,6 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from forklens.analysis.confidence import markdown_table, plot_trajectories, probe_records, sample_chains, summarize
+from forklens.analysis.prompts import load_prompts, read_jsonl
+from forklens.commands._common import quiet_third_party
+from forklens.errors import ConfigError, DataError
+from forklens.policy import Policy
+from forklens.rewards.confidence import MarkerForcing, forcing_for
+from forklens.tasks import get_task
+from forklens.tasks.base import Problem
+
 DESCRIPTION = """\
 Probe when a model becomes confident of its answer. For each problem, sample one chain of thought
 (or take the "response" of a --data line), cut it at 0, 20, 40, 60, 80 and 100% of its length,
@@ -43,10 +52,6 @@ def register(sub) -> None:
 
 
 def _load_data(path: str, marker: str):
-    from forklens.analysis.prompts import load_prompts, read_jsonl
-    from forklens.errors import DataError
-    from forklens.tasks.base import Problem
-
     records = load_prompts(path)
     responses = {}
     for lineno, obj in read_jsonl(path, "problems"):
@@ -67,13 +72,6 @@ def _load_data(path: str, marker: str):
 def run_confidence_cli(args) -> int:
     from rich.console import Console
 
-    from forklens.analysis.confidence import (markdown_table, plot_trajectories, probe_records, sample_chains,
-                                              summarize)
-    from forklens.commands._common import quiet_third_party
-    from forklens.errors import ConfigError
-    from forklens.policy import Policy
-    from forklens.rewards.confidence import MarkerForcing, forcing_for
-
     quiet_third_party()
     limits = (("--n", args.n, 0), ("--m", args.m, 1), ("--T", args.T, 0), ("--max-new-tokens", args.max_new_tokens, 1))
     for name, v, lo in limits:
@@ -84,8 +82,6 @@ def run_confidence_cli(args) -> int:
     console = Console(stderr=True)
     task = None
     if args.task:
-        from forklens.tasks import get_task
-
         task = get_task(args.task)
         problems = task.problems("test")
         given = [None] * len(problems)

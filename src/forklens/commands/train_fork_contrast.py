@@ -6,8 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from forklens.analysis.evaluate import evaluate
+from forklens.analysis.prompts import load_prompts
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
 from forklens.config import packaged_config
+from forklens.errors import DataError
+from forklens.policy import Policy
+from forklens.tasks import get_task
+from forklens.tasks.answers import is_correct
+from forklens.tasks.base import Problem
+from forklens.train.fork_source import ForkContrastConfig, run_fork_contrast
 
 DESCRIPTION = """\
 Sample base rollouts once (20 per problem, temperature 0.6, top-p 0.95), label them with the
@@ -41,10 +49,6 @@ def register(tsub) -> None:
 
 def load_problems(path: str):
     """Problems from a JSONL of {prompt, answer[, id]}; every line needs an answer."""
-    from forklens.analysis.prompts import load_prompts
-    from forklens.errors import DataError
-    from forklens.tasks.base import Problem
-
     recs = load_prompts(path)
     missing = [r["line"] for r in recs if r.get("answer") is None]
     if missing:
@@ -54,11 +58,6 @@ def load_problems(path: str):
 
 def run(args) -> int:
     quiet_third_party()
-    from forklens.analysis.evaluate import evaluate
-    from forklens.tasks.answers import is_correct
-    from forklens.policy import Policy
-    from forklens.train.fork_source import ForkContrastConfig, run_fork_contrast
-
     recipe = packaged_config("fork-contrast-arith" if args.task == "arith" else "fork-contrast")
     extra = [f"train.seed={args.seed}"] if args.seed is not None else []
     cfg = resolve_config(ForkContrastConfig, args, recipe, extra)
@@ -66,8 +65,6 @@ def run(args) -> int:
         return 0
     task = None
     if args.task:
-        from forklens.tasks import get_task
-
         task = get_task(args.task)
         problems = task.problems("train")
         verify = task.verify

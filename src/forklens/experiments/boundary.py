@@ -1,6 +1,6 @@
 """`forklens experiment boundary`: does RL expand the capability boundary? PASS@(k, T) on two organisms.
 
-After arXiv 2604.14877 (see docs/boundary.md and METHODS.md section 3):
+After arXiv 2604.14877 (see docs/boundary.md):
 
 * **static arithmetic** (the ``arith`` organism, no tools): the demo's base organism vs GRPO from it
   (:func:`forklens.experiments.demo.run_grpo`); pass@k from ``n`` fresh samples per test problem;
@@ -36,7 +36,6 @@ from forklens.objectives.grpo import GRPOLossConfig
 from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
 from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
-from forklens.report.plots import plot_pass_at_k
 from forklens.tasks import get_task
 from forklens.train.episode_source import EpisodeSFTSource
 from forklens.train.loop import TrainConfig
@@ -161,6 +160,8 @@ def analyse(records: list[dict], n: int, reference: str = "base") -> tuple[dict[
 
 
 def plot_grid(table, stem: Path, title: str, Ts: Sequence[int] | None = None) -> list[Path]:
+    from forklens.report.plots import plot_pass_at_k  # matplotlib: loaded only when plotting
+
     curves = {m: {T: v for T, v in by_T.items() if Ts is None or T in Ts} for m, by_T in table.mean.items()}
     counts = {m: {T: len(g) for T, g in by_T.items()} for m, by_T in table.counts.items()}
     return plot_pass_at_k(curves, stem, problem_counts=counts, title=title)

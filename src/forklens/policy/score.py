@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from forklens.errors import DataError
+
 
 def body_and_head(model):
     """(transformer body, output projection) of a Hugging Face causal LM, PEFT-wrapped or not."""
@@ -88,8 +90,6 @@ class PackedBatch:
 def pack_for_scoring(prompt_ids, response_ids, pad_id: int, batch_tokens: int):
     """Yield :class:`PackedBatch` es of sequences sorted by length, each at most ``batch_tokens`` padded
     tokens (a longer sequence gets a batch of its own). Raises DataError for an empty prompt."""
-    from forklens.errors import DataError
-
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]

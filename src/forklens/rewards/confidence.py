@@ -1,4 +1,4 @@
-"""The premature-confidence probe and its shaping reward (arXiv 2605.24396; METHODS.md section 4).
+"""The premature-confidence probe and its shaping reward (arXiv 2605.24396; docs/rewards.md).
 
 **Probe.** Cut a response's chain of thought at 0, 20, 40, 60, 80 and 100% of its length (in
 characters), append a *forced-answer suffix*, sample ``m`` short completions and grade them against

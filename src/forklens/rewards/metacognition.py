@@ -1,4 +1,4 @@
-"""Metacognition as reward, MaR (arXiv 2605.23384; METHODS.md section 4).
+"""Metacognition as reward, MaR (arXiv 2605.23384; docs/rewards.md).
 
 The paper's rollout format is a knowledge block (numbered relevant facts), a regulation block (the
 plan), an optional LOOKBACK (knowledge recovered after it was missed), the reasoning and the answer,
@@ -38,8 +38,11 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from forklens.errors import ConfigError
+from forklens.policy import Policy
 from forklens.rewards import as_problem
 from forklens.rewards.milestones import MAX_SCAN_CHARS, episode_calls, milestones
+from forklens.tasks.agent import parse_answer
 
 COMPONENTS = ("kmr", "rmr", "cr")
 SHORTCUT_PENALTY = 0.3
@@ -87,8 +90,6 @@ class AgentGrader:
                     k += 1
             elif c not in gold:
                 off_plan = True
-        from forklens.tasks.agent import parse_answer
-
         answered = parse_answer(completion[-64:]) is not None
         a = consistent / len(calls) if calls else 0.0
         shortcut = answered and len(got) < len(plan)
@@ -212,8 +213,6 @@ class JudgeGrader:
     def __init__(self, model_dir, template: str = DEFAULT_TEMPLATE, criteria: dict[str, str] | None = None,
                  yes: str = "yes", no: str = "no", exact_cr: bool = True, max_response_chars: int = 4000,
                  policy=None):
-        from forklens.errors import ConfigError
-
         for name in ("{response}", "{criterion}"):
             if name not in template:
                 raise ConfigError(f"the judge template must contain {name}; got {template!r}")
@@ -222,8 +221,6 @@ class JudgeGrader:
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"the judge template has an unknown or malformed field: {e}") from None
         if policy is None:
-            from forklens.policy import Policy
-
             policy = Policy.load(model_dir)
         self.policy = policy
         self.template = template

@@ -1,4 +1,4 @@
-"""Milestone shaping for the agent organism (after MiRA, arXiv 2603.19685; METHODS.md section 4).
+"""Milestone shaping for the agent organism (after MiRA, arXiv 2603.19685; docs/rewards.md).
 
 **Milestones.** A question of depth ``d`` has ``d`` milestones, one per lookup it needs, known
 exactly from the task generator:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from forklens.errors import ConfigError
+from forklens.tasks.agent import AgentTask
+from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 
 TASKS = {"arith", "agent"}
@@ -9,15 +12,9 @@ TASKS = {"arith", "agent"}
 
 def get_task(name: str, config=None) -> Task:
     if name == "arith":
-        from forklens.tasks.arith import ArithTask
-
         return ArithTask(config)
     if name == "agent":
-        from forklens.tasks.agent import AgentTask
-
         return AgentTask(config)
-    from forklens.errors import ConfigError
-
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -1,6 +1,6 @@
 """Offline data for fork-contrast: base rollouts labelled once, then a deterministic batch per step.
 
-:func:`prepare_fork_data` follows METHODS.md section 1 (ReasonMaxxer) step by step:
+:func:`prepare_fork_data` follows the ReasonMaxxer recipe (docs/forks.md) step by step:
 
 1. ``rollouts_per_problem`` base rollouts per problem (temperature 0.6, top-p 0.95), each labelled
    1/0 by the verifier;

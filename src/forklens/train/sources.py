@@ -8,16 +8,17 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from forklens.analysis.mi_proxy import mi_proxy
 from forklens.config import field
 from forklens.dist import global_std, rank, world_size
 from forklens.errors import ConfigError, DataError
 from forklens.objectives.advantages import ScaleRewards, estimate_advantages, get_advantage_estimator
 from forklens.policy import Samples
+from forklens.policy.score import token_logprobs_and_entropy
 from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
-
-
+from forklens.train.schedule import solved_flags
 
 SFTOrder = Literal["shuffle", "reverse_perplexity", "perplexity"]
 
@@ -66,8 +67,6 @@ class SFTSource:
     @torch.no_grad()
     def score_perplexities(self, policy, rows_per_pass: int = 64) -> list[float]:
         """Length-normalised perplexity of every example under ``policy``, over its trained tokens."""
-        from forklens.policy.score import token_logprobs_and_entropy
-
         was_training = policy.model.training
         policy.model.eval()
         out: list[float] = []
@@ -175,8 +174,6 @@ def group_reduce(values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, o
 
 def log_mi_proxy(policy, prompt_ids, response_ids, masks=None) -> dict[str, float]:
     """The MI proxy of this rank's rollouts, as step info (its scoring counts in ``scored_tokens``)."""
-    from forklens.analysis.mi_proxy import mi_proxy
-
     out = mi_proxy(policy, prompt_ids, response_ids, masks)
     return {"mi_proxy_acc": out["mi_proxy_acc"], "mi_proxy_chance": out["mi_proxy_chance"],
             "mi_proxy_scored_tokens": out["scored_tokens"]}
@@ -208,8 +205,6 @@ def stage_and_replay_info(source, step: int, chosen: list[Problem], components: 
     if source.schedule is not None:
         info["reward_stage"] = float(source.schedule.index_at(step))
     if source.replay is not None:
-        from forklens.train.schedule import solved_flags
-
         name = source.schedule.solved_component if source.schedule is not None else reward_name(source.reward_fns[0])
         solved = solved_flags(components, name)
         if rows is not None:

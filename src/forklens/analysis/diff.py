@@ -15,29 +15,27 @@ The code is split in three layers:
 
 1. :func:`chunk_pair_stats` (pure, on one chunk of logits) and :func:`score_pairs`, which runs both
    model bodies once per batch and applies both LM heads chunk by chunk, so full float32 logits
-   for both models never exist at once (peak ~ ``chunk_tokens x vocab x 8`` floats);
+   for both models never exist at once (peak ~ ``chunk_tokens x vocab x 8`` floats), in
+   :mod:`forklens.analysis.diff_scores`;
 2. :func:`token_rows` (scored tensors -> per-token rows) and :func:`summarize` (rows -> summary),
-   both pure;
+   both pure, in :mod:`forklens.analysis.diff_summary`;
 3. :func:`run_diff`: prompts -> responses -> scores -> rows -> summary, sharded over
    ``torch.distributed`` ranks when initialised, with outputs written by rank 0.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import torch
 
 from forklens import dist as fdist
+from forklens.analysis.diff_scores import MIN_LIST_K, PairScores, chunk_pair_stats, head_vocab, score_pairs
+from forklens.analysis.diff_summary import CLASSES, TOP_DECILE_RULE, classify, summarize, token_rows
 from forklens.analysis.prompts import load_responses
 from forklens.errors import ConfigError, DataError, ModelLoadError
-from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, verify_head
 from forklens.tasks.answers import is_correct
 
 __all__ = [
@@ -56,316 +54,8 @@ __all__ = [
 ]
 
 RESPONSE_SOURCES = ("rl-greedy", "rl-sample", "base-sample")
-CLASSES = ("unshifted", "reranked", "shifted")
-CONTAINMENT_KS = tuple(range(1, 11))
 TIE_RULE = ("rank = 1 + number of vocabulary entries whose float32 base logit is strictly greater than "
             "the base logit of the RL token; tied tokens share the better rank")
-TOP_DECILE_RULE = ("with N positions sorted by base entropy, m = max(1, ceil(N/10)); a position is in the "
-                   "top decile when its base entropy is >= the m-th largest entropy (ties included)")
-MIN_LIST_K = 5  # top-k lists always hold at least 5 candidates, so the report can show a top-5
-
-
-# ----------------------------------------------------------------------------------------------
-# 1. Scoring: both models, chunked over positions
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PairScores:
-    """Teacher-forced statistics of one response under both models, one entry per response token."""
-
-    token_ids: torch.Tensor  # [T] the response tokens
-    rl_token: torch.Tensor  # [T] RL argmax
-    rank_under_base: torch.Tensor  # [T] int64, exact rank of rl_token under the base
-    base_logprob: torch.Tensor  # [T] base log-prob of rl_token
-    rl_logprob: torch.Tensor  # [T] RL log-prob of rl_token
-    base_logprob_token: torch.Tensor  # [T] base log-prob of the response token
-    rl_logprob_token: torch.Tensor  # [T] RL log-prob of the response token
-    base_entropy: torch.Tensor  # [T] nats
-    rl_entropy: torch.Tensor  # [T] nats
-    kl: torch.Tensor  # [T] KL(base || rl), nats
-    base_topk_ids: torch.Tensor  # [T, k]
-    base_topk_logprobs: torch.Tensor  # [T, k]
-    rl_topk_ids: torch.Tensor  # [T, k]
-    rl_topk_logprobs: torch.Tensor  # [T, k]
-
-
-_STAT_KEYS = ("rl_token", "rank_under_base", "base_logprob", "rl_logprob", "base_logprob_token",
-              "rl_logprob_token", "base_entropy", "rl_entropy", "kl", "base_topk_ids",
-              "base_topk_logprobs", "rl_topk_ids", "rl_topk_logprobs")
-
-
-def _plogp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    return torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
-
-
-@torch.no_grad()
-def chunk_pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets: torch.Tensor,
-                     list_k: int) -> dict[str, torch.Tensor]:
-    """Per-position statistics from one chunk of float32 logits ``[c, V]`` of both models.
-
-    ``targets`` [c] are the response tokens (teacher-forced). Pure: no model, no I/O.
-    """
-    base_logits = base_logits.float()
-    rl_logits = rl_logits.float().to(base_logits.device)
-    targets = targets.to(base_logits.device)
-    rl_token = rl_logits.argmax(-1)  # first (lowest id) maximum on ties
-    ref = base_logits.gather(-1, rl_token[:, None])
-    rank = 1 + (base_logits > ref).sum(-1)
-    logp_b = torch.log_softmax(base_logits, dim=-1)
-    logp_r = torch.log_softmax(rl_logits, dim=-1)
-    p_b = logp_b.exp()
-    base_entropy = -_plogp(p_b, logp_b).sum(-1)
-    kl = _plogp(p_b, logp_b - logp_r).sum(-1)
-    del p_b
-    rl_entropy = -_plogp(logp_r.exp(), logp_r).sum(-1)
-    k = min(list_k, base_logits.shape[-1])
-    bv, bi = logp_b.topk(k, dim=-1)
-    rv, ri = logp_r.topk(k, dim=-1)
-    return {
-        "rl_token": rl_token,
-        "rank_under_base": rank,
-        "base_logprob": logp_b.gather(-1, rl_token[:, None]).squeeze(-1),
-        "rl_logprob": logp_r.gather(-1, rl_token[:, None]).squeeze(-1),
-        "base_logprob_token": logp_b.gather(-1, targets[:, None]).squeeze(-1),
-        "rl_logprob_token": logp_r.gather(-1, targets[:, None]).squeeze(-1),
-        "base_entropy": base_entropy,
-        "rl_entropy": rl_entropy,
-        "kl": kl,
-        "base_topk_ids": bi,
-        "base_topk_logprobs": bv,
-        "rl_topk_ids": ri,
-        "rl_topk_logprobs": rv,
-    }
-
-
-def head_vocab(model) -> int:
-    return int(body_and_head(model)[2].weight.shape[0])
-
-
-def default_chunk_bytes(device) -> int:
-    """LM-head chunk budget: 256 MiB on CPU (bounded host memory), 1 GiB on a GPU, where the per-token
-    statistics over the vocabulary are launch-bound in small chunks (1 GiB scored 1.4x faster than
-    256 MiB on an H100 with a 152k vocabulary: benchmarks/scaling.py, docs/results.md)."""
-    return (2**30) if torch.device(device).type == "cuda" else 256 * 2**20
-
-
-def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
-    """Positions per chunk so that ~8 float32 [chunk x vocab] temporaries fit ``max_chunk_bytes``."""
-    return max(1, max_chunk_bytes // (vocab * 4 * 8))
-
-
-@torch.no_grad()
-def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *,
-                list_k: int = MIN_LIST_K, batch_tokens: int = 8192, chunk_tokens: int | None = None,
-                max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None
-                ) -> list[PairScores]:
-    """Teacher-force each prompt+response through both :class:`~forklens.policy.Policy` objects.
-
-    Sequences are sorted by length and batched up to ``batch_tokens`` padded tokens (right padding).
-    Each model body runs once per batch; the response positions' hidden states then go through both
-    LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
-    """
-    if len(prompt_ids) != len(response_ids):
-        raise ValueError("prompt_ids and response_ids must have the same length")
-    vocab = head_vocab(base.model)
-    if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
-    results: list[PairScores | None] = [None] * len(prompt_ids)
-    models = (base, rl)
-    training = [p.model.training for p in models]
-    for p in models:
-        p.model.eval()
-    checked = False
-    try:
-        for pb in pack_for_scoring(prompt_ids, response_ids, base.pad_id, batch_tokens):
-            batch, ids, attn, sel, targets = pb.rows, pb.input_ids, pb.attention_mask, pb.predicts_response, pb.targets
-            hidden = []
-            for pol in models:
-                dev = pol.device
-                if not checked:
-                    try:
-                        verify_head(pol.model, ids.to(dev), attn.to(dev))
-                    except ValueError as exc:
-                        raise ModelLoadError(f"{pol.path or 'model'}: {exc}") from None
-                h = hidden_states(pol.model, ids.to(dev), attn.to(dev))
-                hidden.append(h[sel.to(dev)])
-                del h
-            checked = True
-            parts: dict[str, list[torch.Tensor]] = {k: [] for k in _STAT_KEYS}
-            n = hidden[0].shape[0]
-            for s in range(0, n, chunk_tokens):
-                lb = head_logits(base.model, hidden[0][s:s + chunk_tokens])
-                lr = head_logits(rl.model, hidden[1][s:s + chunk_tokens])
-                stats = chunk_pair_stats(lb, lr, targets[s:s + chunk_tokens], list_k)
-                del lb, lr
-                for k, v in stats.items():
-                    parts[k].append(v.cpu())
-            del hidden
-            cat = {k: torch.cat(v) for k, v in parts.items()}
-            offset = 0
-            for j in batch:
-                t = len(response_ids[j])
-                cut = slice(offset, offset + t)
-                results[j] = PairScores(token_ids=torch.tensor(list(response_ids[j]), dtype=torch.long),
-                                        **{k: v[cut] for k, v in cat.items()})
-                offset += t
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        for p, was in zip(models, training):
-            p.model.train(was)
-    return results  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Rows and summary (pure)
-# ----------------------------------------------------------------------------------------------
-
-
-def classify(rank: int, top_k: int) -> str:
-    """``unshifted`` (rank 1), ``reranked`` (2..top_k) or ``shifted`` (> top_k)."""
-    if rank <= 1:
-        return "unshifted"
-    return "reranked" if rank <= top_k else "shifted"
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def token_rows(scores: PairScores, *, prompt_id: str, prompt_index: int, sample_id: int, top_k: int,
-               token_text: Callable[[int], str], correct: bool | None = None) -> list[dict[str, Any]]:
-    """One dict per response token of one scored response (see docs/diff.md for the columns)."""
-    cols = {k: getattr(scores, k).tolist() for k in ("token_ids", *_STAT_KEYS)}
-    rows = []
-    for t in range(len(cols["token_ids"])):
-        rank = int(cols["rank_under_base"][t])
-        rows.append({
-            "prompt_id": prompt_id,
-            "prompt_index": prompt_index,
-            "sample_id": sample_id,
-            "position": t,
-            "token_id": int(cols["token_ids"][t]),
-            "token_text": token_text(int(cols["token_ids"][t])),
-            "rl_token_id": int(cols["rl_token"][t]),
-            "rl_token_text": token_text(int(cols["rl_token"][t])),
-            "rank_under_base": rank,
-            "class": classify(rank, top_k),
-            "base_logprob": _num(cols["base_logprob"][t]),
-            "rl_logprob": _num(cols["rl_logprob"][t]),
-            "base_logprob_token": _num(cols["base_logprob_token"][t]),
-            "rl_logprob_token": _num(cols["rl_logprob_token"][t]),
-            "base_entropy": _num(cols["base_entropy"][t]),
-            "rl_entropy": _num(cols["rl_entropy"][t]),
-            "kl_base_rl": _num(cols["kl"][t]),
-            "base_topk_ids": [int(v) for v in cols["base_topk_ids"][t]],
-            "base_topk_texts": [token_text(int(v)) for v in cols["base_topk_ids"][t]],
-            "base_topk_logprobs": [_num(v) for v in cols["base_topk_logprobs"][t]],
-            "rl_topk_ids": [int(v) for v in cols["rl_topk_ids"][t]],
-            "rl_topk_texts": [token_text(int(v)) for v in cols["rl_topk_ids"][t]],
-            "rl_topk_logprobs": [_num(v) for v in cols["rl_topk_logprobs"][t]],
-            "correct": correct,
-        })
-    return rows
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return math.fsum(xs) / len(xs) if xs else None
-
-
-def _div(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-def top_decile_threshold(entropies: Sequence[float]) -> float | None:
-    """The m-th largest entropy, m = max(1, ceil(N / 10)) (see ``TOP_DECILE_RULE``)."""
-    if not entropies:
-        return None
-    m = max(1, math.ceil(len(entropies) / 10))
-    return sorted(entropies, reverse=True)[m - 1]
-
-
-def _histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
-    """Counts per bin ``[edges[b], edges[b+1])``, the last bin closed on the right."""
-    counts = [0] * (len(edges) - 1)
-    for v in values:
-        b = min(bisect.bisect_right(edges, v) - 1, len(counts) - 1)
-        if b >= 0 and v <= edges[-1]:
-            counts[b] += 1
-    return counts
-
-
-def summarize(rows: Sequence[dict[str, Any]], *, top_k: int, entropy_bins: int = 20,
-              split_by_correctness: bool = True) -> dict[str, Any]:
-    """Summary statistics from per-token rows (pure). Undefined values are ``None``, never NaN."""
-    n = len(rows)
-    ranks = [int(r["rank_under_base"]) for r in rows]
-    ent = [r["base_entropy"] for r in rows]
-    classes = [classify(k, top_k) for k in ranks]
-    dis = [i for i in range(n) if ranks[i] > 1]
-    agree = [i for i in range(n) if ranks[i] == 1]
-    n_dis = len(dis)
-    finite_ent = [e for e in ent if e is not None]
-    thr = top_decile_threshold(finite_ent)
-    responses = {(r["prompt_index"], r["sample_id"]) for r in rows}
-    def frac(c):
-        return (sum(1 for x in classes if x == c) / n) if n else None
-    ent_all = _mean(ent)
-    ent_dis = _mean([ent[i] for i in dis])
-    elo = min(finite_ent) if finite_ent else 0.0
-    ehi = max(finite_ent) if finite_ent else 1.0
-    if ehi - elo < 1e-6:
-        elo, ehi = max(0.0, elo - 0.5), ehi + 0.5
-    edges = [elo + (ehi - elo) * b / entropy_bins for b in range(entropy_bins)] + [ehi]
-    rank_hist = {str(k): sum(1 for x in ranks if x == k) for k in range(1, 11)}
-    rank_hist[">10"] = sum(1 for x in ranks if x > 10)
-    out: dict[str, Any] = {
-        "n_tokens": n,
-        "n_responses": len(responses),
-        "n_disagreement": n_dis,
-        "unshifted_frac": frac("unshifted"),
-        "reranked_frac": frac("reranked"),
-        "shifted_frac": frac("shifted"),
-        "class_counts": {c: sum(1 for x in classes if x == c) for c in CLASSES},
-        "topk_containment": {str(k): (sum(1 for i in dis if ranks[i] <= k) / n_dis if n_dis else None)
-                             for k in CONTAINMENT_KS},
-        "mean_rank_at_disagreement": _mean([ranks[i] for i in dis]),
-        "entropy_mean_all": ent_all,
-        "entropy_mean_agreement": _mean([ent[i] for i in agree]),
-        "entropy_mean_disagreement": ent_dis,
-        "entropy_ratio": _div(ent_dis, ent_all),
-        "top_entropy_decile_threshold": thr,
-        "disagreement_in_top_entropy_decile": (
-            sum(1 for i in dis if ent[i] is not None and ent[i] >= thr) / n_dis if n_dis and thr is not None
-            else None),
-        "rl_entropy_mean_all": _mean([r["rl_entropy"] for r in rows]),
-        "kl_mean": _mean([r["kl_base_rl"] for r in rows]),
-        "kl_mean_disagreement": _mean([rows[i]["kl_base_rl"] for i in dis]),
-        "rank_histogram": rank_hist,
-        "entropy_histogram": {
-            "edges": edges,
-            "agreement": _histogram([ent[i] for i in agree if ent[i] is not None], edges),
-            "disagreement": _histogram([ent[i] for i in dis if ent[i] is not None], edges),
-        },
-    }
-    graded = {}
-    for r in rows:
-        if r.get("correct") is not None:
-            graded[(r["prompt_index"], r["sample_id"])] = bool(r["correct"])
-    if split_by_correctness and graded:
-        n_ok = sum(graded.values())
-        out["correctness"] = {"n_graded": len(graded), "n_correct": n_ok, "accuracy": n_ok / len(graded)}
-        out["by_correctness"] = {
-            name: summarize([r for r in rows if r.get("correct") is want], top_k=top_k,
-                            entropy_bins=entropy_bins, split_by_correctness=False)
-            for name, want in (("correct", True), ("incorrect", False))
-        }
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""Scoring for ``forklens diff`` (docs/diff.md): both models on the same responses, the LM heads
+applied chunk by chunk, per-token rank of the RL token under the base, entropies and KL.
+
+:func:`chunk_pair_stats` is pure, on one chunk of logits; :func:`score_pairs` runs both model bodies
+once per batch and applies both LM heads chunk by chunk, so full float32 logits for both models never
+exist at once (peak ~ ``chunk_tokens x vocab x 8`` floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from forklens.errors import ModelLoadError
+from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, verify_head
+
+MIN_LIST_K = 5  # top-k lists always hold at least 5 candidates, so the report can show a top-5
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Scoring: both models, chunked over positions
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairScores:
+    """Teacher-forced statistics of one response under both models, one entry per response token."""
+
+    token_ids: torch.Tensor  # [T] the response tokens
+    rl_token: torch.Tensor  # [T] RL argmax
+    rank_under_base: torch.Tensor  # [T] int64, exact rank of rl_token under the base
+    base_logprob: torch.Tensor  # [T] base log-prob of rl_token
+    rl_logprob: torch.Tensor  # [T] RL log-prob of rl_token
+    base_logprob_token: torch.Tensor  # [T] base log-prob of the response token
+    rl_logprob_token: torch.Tensor  # [T] RL log-prob of the response token
+    base_entropy: torch.Tensor  # [T] nats
+    rl_entropy: torch.Tensor  # [T] nats
+    kl: torch.Tensor  # [T] KL(base || rl), nats
+    base_topk_ids: torch.Tensor  # [T, k]
+    base_topk_logprobs: torch.Tensor  # [T, k]
+    rl_topk_ids: torch.Tensor  # [T, k]
+    rl_topk_logprobs: torch.Tensor  # [T, k]
+
+
+_STAT_KEYS = ("rl_token", "rank_under_base", "base_logprob", "rl_logprob", "base_logprob_token",
+              "rl_logprob_token", "base_entropy", "rl_entropy", "kl", "base_topk_ids",
+              "base_topk_logprobs", "rl_topk_ids", "rl_topk_logprobs")
+
+
+def _plogp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    return torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
+
+
+@torch.no_grad()
+def chunk_pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets: torch.Tensor,
+                     list_k: int) -> dict[str, torch.Tensor]:
+    """Per-position statistics from one chunk of float32 logits ``[c, V]`` of both models.
+
+    ``targets`` [c] are the response tokens (teacher-forced). Pure: no model, no I/O.
+    """
+    base_logits = base_logits.float()
+    rl_logits = rl_logits.float().to(base_logits.device)
+    targets = targets.to(base_logits.device)
+    rl_token = rl_logits.argmax(-1)  # first (lowest id) maximum on ties
+    ref = base_logits.gather(-1, rl_token[:, None])
+    rank = 1 + (base_logits > ref).sum(-1)
+    logp_b = torch.log_softmax(base_logits, dim=-1)
+    logp_r = torch.log_softmax(rl_logits, dim=-1)
+    p_b = logp_b.exp()
+    base_entropy = -_plogp(p_b, logp_b).sum(-1)
+    kl = _plogp(p_b, logp_b - logp_r).sum(-1)
+    del p_b
+    rl_entropy = -_plogp(logp_r.exp(), logp_r).sum(-1)
+    k = min(list_k, base_logits.shape[-1])
+    bv, bi = logp_b.topk(k, dim=-1)
+    rv, ri = logp_r.topk(k, dim=-1)
+    return {
+        "rl_token": rl_token,
+        "rank_under_base": rank,
+        "base_logprob": logp_b.gather(-1, rl_token[:, None]).squeeze(-1),
+        "rl_logprob": logp_r.gather(-1, rl_token[:, None]).squeeze(-1),
+        "base_logprob_token": logp_b.gather(-1, targets[:, None]).squeeze(-1),
+        "rl_logprob_token": logp_r.gather(-1, targets[:, None]).squeeze(-1),
+        "base_entropy": base_entropy,
+        "rl_entropy": rl_entropy,
+        "kl": kl,
+        "base_topk_ids": bi,
+        "base_topk_logprobs": bv,
+        "rl_topk_ids": ri,
+        "rl_topk_logprobs": rv,
+    }
+
+
+def head_vocab(model) -> int:
+    return int(body_and_head(model)[2].weight.shape[0])
+
+
+def default_chunk_bytes(device) -> int:
+    """LM-head chunk budget: 256 MiB on CPU (bounded host memory), 1 GiB on a GPU, where the per-token
+    statistics over the vocabulary are launch-bound in small chunks (1 GiB scored 1.4x faster than
+    256 MiB on an H100 with a 152k vocabulary: benchmarks/scaling.py, docs/results.md)."""
+    return (2**30) if torch.device(device).type == "cuda" else 256 * 2**20
+
+
+def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
+    """Positions per chunk so that ~8 float32 [chunk x vocab] temporaries fit ``max_chunk_bytes``."""
+    return max(1, max_chunk_bytes // (vocab * 4 * 8))
+
+
+@torch.no_grad()
+def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *,
+                list_k: int = MIN_LIST_K, batch_tokens: int = 8192, chunk_tokens: int | None = None,
+                max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None
+                ) -> list[PairScores]:
+    """Teacher-force each prompt+response through both :class:`~forklens.policy.Policy` objects.
+
+    Sequences are sorted by length and batched up to ``batch_tokens`` padded tokens (right padding).
+    Each model body runs once per batch; the response positions' hidden states then go through both
+    LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError("prompt_ids and response_ids must have the same length")
+    vocab = head_vocab(base.model)
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
+    results: list[PairScores | None] = [None] * len(prompt_ids)
+    models = (base, rl)
+    training = [p.model.training for p in models]
+    for p in models:
+        p.model.eval()
+    checked = False
+    try:
+        for pb in pack_for_scoring(prompt_ids, response_ids, base.pad_id, batch_tokens):
+            batch, ids, attn, sel, targets = pb.rows, pb.input_ids, pb.attention_mask, pb.predicts_response, pb.targets
+            hidden = []
+            for pol in models:
+                dev = pol.device
+                if not checked:
+                    try:
+                        verify_head(pol.model, ids.to(dev), attn.to(dev))
+                    except ValueError as exc:
+                        raise ModelLoadError(f"{pol.path or 'model'}: {exc}") from None
+                h = hidden_states(pol.model, ids.to(dev), attn.to(dev))
+                hidden.append(h[sel.to(dev)])
+                del h
+            checked = True
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in _STAT_KEYS}
+            n = hidden[0].shape[0]
+            for s in range(0, n, chunk_tokens):
+                lb = head_logits(base.model, hidden[0][s:s + chunk_tokens])
+                lr = head_logits(rl.model, hidden[1][s:s + chunk_tokens])
+                stats = chunk_pair_stats(lb, lr, targets[s:s + chunk_tokens], list_k)
+                del lb, lr
+                for k, v in stats.items():
+                    parts[k].append(v.cpu())
+            del hidden
+            cat = {k: torch.cat(v) for k, v in parts.items()}
+            offset = 0
+            for j in batch:
+                t = len(response_ids[j])
+                cut = slice(offset, offset + t)
+                results[j] = PairScores(token_ids=torch.tensor(list(response_ids[j]), dtype=torch.long),
+                                        **{k: v[cut] for k, v in cat.items()})
+                offset += t
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        for p, was in zip(models, training):
+            p.model.train(was)
+    return results  # type: ignore[return-value]

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping
 
+import numpy as np
+
 from forklens.errors import DataError
 
 __all__ = [
@@ -101,14 +103,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _is_bool_like(value: Any) -> bool:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.bool_):
-            return True
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    return isinstance(value, bool)
+    return isinstance(value, (bool, np.bool_))
 
 
 def _normalise_record(record: Any, where: str) -> tuple[str, int, ProblemId, bool]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from rich.table import Table
+from transformers.utils import logging as hf_logging
 
 from forklens.config import describe, load_config, to_dict
 from forklens.errors import ConfigError
@@ -62,12 +63,7 @@ def handle_config_flags(cls, cfg, args) -> bool:
 def quiet_third_party() -> None:
     """Keep the terminal for forklens' own progress: silence transformers' bars and advisory warnings."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*past_key_values.*")

@@ -1,0 +1,37 @@
+"""One CLI table dispatches the experiments; every --quick is a packaged YAML; experiments hold no CLI code."""
+
+import importlib
+
+import pytest
+
+from forklens.cli import main
+from forklens.commands.experiment import EXPERIMENTS
+from forklens.config import load_config, packaged_config
+
+
+def test_experiment_modules_register_no_cli():
+    for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "demo"):
+        m = importlib.import_module(f"forklens.experiments.{mod}")
+        assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
+
+
+def test_quick_recipes_are_yaml_with_the_quick_settings():
+    quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
+    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers"}
+    b = quick["boundary"]
+    assert (b.arith_rl.train.max_steps, b.agent_rl.train.max_steps, b.passk.n, b.passk.T) == (20, 30, 16, [0, 1, 3, 5])
+    lv = quick["levers"]
+    assert (lv.seeds, lv.arith_rl.train.max_steps, lv.agent_rl.sampling.prompts_per_step, lv.levers.explore.task_steps,
+            lv.eval_agent_problems) == (1, 4, 4, 1, 16)
+    rw = quick["rewards"]
+    assert (rw.seeds, rw.rl.train.max_steps, rw.rl.sampling.group_size, rw.confidence_m, rw.eval_samples) == (1, 3, 4, 2, 2)
+    for name, e in EXPERIMENTS.items():  # the quick recipe differs from the full one
+        if e.quick:
+            assert quick[name] != (load_config(e.config, packaged_config(e.recipe)) if e.recipe else e.config())
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_prints_its_config(name, capsys):
+    args = ["experiment", name, "--print-config"] + (["--quick"] if EXPERIMENTS[name].quick else [])
+    assert main(args) == 0
+    assert "seed" in capsys.readouterr().out

@@ -170,6 +170,17 @@ def plot_grid(table, stem: Path, title: str, Ts: Sequence[int] | None = None) ->
 # ------------------------------------------------------------------------------------ stages
 
 
+def model_samples(cfg: BoundaryConfig, task, models: dict[str, Path], limit: int, Ts: Sequence[int]) -> list[dict]:
+    """The grid's graded samples of every model on the first ``limit`` test problems (0 = all), per cap in ``Ts``."""
+    g = cfg.passk
+    problems = task.problems("test")[: limit or None]
+    records: list[dict] = []
+    for name, path in models.items():
+        records += generate_samples(Policy.load(path), task, problems, name, Ts, g.n, g.temperature, g.top_p, cfg.seed,
+                                    max_new_tokens=g.max_new_tokens, turn_tokens=g.turn_tokens)
+    return records
+
+
 def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     org = replace(cfg.arith, seed=cfg.seed)
     task = get_task(org.task, org.arith)
@@ -185,14 +196,7 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     shutil.move(rl_info["model_dir"], rl_dir)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     console.rule("[bold]arith: pass@k samples")
-    g = cfg.passk
-    problems = task.problems("test")
-    if g.arith_problems:
-        problems = problems[: g.arith_problems]
-    records = []
-    for name, path in (("base", out / "base"), ("rl", rl_dir)):
-        records += generate_samples(Policy.load(path), task, problems, name, (0,), g.n, g.temperature, g.top_p,
-                                    cfg.seed, max_new_tokens=g.max_new_tokens)
+    records = model_samples(cfg, task, {"base": out / "base", "rl": rl_dir}, cfg.passk.arith_problems, (0,))
     return {"records": records, "train": {
         "base": {"cache_hit": base_info["cache_hit"], "pretrain_steps": base_info["steps"]},
         "rl": {"steps": rl_info["steps"], "flops": rl_info["flops"], "wall_s": rl_info["wall_s"],
@@ -240,14 +244,8 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
         trained[name]["final"] = {k: v for k, v in info["last"].items()
                                   if k in ("loss", "reward_mean", "tool_calls_mean", "forced_frac")}
     console.rule("[bold]agent: PASS@(k, T) episodes")
-    g = cfg.passk
-    problems = task.problems("test")
-    if g.agent_problems:
-        problems = problems[: g.agent_problems]
-    records = []
-    for name in ("base", "rl", "sft"):
-        records += generate_samples(Policy.load(out / name), task, problems, name, g.T, g.n, g.temperature, g.top_p,
-                                    cfg.seed, turn_tokens=g.turn_tokens)
+    records = model_samples(cfg, task, {name: out / name for name in ("base", "rl", "sft")}, cfg.passk.agent_problems,
+                            cfg.passk.T)
     return {"records": records, "train": {"base": {"cache_hit": base_info["cache_hit"],
                                                    "pretrain_steps": base_info["steps"]}, **trained},
             "wall_s": time.perf_counter() - t0}

@@ -23,7 +23,7 @@ def env_targets(batch: Rollouts) -> torch.Tensor:
     env = batch.tags.get("env_mask")
     if env is None:
         raise ValueError("env_loss_coef > 0 needs observation tokens in the batch (tags['env_mask']); "
-                         "only multi-turn episode sources write them")
+                         "only the rollouts of a task with tools (e.g. --task agent) have them")
     env = env.clone()
     env[:, 0] = 0  # nothing predicts position 0 (it is a prompt token anyway)
     return env

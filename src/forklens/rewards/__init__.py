@@ -4,7 +4,7 @@ A reward function is ``fn(prompts, completions, **columns) -> list[float | None]
 completion, ``None`` where the reward does not apply (TRL's convention, so any forklens reward plugs
 into TRL's ``GRPOTrainer`` and any TRL reward into forklens). ``columns`` carries the dataset
 columns; forklens passes ``problem`` (the :class:`~forklens.tasks.base.Problem`), ``answer`` and
-``id``, and the episode sources add ``episode`` (the sampled multi-turn episode).
+``id``, and for a multi-turn task ``episode`` (the sampled episode).
 
 :func:`compose_rewards` sums the weighted components (``None`` and NaN count as 0 in the sum, as in
 TRL) and keeps each component so it can be logged separately (``reward/NAME``).

@@ -216,7 +216,7 @@ def stage_and_replay_info(source, step: int, chosen: list[Problem], components: 
 
 
 class StepProblems:
-    """What both GRPO sources share: the step's problems (deterministic in seed and step, whole groups
+    """The step's problems of a GRPO source (deterministic in seed and step, whole groups
     per rank, queued replay problems first) and the replay queue's checkpoint state. Subclasses set
     ``problems``, ``config`` (``prompts_per_step``), ``seed``, ``replay`` and ``RNG_KEY``."""
 

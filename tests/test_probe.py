@@ -85,3 +85,13 @@ def test_probe_cli_bad_input_exits_2(tiny_dir, tmp_path, capsys):
     assert "line 1" in capsys.readouterr().err
     assert main(["probe", "confidence", "--model", str(tiny_dir), "--task", "arith", "--m", "0"]) == 2
     assert main(["probe", "confidence", "--model", str(tiny_dir), "--task", "nosuch"]) == 2
+
+
+def test_probe_cli_data_without_responses_samples_plain_completions(tiny_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    out = tmp_path / "o"
+    assert main(["probe", "confidence", "--model", str(tiny_dir), "--data", str(data), "--marker", "A=",
+                 "--m", "1", "--max-new-tokens", "6", "--out", str(out)]) == 0
+    recs = json.loads((out / "probe.json").read_text())["records"]
+    assert len(recs) == 1 and isinstance(recs[0]["response"], str)

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from forklens.tasks.base import Sampling
+from forklens.tasks.base import BaseTask, Sampling
 from forklens.rewards.confidence import (POSITIONS, PROGRESSIVE_RHO, MarkerForcing, confidence_trajectories,
                                          premature_penalty, spearman)
 
@@ -20,9 +20,10 @@ from forklens.rewards.confidence import (POSITIONS, PROGRESSIVE_RHO, MarkerForci
 def sample_chains(policy, task, problems: Sequence, temperature: float = 1.0, seed: int = 0,
                   max_new_tokens: int = 48, T: int = 5, turn_tokens: int = 12) -> list[str]:
     """One response per problem from the task's own rollout: an episode with at most ``T`` tool calls
-    for a task with tools, else a completion of at most ``max_new_tokens`` tokens."""
+    for a task with tools, else a completion of at most ``max_new_tokens`` tokens (also for ``task=None``,
+    problems read from a data file)."""
     sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, T=T, turn_tokens=turn_tokens)
-    return list(task.rollout(policy, problems, 1, sampling, seed=seed).texts)
+    return list((task if task is not None else BaseTask()).rollout(policy, problems, 1, sampling, seed=seed).texts)
 
 
 def probe_records(policy, forcing: MarkerForcing, problems: Sequence, responses: Sequence[str], correct: Sequence[bool],

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags,
+                                       quiet_third_party, resolve_config)
+from forklens.runfolder import check_out_file
 
 
 def register(sub) -> None:
@@ -14,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--task", default="arith", help="Built-in task (default: arith).")
     p.add_argument("--out", default=None, help="Write the evaluation JSON here (a file path).")
     add_config_args(p)
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -27,6 +30,8 @@ def run(args) -> int:
     if handle_config_flags(EvalConfig, cfg, args):
         return 0
     task = get_task(args.task)
+    if args.out:
+        check_out_file(args.out, overwrite=args.overwrite)
     result = evaluate(Policy.load(args.model), task, cfg)
     console.print(f"{args.model}: accuracy {100 * result['accuracy']:.1f}% on {result['n_problems']} "
                   f"{result['split']} problems (n={result['n_per_problem']}, temperature {result['temperature']})")

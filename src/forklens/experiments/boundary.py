@@ -37,6 +37,7 @@ from forklens.tasks.agent import AgentOrganismConfig
 from forklens.tasks.organism import OrganismConfig
 from forklens.train.episode_source import EpisodeSamplingConfig
 from forklens.train.loop import TrainConfig
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -245,12 +246,12 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     base_info = build_base_organism(org, out / "base", use_cache=True, progress=progress)
     console.rule("[bold]arith: GRPO")
     work = out / "rl_train"
-    shutil.rmtree(work, ignore_errors=True)
+    owned_rmtree(work)
     rl_info = run_grpo(out / "base", task, cfg.arith_rl, work, seed=cfg.seed, progress=progress)
     rl_dir = out / "rl"
-    shutil.rmtree(rl_dir, ignore_errors=True)
+    owned_rmtree(rl_dir)
     shutil.move(rl_info["model_dir"], rl_dir)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    owned_rmtree(work / "checkpoints")
     console.rule("[bold]arith: pass@k samples")
     g = cfg.passk
     problems = task.problems("test")
@@ -316,11 +317,11 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
         if name == "sft":
             console.rule("[bold]agent: SFT on gold trajectories (matched questions)")
         work = out / f"{name}_train"
-        shutil.rmtree(work, ignore_errors=True)
+        owned_rmtree(work)
         info = fn(out / "base", task, c, work, cfg.seed, progress)
-        shutil.rmtree(out / name, ignore_errors=True)
+        owned_rmtree(out / name)
         shutil.move(info["model_dir"], out / name)
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        owned_rmtree(work / "checkpoints")
         trained[name] = {k: info[k] for k in ("steps", "flops", "wall_s")}
         trained[name]["metrics"] = str(work / "metrics.jsonl")
         if name == "rl":
@@ -345,7 +346,7 @@ def run_boundary(cfg: BoundaryConfig, out: str | Path, progress: bool = True) ->
     from forklens.analysis.diversity import diversity_table, strategy_overlap
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-boundary")
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"paper": "arXiv 2604.14877 (PASS@(k,T)); see docs/boundary.md", "seed": cfg.seed,
                                "config": asdict(cfg)}
@@ -452,23 +453,25 @@ def markdown_report(summary: dict) -> str:
 
 
 def register_cli(sub) -> None:
-    from forklens.commands._common import add_config_args
+    from forklens.commands._common import add_config_args, add_overwrite_arg
 
     p = sub.add_parser("boundary", help="PASS@(k,T): does RL expand the capability boundary? (arith vs agent)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/boundary", help="Output directory.")
     p.add_argument("--quick", action="store_true", help="Smaller organisms and grid (a few minutes).")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
+    from forklens.commands._common import experiment_config, handle_config_flags, prepare_out, quiet_third_party
 
     quiet_third_party()
     cfg = experiment_config(BoundaryConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(BoundaryConfig, cfg, args):
         return 0
+    prepare_out(args, "experiment-boundary")
     summary = run_boundary(cfg, args.out)
     print(markdown_report(summary))
     console.print(f"wrote {args.out}/summary.json, {args.out}/report.md and the figures")

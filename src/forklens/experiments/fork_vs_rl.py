@@ -43,6 +43,7 @@ from forklens.experiments.demo import RLConfig
 from forklens.tasks.organism import OrganismConfig
 from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings
 from forklens.train.loop import TrainConfig
+from forklens.runfolder import claim_folder
 
 console = Console(stderr=True)
 
@@ -189,7 +190,7 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
     from forklens.train.fork_source import run_fork_contrast
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-fork-vs-rl")
     t_start = time.perf_counter()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
@@ -280,7 +281,7 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
 # --- CLI ------------------------------------------------------------------------------------------
 
 def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
+    from forklens.commands._common import add_config_args, add_overwrite_arg
 
     p = esub.add_parser("fork-vs-rl", help="GRPO vs RL-free fork-contrast (+ ablations, intervention) on the organism.",
                         description="From one cached base organism: GRPO (the demo's recipe) vs fork-contrast and "
@@ -292,12 +293,14 @@ def register_cli(esub) -> None:
     p.add_argument("--quick", action="store_true", help="smaller organism, fewer GRPO steps, one seed by default")
     p.add_argument("--no-cache", action="store_true", help="pretrain the base organism even if it is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, packaged_config, quiet_third_party
+    from forklens.commands._common import (experiment_config, handle_config_flags, packaged_config, prepare_out,
+                                           quiet_third_party)
     from forklens.config import load_config
 
     quiet_third_party()
@@ -305,6 +308,7 @@ def _run_cli(args) -> int:
     cfg = experiment_config(ForkVsRLConfig, args, recipe)
     if handle_config_flags(ForkVsRLConfig, cfg, args):
         return 0
+    prepare_out(args, "experiment-fork-vs-rl")
     s = run_fork_vs_rl(cfg, args.out, use_cache=not args.no_cache, progress=not args.no_progress)
     print_summary(s, args.out)
     return 0

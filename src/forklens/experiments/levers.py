@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from forklens.experiments.demo import RLConfig
 from forklens.tasks.agent import AgentOrganismConfig, AgentTask
 from forklens.tasks.organism import OrganismConfig
 from forklens.train.exploration import ExplorationConfig
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -136,11 +136,11 @@ def eval_arith(policy, task, limit: int, max_new_tokens: int) -> dict[str, float
 def _train(policy, objective: str, loss_cfg, source, train_cfg, work: Path, seed: int, progress: bool) -> dict:
     from forklens.train.loop import Trainer, read_metrics
 
-    shutil.rmtree(work, ignore_errors=True)
+    owned_rmtree(work)
     trainer = Trainer(policy, objective, loss_cfg, source, replace(train_cfg, seed=seed, save_every=0), work,
                       name=str(work.name), progress=progress)
     trainer.train()
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    owned_rmtree(work / "checkpoints")
     metrics = read_metrics(work / "metrics.jsonl")
     return {"flops": trainer.flops, "wall_s": trainer.wall_s, "metrics": metrics}
 
@@ -295,7 +295,7 @@ def run_levers(cfg: LeversConfig, out: str | Path, use_cache: bool = True, progr
     from forklens.tasks.organism import build_base_organism
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-levers")
     t0 = time.perf_counter()
     per_seed: dict[str, list[dict]] = {}
     summary: dict[str, Any] = {"config": asdict(cfg), "seeds": list(range(cfg.seeds))}
@@ -339,7 +339,7 @@ def run_levers(cfg: LeversConfig, out: str | Path, use_cache: bool = True, progr
 
 
 def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
+    from forklens.commands._common import add_config_args, add_overwrite_arg
 
     p = esub.add_parser("levers", help="Plain GRPO vs each training-loop lever (SNR filter, top-entropy tokens, ECHO, "
                         "exploration, staged rewards + replay, SFT curriculum) on the organisms.",
@@ -349,17 +349,19 @@ def register_cli(esub) -> None:
     p.add_argument("--quick", action="store_true", help="4 steps per run, one seed, 16 held-out problems")
     p.add_argument("--no-cache", action="store_true", help="pretrain the base organisms even if cached")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
+    from forklens.commands._common import experiment_config, handle_config_flags, prepare_out, quiet_third_party
 
     quiet_third_party()
     cfg = experiment_config(LeversConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(LeversConfig, cfg, args):
         return 0
+    prepare_out(args, "experiment-levers")
     summary = run_levers(cfg, args.out, use_cache=not args.no_cache, progress=args.progress)
     print(markdown_table(summary))
     console.print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'report.md'}")

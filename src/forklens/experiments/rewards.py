@@ -40,6 +40,7 @@ from rich.console import Console
 from forklens.config import field
 from forklens.experiments.boundary import AgentRLConfig
 from forklens.tasks.agent import AgentOrganismConfig
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -163,7 +164,7 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
     if cfg.seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {cfg.seeds}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-rewards")
     t0 = time.perf_counter()
     org = replace(cfg.agent, seed=0)  # one base for every seed and run
     task = get_task("agent", org.agent)
@@ -198,15 +199,15 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
         for r in cfg.runs:
             console.rule(f"[bold]seed {s}: {r}")
             work = out / "train" / f"{r}-seed{s}"
-            shutil.rmtree(work, ignore_errors=True)
+            owned_rmtree(work)
             row = run_one(r, out / "base", task, cfg, s, work, progress)
             if s == seeds[0]:
                 dst = out / "models" / r
-                shutil.rmtree(dst, ignore_errors=True)
+                owned_rmtree(dst)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(work / "model"), dst)
-            shutil.rmtree(work / "model", ignore_errors=True)
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            owned_rmtree(work / "model")
+            owned_rmtree(work / "checkpoints")
             per[r].append(row)
             write()
     return summary
@@ -226,24 +227,26 @@ def markdown_table(summary: dict) -> str:
 
 
 def register_cli(esub) -> None:
-    from forklens.commands._common import add_config_args
+    from forklens.commands._common import add_config_args, add_overwrite_arg
 
     p = esub.add_parser("rewards", help="GRPO with outcome vs process rewards (MaR, confidence, milestones) on "
                         "the agent organism, over seeds.", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     p.add_argument("--out", default="runs/rewards", help="Output directory.")
     p.add_argument("--quick", action="store_true", help="A tiny plumbing run (seconds to a minute).")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
+    from forklens.commands._common import experiment_config, handle_config_flags, prepare_out, quiet_third_party
 
     quiet_third_party()
     cfg = experiment_config(RewardsExperimentConfig, args, quick_config() if args.quick else None)
     if handle_config_flags(RewardsExperimentConfig, cfg, args):
         return 0
+    prepare_out(args, "experiment-rewards")
     summary = run_rewards(cfg, args.out)
     print(markdown_table(summary))
     console.print(f"wrote {args.out}/summary.json and {args.out}/report.md")

@@ -18,7 +18,6 @@ accuracies show what each bug costs SFT before RL.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from forklens.experiments.demo import RLConfig
 from forklens.objectives.mixed_policy import MixedPolicyLossConfig
 from forklens.tasks.organism import OrganismConfig, build_base_organism
 from forklens.train.loop import TrainConfig
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -119,7 +119,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
     from forklens.tasks import get_task
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-sft-then-rl")
     methods = methods or METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -165,7 +165,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
             wall = rl["wall_s"] + (sft["wall_s"] if sft else 0.0)
             runs[name].append({"seed": seed, "accuracy": acc, "flops": flops, "wall_s": wall,
                                "rl_steps": steps})
-            shutil.rmtree(rl_dir / "checkpoints", ignore_errors=True)
+            owned_rmtree(rl_dir / "checkpoints")
 
     def agg(xs: list[float]) -> tuple[float, float]:
         return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -200,24 +200,26 @@ def markdown_table(summary: dict) -> str:
 
 
 def register_cli(sub) -> None:
-    from forklens.commands._common import add_config_args
+    from forklens.commands._common import add_config_args, add_overwrite_arg
 
     p = sub.add_parser("sft-then-rl", help="Corrected SFT-then-RL vs buggy SFT, LUFFY- and ReLIFT-style methods.",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/sft-then-rl", help="Output directory.")
     p.add_argument("--seeds", type=int, default=None, help="Seeds per method (overrides the config).")
     p.add_argument("--methods", default=None, help=f"Comma-separated subset of: {', '.join(METHODS)}.")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    from forklens.commands._common import experiment_config, handle_config_flags, quiet_third_party
+    from forklens.commands._common import experiment_config, handle_config_flags, prepare_out, quiet_third_party
 
     quiet_third_party()
     cfg = experiment_config(SFTThenRLConfig, args)
     if handle_config_flags(SFTThenRLConfig, cfg, args):
         return 0
+    prepare_out(args, "experiment-sft-then-rl")
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     summary = run_sft_then_rl(cfg, args.out, methods)
     print(markdown_table(summary))

@@ -177,13 +177,9 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete-looking checkpoint (the pointer's target, else the highest step directory
-    with a ``trainer_state.json``). :func:`read_latest_intact` also checks that it can be read."""
-    pointer = root / POINTER
-    if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if (target / "trainer_state.json").is_file():
-            return target
+    """The newest complete-looking checkpoint: the highest step directory with a ``trainer_state.json``
+    (folders appear only by an atomic rename, so the ``latest`` pointer, written after it, may lag behind
+    by one after a crash; it is for people and tools). :func:`read_latest_intact` also reads it whole."""
     done = [p for p in checkpoint_dirs(root) if (p / "trainer_state.json").is_file()]
     return done[0] if done else None
 
@@ -196,7 +192,10 @@ def read_weights(ckpt: Path) -> dict:
         raise FileNotFoundError(f"no *.safetensors weights in checkpoint {ckpt}")
     state = {}
     for f in files:
-        state.update(load_file(str(f)))
+        try:
+            state.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises its own error type for truncated files
+            raise CorruptCheckpoint(f"{f.name}: {type(exc).__name__}: {exc}") from exc
     return state
 
 
@@ -224,8 +223,8 @@ def read_checkpoint(ckpt: Path) -> LoadedCheckpoint:
             raise CorruptCheckpoint(f"{path.name}: expected a number under {key!r}")
     try:
         weights = read_weights(ckpt)
-    except Exception as exc:  # safetensors raises its own error type for truncated files
-        raise CorruptCheckpoint(f"model weights: {type(exc).__name__}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise CorruptCheckpoint(f"model weights missing: {exc}") from exc
     path = ckpt / "trainer_state.pt"
     try:
         blob = torch.load(str(path), weights_only=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from forklens.rollouts import Rollouts
 from forklens.train import fsdp
 from forklens.train.checkpoint import (clear_checkpoints, load_training_state, load_weights, read_latest_intact,
                                        remove_stale_tmp, save_checkpoint)
-from forklens.train.logging import StepLogger, console
+from forklens.train.logging import StepLogger
 
 
 @dataclass
@@ -305,7 +306,7 @@ class Trainer:
 
     def _warn(self, message: str) -> None:
         if self.is_main:
-            console.print(f"[yellow]warning:[/] {self.name}: {message}", markup=True, highlight=False)
+            print(f"warning: {self.name}: {message}", file=sys.stderr, flush=True)  # one unwrapped line
 
     def _cut_metrics(self) -> None:
         """Keep the first ``metric_lines`` lines of metrics.jsonl (those logged up to the restored step)."""

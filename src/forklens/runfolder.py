@@ -169,7 +169,7 @@ def prepare_run_folder(out: str | os.PathLike, kind: str, *, resume: bool = Fals
             return path
         if not overwrite:
             what = "nothing to resume there" if resume else "it holds " + _shown(entries)
-            raise OutputError(f"--out {str(out)!r} is not empty and is not a forklens {kind} run ({what}); choose a new "
+            raise OutputError(f"--out {str(out)!r} is not empty and is not a forklens run of kind {kind} ({what}); choose a new "
                               "or empty folder, or pass --overwrite to write beside these files (they are kept)")
         _refuse_clashes(out, entries)
         write_marker(path, {"kind": kind, "foreign": entries, "written": [], "finished": False})
@@ -177,13 +177,13 @@ def prepare_run_folder(out: str | os.PathLike, kind: str, *, resume: bool = Fals
     ours = [e for e in entries if e not in marker.get("foreign", [])]
     if marker["kind"] != kind:
         if not overwrite:
-            raise OutputError(f"--out {str(out)!r} holds a forklens {marker['kind']} run, not a {kind} run; choose "
+            raise OutputError(f"--out {str(out)!r} holds a forklens run of kind {marker['kind']}, not {kind}; choose "
                               "another folder, or pass --overwrite to replace what that run wrote")
     elif resume:
         return path
     elif ours and not overwrite:
         hint = "--resume to continue it or --overwrite" if resumable else "--overwrite"
-        raise OutputError(f"--out {str(out)!r} already holds a {kind} run ({_shown(ours)}); pass {hint} to replace "
+        raise OutputError(f"--out {str(out)!r} already holds a run of kind {kind} ({_shown(ours)}); pass {hint} to replace "
                           "it, or choose a new folder")
     # --overwrite (or an empty run of this kind): remove what forklens wrote, keep the rest
     written = set(marker.get("written", []))

@@ -134,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         prompts = load_prompts(args.prompts)
+        out = prepare_out(args, "diff")
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
-        out = prepare_out(args, "diff")
         summary = run_diff(
             base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,

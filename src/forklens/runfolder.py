@@ -46,6 +46,14 @@ class OutputError(ForklensError):
     """An output folder that forklens must not write into (or must not delete)."""
 
 
+def _refuse_below_file(path: Path, raw: str, flag: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {raw!r} lies below {str(parent)!r}, which is a file, not a folder")
+            return
+
+
 def check_out_path(out: str | os.PathLike, flag: str = "--out") -> Path:
     """``out`` as a Path, refusing places no run may write into: empty, ``.``/``~``/``/``, the working
     directory or any of its parents, an existing file, or a path below a file."""
@@ -63,11 +71,7 @@ def check_out_path(out: str | os.PathLike, flag: str = "--out") -> Path:
                           f"e.g. {flag} runs/NAME")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {raw!r} is an existing file, not a folder; name a folder for the run")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{flag} {raw!r} lies below {str(parent)!r}, which is a file, not a folder")
-            break
+    _refuse_below_file(path, raw, flag)
     return path
 
 
@@ -80,11 +84,7 @@ def check_out_file(out: str | os.PathLike, overwrite: bool = False, flag: str = 
     path = Path(raw).expanduser()
     if path.is_dir():
         raise OutputError(f"{flag} {raw!r} is a folder; name a file to write, e.g. {flag} {raw.rstrip('/')}/eval.json")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{flag} {raw!r} lies below {str(parent)!r}, which is a file, not a folder")
-            break
+    _refuse_below_file(path, raw, flag)
     if path.exists() and not overwrite:
         raise OutputError(f"{flag} {raw!r} exists; pass --overwrite to replace it, or name a new file")
     return path

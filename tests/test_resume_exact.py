@@ -119,7 +119,6 @@ def _crash_on(monkeypatch, where: str, at_step: int):
     """Make the save of step ``at_step`` raise at ``where``; earlier saves run normally."""
     target = f"step-{at_step:06d}"
     if where == "save_pretrained":
-        real = ckpt_mod.shutil.rmtree  # placeholder to keep the signature below simple
         orig = ckpt_mod.save_checkpoint
 
         def save(root, step, model, *a, **kw):
@@ -137,7 +136,6 @@ def _crash_on(monkeypatch, where: str, at_step: int):
                 finally:
                     del model.save_pretrained
             return orig(root, step, model, *a, **kw)
-        del real
         monkeypatch.setattr("forklens.train.loop.save_checkpoint", save)
     elif where == "trainer_state.pt":
         orig_save = torch.save
@@ -306,3 +304,30 @@ def test_fresh_start_clears_an_old_runs_checkpoints(tmp_path):
     assert [d.name for d in checkpoint_dirs(out / "checkpoints")] == ["step-000004", "step-000002"]
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert read_latest_intact(out / "checkpoints").state["step"] == 4
+
+
+def test_fork_data_file_is_pickle_free_and_atomic(tmp_path, monkeypatch):
+    """fork_data.pt is written as run_fork_contrast writes it and loads with weights_only=True; a
+    crash inside the write leaves the previous file whole."""
+    from dataclasses import fields
+
+    from forklens.rollouts import Rollouts
+    from forklens.train.checkpoint import torch_save_atomic
+
+    batch = Rollouts.from_ids([[1, 2], [3]], [[4, 5, 6], [7]], pad_id=0)
+    batch.tags["decision_mask"] = torch.ones_like(batch.response_mask)
+    blob = {"rollouts": {f.name: getattr(batch, f.name) for f in fields(batch)},
+            "stats": {"gate": "entropy", "tau": 0.5, "problems_kept": 2}, "sampled_tokens": 4.0,
+            "scored_tokens": 9.0, "wall_s": 1.5}
+    path = tmp_path / "fork_data.pt"
+    torch_save_atomic(blob, path)
+    back = torch.load(str(path), weights_only=True)
+    assert torch.equal(Rollouts(**back["rollouts"]).input_ids, batch.input_ids)
+    assert back["stats"] == blob["stats"]
+
+    def crash(*a, **k):
+        raise Crash("replace")
+    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    with pytest.raises(Crash):
+        torch_save_atomic({**blob, "wall_s": 9.0}, path)
+    assert torch.load(str(path), weights_only=True)["wall_s"] == 1.5

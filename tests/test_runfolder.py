@@ -128,3 +128,29 @@ def test_organism_build_keeps_user_files(tmp_path, monkeypatch):
     assert main(["organism", "build", "--out", "runs/victim", "--overwrite"]) == 0  # rebuild over its own
     assert (victim / "thesis.txt").read_text() == "four years"
     assert set(read_marker(victim)["written"]) == {"config.json", "organism.json"}
+
+
+def test_train_sft_cli_marks_resumes_and_overwrites(tmp_path, monkeypatch):
+    from forklens.cli import main
+    from forklens.train.loop import read_metrics
+    from tests.conftest import make_tiny
+
+    monkeypatch.chdir(tmp_path)
+    model, tok = make_tiny("llama")
+    model.save_pretrained("tiny")
+    tok.save_pretrained("tiny")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "response": f"{i + 1};"}) + "\n"
+                                                 for i in range(6)))
+    common = ["train", "sft", "--model", "tiny", "--data", "data.jsonl", "--out", "run", "--set", "batch_size=2",
+              "--set", "train.save_every=1"]
+    assert main(common + ["--set", "train.max_steps=2"]) == 0
+    marker = read_marker(tmp_path / "run")
+    assert marker["kind"] == "train-sft" and marker["finished"] is True
+    assert marker["written"] == ["checkpoints", "metrics.jsonl", "model"]
+    assert main(common + ["--set", "train.max_steps=3", "--resume"]) == 0  # continues: steps 1, 2, 3
+    assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert main(common + ["--set", "train.max_steps=1", "--overwrite"]) == 0  # a new run: no mixing
+    assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step-000001"]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"

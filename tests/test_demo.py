@@ -24,6 +24,6 @@ def test_demo_quick_end_to_end(tmp_path, monkeypatch, capsys):
         assert (out / d / "config.json").is_file() and (out / d / "tokenizer.json").is_file()
     assert s["base"]["cache_hit"] is False
     # the second run reuses the cached base organism
-    assert main(args + ["--set", "rl.train.max_steps=2", "--set", "diff=false"]) == 0
+    assert main(args + ["--overwrite", "--set", "rl.train.max_steps=2", "--set", "diff=false"]) == 0
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["base"]["cache_hit"] is True and s2["base"]["accuracy"] == s["base"]["accuracy"]

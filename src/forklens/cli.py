@@ -15,6 +15,7 @@ import sys
 from forklens import __version__, dist
 from forklens.commands import audit, demo, diff, evaluate, experiment, intervene, organism, passk, probe, train
 from forklens.errors import ForklensError
+from forklens.runfolder import record_prepared
 
 COMMANDS = [demo, organism, train, evaluate, diff, intervene, passk, probe, experiment, audit]
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
+        record_prepared(finished=code == 0)
         if _close_process_group() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _exit_now(code)  # one rank of several: see _exit_now
         return code
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"forklens {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        record_prepared(finished=False)  # what a failed command wrote; a no-op after a recorded success
 
 
 def _close_process_group() -> bool:

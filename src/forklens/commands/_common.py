@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as hf_logging
 
+from forklens import runfolder
 from forklens.config import describe, load_config, to_dict
 from forklens.errors import ConfigError
 
@@ -25,6 +26,27 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                    help="Override one config key (dotted, e.g. rl.train.max_steps=30); repeatable; wins over --config.")
     g.add_argument("--help-config", action="store_true", help="List every config key with its default and help, then exit.")
     g.add_argument("--print-config", action="store_true", help="Print the resolved config as YAML, then exit.")
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace what an earlier forklens run wrote in --out (other files are kept). Without it "
+                        "a non-empty --out that is not a new or resumable run of this command is refused.")
+
+
+def prepare_out(args, kind: str, resumable: bool = False) -> Path:
+    """Check and mark ``args.out`` for a run of ``kind`` (see :mod:`forklens.runfolder`). Under a
+    multi-process launcher only rank 0 does (the others would race it)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return Path(args.out)
+    inputs = []  # every existing path the command was given: never removed by --overwrite
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if name != "out" and isinstance(v, str) and v and "=" not in v and Path(v).exists():
+                inputs.append(v)
+    return runfolder.prepare_out(args.out, kind, resume=bool(getattr(args, "resume", False)),
+                                 overwrite=bool(getattr(args, "overwrite", False)), resumable=resumable,
+                                 inputs=inputs)
 
 
 def resolve_config(cls, args, base_file: Path | None = None, extra: list[str] | None = None):

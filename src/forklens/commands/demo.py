@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out, quiet_third_party, resolve_config)
 from forklens.config import packaged_config
 from forklens.experiments.demo import DemoConfig, run_demo
 
@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="Smaller organism and fewer steps (about 1-2 minutes).")
     p.add_argument("--seed", type=int, default=None, help="Seed (overrides the config's seed).")
     p.add_argument("--no-cache", action="store_true", help="Pretrain the base organism even if it is cached.")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -25,6 +26,7 @@ def run(args) -> int:
     cfg = resolve_config(DemoConfig, args, packaged_config("demo-quick" if args.quick else "demo"), extra)
     if handle_config_flags(DemoConfig, cfg, args):
         return 0
+    prepare_out(args, "demo")
     s = run_demo(cfg, args.out, use_cache=not args.no_cache)
     gain = 100 * (s["rl"]["accuracy"] - s["base"]["accuracy"])
     console.rule("[bold]forklens demo")

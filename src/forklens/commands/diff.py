@@ -10,6 +10,7 @@ from forklens import dist
 from forklens.analysis.diff import run_diff
 from forklens.analysis.prompts import load_prompts
 from forklens.policy import Policy
+from forklens.commands._common import add_overwrite_arg, prepare_out
 
 DEFAULT_OUT = "runs/diff"
 
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="K: ranks 2..K are 'reranked', ranks > K 'shifted' (default 5)")
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -110,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         prompts = load_prompts(args.prompts)
+        out = prepare_out(args, "diff")
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
-        out = Path(args.out)
         summary = run_diff(
             base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from forklens.analysis.evaluate import EvalConfig, evaluate
-from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, quiet_third_party, resolve_config)
 from forklens.policy import Policy
+from forklens.runfolder import check_out_file
 from forklens.tasks import get_task
 
 
@@ -18,6 +19,7 @@ def register(sub) -> None:
                    "tool-use episodes with at most T tool calls).")
     p.add_argument("--out", default=None, help="Write the evaluation JSON here (a file path).")
     add_config_args(p)
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -27,6 +29,8 @@ def run(args) -> int:
     if handle_config_flags(EvalConfig, cfg, args):
         return 0
     task = get_task(args.task)
+    if args.out:
+        check_out_file(args.out, overwrite=args.overwrite)
     result = evaluate(Policy.load(args.model), task, cfg)
     extra = f", {result['tool_calls_mean']:.2f} tool calls per episode" if "tool_calls_mean" in result else ""
     console.print(f"{args.model}: accuracy {100 * result['accuracy']:.1f}% on {result['n_problems']} "

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from forklens.commands._common import (add_config_args, console, experiment_config, handle_config_flags,
-                                       quiet_third_party)
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, experiment_config,
+                                       handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, fork_vs_rl, levers, rewards, sft_then_rl
 
@@ -104,8 +104,9 @@ def register(sub) -> None:
             q.add_argument("--no-progress", action="store_true", help="no progress bars")
         elif e.progress == "off":
             q.add_argument("--progress", action="store_true", help="show progress bars")
+        add_overwrite_arg(q)
         add_config_args(q)
-        q.set_defaults(func=run, experiment_entry=e)
+        q.set_defaults(func=run, experiment_entry=e, experiment_name=name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment_config(e.config, args, base)
     if handle_config_flags(e.config, cfg, args):
         return 0
+    prepare_out(args, f"experiment-{args.experiment_name}")
     e.report(e.run(cfg, args), args)
     return 0
 

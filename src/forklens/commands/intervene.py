@@ -7,7 +7,7 @@ from pathlib import Path
 
 from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM, parse_gate, run_intervention
 from forklens.analysis.prompts import load_prompts
-from forklens.commands._common import console, quiet_third_party
+from forklens.commands._common import (add_overwrite_arg, console, prepare_out, quiet_third_party)
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
 from forklens.tasks import get_task
@@ -53,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
     p.add_argument("--device", default=None, help="device for both models (default: cpu, or cuda when available)")
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -82,6 +83,7 @@ def run(args) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     records, verify, tau = load_records(args)
+    prepare_out(args, "intervene")
     gates = [parse_gate(g, tau) for g in (args.gate or ["oracle", "random", "entropy"])]
     if args.limit:
         records = records[: args.limit]

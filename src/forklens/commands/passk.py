@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from forklens.commands._common import add_overwrite_arg, prepare_out
+
 from forklens.analysis.passk import (
     PassAtKTable,
     boundary_sets,
@@ -104,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_OUT,
         help=f"output folder for summary.json, per_problem.jsonl and pass_at_k.png/.svg (default: {DEFAULT_OUT})",
     )
+    add_overwrite_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -178,6 +181,7 @@ def _generate(args: argparse.Namespace) -> Path:
         problems = problems[: args.limit]
     if not problems:
         raise DataError(f"task {args.task!r} has no problems in split {args.split!r}")
+    prepare_out(args, "passk")
     console = Console(stderr=True)
     records = []
     for name, path in _model_names(args.models):
@@ -272,8 +276,7 @@ def run(args: argparse.Namespace) -> int:
     budget_k = max((k for k in table.ks if k <= min_n), default=max(table.ks))
     sets = boundary_sets(table, budget_k) if len(table.models) > 1 else None
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if getattr(args, "models", None) else prepare_out(args, "passk")
     summary = {
         "samples": str(samples_path),
         "estimator": "unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k), per problem, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from forklens.analysis.confidence import markdown_table, plot_trajectories, probe_records, sample_chains, summarize
 from forklens.analysis.prompts import load_prompts, read_jsonl
-from forklens.commands._common import quiet_third_party
+from forklens.commands._common import (add_overwrite_arg, prepare_out, quiet_third_party)
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
 from forklens.rewards.confidence import MarkerForcing, forcing_for
@@ -48,6 +48,7 @@ def register(sub) -> None:
     c.add_argument("--marker", default="Answer:", help="Forced-answer marker for --data (default 'Answer:').")
     c.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     c.add_argument("--out", default="runs/probe", help="Output directory (default runs/probe).")
+    add_overwrite_arg(c)
     c.set_defaults(func=run_confidence_cli)
 
 
@@ -91,6 +92,7 @@ def run_confidence_cli(args) -> int:
         forcing = MarkerForcing(marker=args.marker)
     if args.n:
         problems, given = problems[: args.n], given[: args.n]
+    prepare_out(args, "probe-confidence")
     policy = Policy.load(args.model)
     missing = [i for i, g in enumerate(given) if g is None]
     if missing:
@@ -107,7 +109,6 @@ def run_confidence_cli(args) -> int:
                             seed=args.seed + 1)
     summary = summarize(records)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"model": str(args.model), "task": args.task, "data": args.data, "m": args.m, "n": len(problems),
             "temperature": args.temperature, "T": args.T, "seed": args.seed}
     (out / "probe.json").write_text(json.dumps({"config": meta, "summary": summary, "records": records}, indent=2))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from forklens.analysis.prompts import read_jsonl
 from forklens.commands import train_fork_contrast
-from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out, quiet_third_party, resolve_config)
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.policy import Policy
@@ -36,6 +36,7 @@ def register(sub) -> None:
                    "tool-use episodes, sampling.T and sampling.turn_tokens apply).")
     g.add_argument("--out", default="runs/grpo", help="Run directory (checkpoints, metrics.jsonl, model/).")
     g.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
+    add_overwrite_arg(g)
     g.add_argument("--backend", choices=["torch", "vllm"], default=None,
                    help="Rollout sampler (same as --set sampling.backend=...; default torch, the built-in one).")
     add_config_args(g)
@@ -45,6 +46,7 @@ def register(sub) -> None:
     s.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"response\": ...} per line.")
     s.add_argument("--out", default="runs/sft", help="Run directory.")
     s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
+    add_overwrite_arg(s)
     add_config_args(s)
     s.set_defaults(func=run_sft)
     train_fork_contrast.register(tsub)
@@ -57,7 +59,9 @@ def run_grpo(args) -> int:
         cfg.sampling.backend = args.backend
     if handle_config_flags(RLConfig, cfg, args):
         return 0
-    info = grpo(Path(args.model), get_task(args.task), cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume)
+    task = get_task(args.task)
+    prepare_out(args, "train-grpo", resumable=True)
+    info = grpo(Path(args.model), task, cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume)
     console.print(f"GRPO: {info['steps']} steps, {info['flops']:.3g} FLOPs, {info['wall_s']:.0f} s; "
                   f"model saved to {info['model_dir']}; metrics in {args.out}/metrics.jsonl")
     return 0
@@ -79,6 +83,7 @@ def run_sft(args) -> int:
     if handle_config_flags(SFTRunConfig, cfg, args):
         return 0
     pairs = read_sft_jsonl(args.data)
+    prepare_out(args, "train-sft", resumable=True)
     policy = Policy.load(args.model)
     source = SFTSource(pairs, cfg.batch_size, cfg.train.seed, order=cfg.order, policy=policy)
     res = train(policy, "sft", None, source, cfg.train, args.out, name="SFT", resume=args.resume,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from forklens.analysis.evaluate import evaluate
 from forklens.analysis.prompts import load_prompts
-from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out,
+                                       quiet_third_party, resolve_config)
 from forklens.config import packaged_config
 from forklens.errors import DataError
 from forklens.policy import Policy
@@ -43,6 +44,7 @@ def register(tsub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out "
                    "(full fine-tuning only; reuses the saved rollouts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_arg(p)
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -71,7 +73,7 @@ def run(args) -> int:
     else:
         problems = load_problems(args.data)
         verify = lambda p, text: 1.0 if is_correct(p.answer, text) else 0.0  # noqa: E731
-    out = Path(args.out)
+    out = prepare_out(args, "train-fork-contrast", resumable=True)
     info = run_fork_contrast(Path(args.base), problems, verify, cfg, out, seed=cfg.train.seed, resume=args.resume,
                              progress=not args.no_progress, log=lambda m: console.print(m, highlight=False))
     summary = {k: info[k] for k in ("steps", "flops", "wall_s", "prepare_wall_s", "train_wall_s", "data",

@@ -41,6 +41,7 @@ from forklens.train.episode_source import EpisodeSFTSource
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, run_grpo, train
 from forklens.train.sources import SamplingConfig
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -189,12 +190,12 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     base_info = build_base_organism(org, out / "base", use_cache=True, progress=progress)
     console.rule("[bold]arith: GRPO")
     work = out / "rl_train"
-    shutil.rmtree(work, ignore_errors=True)
+    owned_rmtree(work)
     rl_info = run_grpo(out / "base", task, cfg.arith_rl, work, seed=cfg.seed, progress=progress)
     rl_dir = out / "rl"
-    shutil.rmtree(rl_dir, ignore_errors=True)
+    owned_rmtree(rl_dir)
     shutil.move(rl_info["model_dir"], rl_dir)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    owned_rmtree(work / "checkpoints")
     console.rule("[bold]arith: pass@k samples")
     records = model_samples(cfg, task, {"base": out / "base", "rl": rl_dir}, cfg.passk.arith_problems, (0,))
     return {"records": records, "train": {
@@ -232,11 +233,11 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
         if name == "sft":
             console.rule("[bold]agent: SFT on gold trajectories (matched questions)")
         work = out / f"{name}_train"
-        shutil.rmtree(work, ignore_errors=True)
+        owned_rmtree(work)
         info = fn(out / "base", task, c, work, cfg.seed, progress)
-        shutil.rmtree(out / name, ignore_errors=True)
+        owned_rmtree(out / name)
         shutil.move(info["model_dir"], out / name)
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        owned_rmtree(work / "checkpoints")
         trained[name] = {k: info[k] for k in ("steps", "flops", "wall_s")}
         trained[name]["metrics"] = str(work / "metrics.jsonl")
         if name == "rl":
@@ -253,7 +254,7 @@ def run_agent(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
 
 def run_boundary(cfg: BoundaryConfig, out: str | Path, progress: bool = True) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-boundary")
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"paper": "arXiv 2604.14877 (PASS@(k,T)); see docs/boundary.md", "seed": cfg.seed,
                                "config": asdict(cfg)}

@@ -17,6 +17,7 @@ from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.train.run import RLConfig, run_grpo
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -32,8 +33,7 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out, "demo")
     t_start = time.perf_counter()
     org = replace(cfg.organism, seed=cfg.seed)
     task = get_task(org.task, org.arith)
@@ -45,12 +45,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress:
 
     console.rule("[bold]2/4 GRPO")
     rl_work = out / "rl_train"
-    if rl_work.exists():
-        shutil.rmtree(rl_work)
+    owned_rmtree(rl_work)
     rl_info = run_grpo(out / "base", task, cfg.rl, rl_work, seed=cfg.seed, progress=progress)
     rl_dir = out / "rl"
-    if rl_dir.exists():
-        shutil.rmtree(rl_dir)
+    owned_rmtree(rl_dir)
     shutil.move(rl_info["model_dir"], rl_dir)
 
     console.rule("[bold]3/4 held-out evaluation")

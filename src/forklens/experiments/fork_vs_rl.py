@@ -47,6 +47,7 @@ from forklens.tasks import get_task
 from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings, run_fork_contrast
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, run_grpo
+from forklens.runfolder import claim_folder
 
 console = Console(stderr=True)
 
@@ -185,7 +186,7 @@ def plot(methods: dict, base_acc: float, stem: Path) -> list[str]:
 
 def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-fork-vs-rl")
     t_start = time.perf_counter()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:

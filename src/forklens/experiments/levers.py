@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from forklens.train.loop import read_metrics
 from forklens.train.run import RLConfig, grpo_loss, train
 from forklens.train.schedule import ReplayBuffer, RewardSchedule
 from forklens.train.sources import GRPOSource, verifier_reward
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -118,10 +118,10 @@ def eval_arith(policy, task, limit: int, max_new_tokens: int) -> dict[str, float
 
 
 def _train(policy, objective: str, loss_cfg, source, train_cfg, work: Path, seed: int, progress: bool) -> dict:
-    shutil.rmtree(work, ignore_errors=True)
+    owned_rmtree(work)
     res = train(policy, objective, loss_cfg, source, replace(train_cfg, seed=seed, save_every=0), work,
                 name=str(work.name), progress=progress)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    owned_rmtree(work / "checkpoints")
     return {"flops": res.flops, "wall_s": res.wall_s, "metrics": read_metrics(res.metrics_file)}
 
 
@@ -255,7 +255,7 @@ def markdown_table(summary: dict) -> str:
 
 def run_levers(cfg: LeversConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-levers")
     t0 = time.perf_counter()
     per_seed: dict[str, list[dict]] = {}
     summary: dict[str, Any] = {"config": asdict(cfg), "seeds": list(range(cfg.seeds))}

@@ -49,6 +49,7 @@ from forklens.rewards.milestones import milestone_reward
 from forklens.tasks import get_task
 from forklens.train.run import grpo_loss, train
 from forklens.train.sources import GRPOSource, verifier_reward
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -139,7 +140,7 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
     if cfg.seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {cfg.seeds}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-rewards")
     t0 = time.perf_counter()
     org = replace(cfg.agent, seed=0)  # one base for every seed and run
     task = get_task("agent", org.agent)
@@ -174,15 +175,15 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
         for r in cfg.runs:
             console.rule(f"[bold]seed {s}: {r}")
             work = out / "train" / f"{r}-seed{s}"
-            shutil.rmtree(work, ignore_errors=True)
+            owned_rmtree(work)
             row = run_one(r, out / "base", task, cfg, s, work, progress)
             if s == seeds[0]:
                 dst = out / "models" / r
-                shutil.rmtree(dst, ignore_errors=True)
+                owned_rmtree(dst)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(work / "model"), dst)
-            shutil.rmtree(work / "model", ignore_errors=True)
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            owned_rmtree(work / "model")
+            owned_rmtree(work / "checkpoints")
             per[r].append(row)
             write()
     return summary

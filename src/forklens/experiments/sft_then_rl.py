@@ -18,7 +18,6 @@ accuracies show what each bug costs SFT before RL.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, grpo_loss, train
 from forklens.train.sources import GRPOSource, InterleavedSFTSource, SFTSource
+from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
 
@@ -106,7 +106,7 @@ def run_rl(start: Path, out: Path, task, cfg: SFTThenRLConfig, seed: int, steps:
 
 def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | None = None) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "experiment-sft-then-rl")
     methods = methods or METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -150,7 +150,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
             wall = rl["wall_s"] + (sft["wall_s"] if sft else 0.0)
             runs[name].append({"seed": seed, "accuracy": acc, "flops": flops, "wall_s": wall,
                                "rl_steps": steps})
-            shutil.rmtree(rl_dir / "checkpoints", ignore_errors=True)
+            owned_rmtree(rl_dir / "checkpoints")
 
     def agg(xs: list[float]) -> tuple[float, float]:
         return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)

@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from forklens import __version__
 from forklens.config import field
 from forklens.policy import Policy
+from forklens.runfolder import check_out_path, install_folder, owned_rmtree
 from forklens.train.loop import TrainConfig
 from forklens.train.run import train
 
@@ -87,7 +88,7 @@ def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, t
     """The organism recipe shared by every task: a char tokenizer for ``alphabet``, a tiny Llama, SFT
     from scratch with the one trainer on ``source``, saved atomically to ``out_dir`` and cached under
     ``key`` (a cache hit copies the cached model instead)."""
-    out_dir = Path(out_dir)
+    out_dir = check_out_path(out_dir)
     cached = cache_root() / key
     if use_cache and (cached / "organism.json").is_file():
         _copy_model_dir(cached, out_dir)
@@ -97,36 +98,29 @@ def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, t
     tokenizer = build_char_tokenizer(alphabet)
     model = build_tiny_llama(tokenizer, model_cfg, seed=seed)
     work = out_dir.parent / f".{out_dir.name}-pretrain"
-    if work.exists():
-        shutil.rmtree(work)
+    owned_rmtree(work)
     staging = out_dir.parent / f".{out_dir.name}-staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    owned_rmtree(staging)
     res = train(Policy(model, tokenizer), "sft", None, source, train_cfg, work, name=name, progress=progress,
                 model_dir=staging)
     info = {"key": key, "steps": res.steps, "flops": res.flops, "wall_s": res.wall_s,
             "final_loss": res.last.get("loss"), "config": config}
     (staging / "organism.json").write_text(json.dumps(info, indent=2))
     shutil.copy(work / "metrics.jsonl", staging / "pretrain_metrics.jsonl")
-    shutil.rmtree(work, ignore_errors=True)
+    owned_rmtree(work)
     if use_cache:
         _copy_model_dir(staging, cached)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    install_folder(staging, out_dir, "organism")
     return {**info, "cache_hit": False, "cache_dir": str(cached) if use_cache else None}
 
 
 def _copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy atomically: into a sibling temp dir, then rename over ``dst``."""
+    """Copy into a sibling temp dir, then install it as ``dst`` (replacing only what forklens wrote)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    owned_rmtree(tmp)
     shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    install_folder(tmp, dst, "organism")
 
 
 def cache_key(blob: dict) -> str:

@@ -49,6 +49,7 @@ from forklens.objectives.advantages import estimate_advantages
 from forklens.objectives.fork_contrast import ForkContrastLossConfig
 from forklens.rollouts import Rollouts
 from forklens.policy import Policy
+from forklens.train.checkpoint import torch_save_atomic
 from forklens.train.loop import TrainConfig
 from forklens.train.run import train
 
@@ -352,16 +353,20 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     policy = Policy.load(base_dir)
     data_file = out_dir / "fork_data.pt"
     if resume and data_file.is_file():
-        blob = torch.load(str(data_file), weights_only=False)
+        try:
+            blob = torch.load(str(data_file), weights_only=True)
+        except Exception as exc:  # truncated file, or pickled objects that weights_only refuses
+            raise DataError(f"{data_file}: cannot read the saved fork data ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]}); start again without --resume (with --overwrite)") from None
         data = ForkData(rollouts=Rollouts(**blob["rollouts"]), stats=blob["stats"],
                         sampled_tokens=blob["sampled_tokens"], scored_tokens=blob["scored_tokens"],
                         wall_s=blob["wall_s"])
     else:
         data = prepare_fork_data(policy, problems, verify, cfg.data, seed=seed,
                                  progress=(lambda m: log(m)) if log else None)
-        torch.save({"rollouts": {f.name: getattr(data.rollouts, f.name) for f in dc_fields(data.rollouts)},
-                    "stats": data.stats, "sampled_tokens": data.sampled_tokens, "scored_tokens": data.scored_tokens,
-                    "wall_s": data.wall_s}, str(data_file))
+        torch_save_atomic({"rollouts": {f.name: getattr(data.rollouts, f.name) for f in dc_fields(data.rollouts)},
+                           "stats": data.stats, "sampled_tokens": data.sampled_tokens,
+                           "scored_tokens": data.scored_tokens, "wall_s": data.wall_s}, data_file)
     (out_dir / "data.json").write_text(json.dumps({**data.stats, "sampled_tokens": data.sampled_tokens,
                                                    "scored_tokens": data.scored_tokens,
                                                    "prepare_wall_s": data.wall_s}, indent=2))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ from forklens.objectives import Objective, ObjectiveResult, PolicyOutputs, get_o
 from forklens.policy.score import TokenLogProbs
 from forklens.rollouts import Rollouts
 from forklens.train import fsdp
-from forklens.train.checkpoint import (latest_checkpoint, load_training_state, load_weights, read_weights,
-                                       save_checkpoint)
+from forklens.train.checkpoint import (clear_checkpoints, load_training_state, load_weights, read_latest_intact,
+                                       remove_stale_tmp, save_checkpoint)
 from forklens.train.logging import StepLogger
 
 
@@ -253,24 +254,56 @@ class Trainer:
         return self.accelerator is None or self.accelerator.is_main_process
 
     def resume(self) -> bool:
-        ckpt = latest_checkpoint(self.out_dir / "checkpoints")
-        if ckpt is None:
+        """Restore the newest intact checkpoint in ``out_dir/checkpoints`` (weights, optimizer, scheduler,
+        every RNG, the source's state) and cut ``metrics.jsonl`` back to it. A newer unreadable
+        checkpoint is skipped with a warning naming what was wrong; returns False when there is none."""
+        root = self.out_dir / "checkpoints"
+        if self.is_main:
+            remove_stale_tmp(root)
+        loaded = read_latest_intact(root)
+        if loaded is None:
             return False
+        for why in loaded.skipped:
+            self._warn(f"checkpoint {why}; falling back to {loaded.path.name}")
         if self.fsdp:
-            fsdp.load_full_model_state(self.model, read_weights(ckpt))
+            fsdp.load_full_model_state(self.model, loaded.weights)
             load_optimizer = lambda st: fsdp.load_full_optimizer_state(self.model, self.optimizer, st)  # noqa: E731
         else:
-            load_weights(self.policy.model, ckpt)
+            load_weights(self.policy.model, loaded.path, loaded.weights)
             load_optimizer = None
         self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
-        state = load_training_state(ckpt, self.optimizer, self.scheduler, self.source, load_optimizer)
+        state = load_training_state(loaded, self.optimizer, self.scheduler, self.source, load_optimizer)
         self.step, self.flops, self.wall_s = state["step"], state["flops"], state["wall_s"]
         self.metric_lines = state["metric_lines"]
-        log = self.out_dir / "metrics.jsonl"
-        if log.exists() and self.is_main:  # drop lines logged after the checkpoint
-            lines = log.read_text().splitlines(keepends=True)[: self.metric_lines]
-            log.write_text("".join(lines))
+        self._cut_metrics()
         return True
+
+    def _warn(self, message: str) -> None:
+        if self.is_main:
+            print(f"warning: {self.name}: {message}", file=sys.stderr, flush=True)  # one unwrapped line
+
+    def _cut_metrics(self) -> None:
+        """Keep the first ``metric_lines`` lines of metrics.jsonl (those logged up to the restored step)."""
+        log = self.out_dir / "metrics.jsonl"
+        if log.exists() and self.is_main:
+            lines = log.read_text().splitlines(keepends=True)
+            if len(lines) > self.metric_lines:
+                log.write_text("".join(lines[: self.metric_lines]))
+
+    def _start_fresh(self, resume_asked: bool) -> None:
+        """Step 0: seed once (the only seeding of the run; a resume restores the saved RNG states
+        instead), and drop what an earlier run left in ``out_dir`` (its checkpoints and metric lines), so
+        logs and checkpoints never mix. ``--resume`` without any checkpoint starts here too, and says so."""
+        torch.manual_seed(self.config.seed)
+        log = self.out_dir / "metrics.jsonl"
+        if resume_asked and self.is_main:
+            old = len(log.read_text().splitlines()) if log.exists() else 0
+            dropped = f"; the {old} line(s) of metrics.jsonl from the earlier run are dropped" if old else ""
+            self._warn(f"--resume: no checkpoint in {self.out_dir / 'checkpoints'}, starting from step 0{dropped}")
+        if self.is_main:
+            clear_checkpoints(self.out_dir / "checkpoints")
+        self.metric_lines = 0
+        self._cut_metrics()
 
     def save(self) -> Path | None:
         model_state = optimizer_state = None
@@ -303,9 +336,9 @@ class Trainer:
         """Train to ``max_steps`` (or ``stop_after`` steps from now, for tests); returns the last metrics."""
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.resume()
-        torch.manual_seed(cfg.seed + self.step)
+        resumed = resume and self.resume()
+        if not resumed and self.step == 0:  # a Trainer that already ran steps here continues in-process
+            self._start_fresh(resume_asked=resume)
         logger = StepLogger(self.out_dir / "metrics.jsonl", total=cfg.max_steps, start=self.step, name=self.name,
                             enabled=self.is_main, progress=self.progress, tensorboard=cfg.tensorboard,
                             log_every=cfg.log_every)

@@ -10,6 +10,7 @@ from forklens.commands._common import add_config_args, console, handle_config_fl
 from forklens.config import field
 from forklens.errors import DataError
 from forklens.train.loop import TrainConfig
+from forklens.train.sources import SFTOrder
 
 
 EXTRA_TRAIN_COMMANDS = ["train_fork_contrast"]
@@ -19,8 +20,8 @@ EXTRA_TRAIN_COMMANDS = ["train_fork_contrast"]
 class SFTRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4),
                                help="Optimizer and loop settings.")
-    batch_size: int = field(64, help="Examples per optimizer step.")
-    order: str = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
+    batch_size: int = field(64, ge=1, help="Examples per optimizer step.")
+    order: SFTOrder = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
                        "highest initial-model perplexity first, no shuffling) or perplexity (low to high).")
 
 

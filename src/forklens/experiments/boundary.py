@@ -63,19 +63,19 @@ class AgentSFTConfig:
     train: TrainConfig = field(default_factory=_agent_sft_train,
                                help="SFT on the gold trajectories of the training questions (30 steps of 32 = "
                                "about 5 epochs of 200).")
-    batch_size: int = field(32, help="Gold trajectories per SFT step.")
+    batch_size: int = field(32, ge=1, help="Gold trajectories per SFT step.")
 
 
 @dataclass
 class PassKGridConfig:
-    n: int = field(64, help="Fresh samples (episodes) per problem, model and T; k runs over powers of 2 up to n.")
-    T: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5], help="Tool-call caps of the agent grid.")
-    temperature: float = field(1.0, help="Sampling temperature of the pass@k samples.")
-    top_p: float = field(1.0, help="Nucleus threshold of the pass@k samples.")
-    arith_problems: int = field(200, help="Held-out arith problems (0 = the whole test split).")
-    agent_problems: int = field(0, help="Held-out agent questions (0 = the whole test split).")
-    max_new_tokens: int = field(48, help="Completion cap of the arith samples.")
-    turn_tokens: int = field(12, help="Token cap of one agent turn.")
+    n: int = field(64, ge=1, help="Fresh samples (episodes) per problem, model and T; k runs over powers of 2 up to n.")
+    T: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5], ge=0, help="Tool-call caps of the agent grid.")
+    temperature: float = field(1.0, ge=0, help="Sampling temperature of the pass@k samples.")
+    top_p: float = field(1.0, gt=0, le=1, help="Nucleus threshold of the pass@k samples.")
+    arith_problems: int = field(200, ge=0, help="Held-out arith problems (0 = the whole test split).")
+    agent_problems: int = field(0, ge=0, help="Held-out agent questions (0 = the whole test split).")
+    max_new_tokens: int = field(48, ge=1, help="Completion cap of the arith samples.")
+    turn_tokens: int = field(12, ge=1, help="Token cap of one agent turn.")
 
 
 @dataclass

@@ -75,8 +75,8 @@ class ForkVsRLConfig:
     intervene: bool = field(True, help="Run the oracle/random/entropy intervention of GRPO vs base per seed.")
     intervene_gates: list[str] = field(default_factory=lambda: ["oracle", "random", "entropy:0.5"],
                                        help="Intervention gates.")
-    intervene_seeds: int = field(3, help="Random-gate draws per intervention.")
-    seeds: int = field(3, help="Training seeds (overridden by --seeds).")
+    intervene_seeds: int = field(3, ge=1, help="Random-gate draws per intervention.")
+    seeds: int = field(3, ge=1, help="Training seeds (overridden by --seeds).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 

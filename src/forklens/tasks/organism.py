@@ -24,11 +24,11 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"
 
 @dataclass
 class OrganismModelConfig:
-    hidden_size: int = field(128, help="Model width.")
-    intermediate_size: int = field(384, help="MLP width.")
-    num_hidden_layers: int = field(3, help="Transformer layers.")
-    num_attention_heads: int = field(4, help="Attention heads.")
-    max_position_embeddings: int = field(128, help="Context length in tokens.")
+    hidden_size: int = field(128, ge=1, help="Model width.")
+    intermediate_size: int = field(384, ge=1, help="MLP width.")
+    num_hidden_layers: int = field(3, ge=1, help="Transformer layers.")
+    num_attention_heads: int = field(4, ge=1, help="Attention heads.")
+    max_position_embeddings: int = field(128, ge=1, help="Context length in tokens.")
 
 
 def _pretrain_default() -> TrainConfig:
@@ -42,7 +42,7 @@ class OrganismConfig:
     arith: ArithConfig = field(default_factory=ArithConfig, help="Arithmetic task settings.")
     model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
     pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
-    batch_size: int = field(64, help="Teacher traces per pretraining step.")
+    batch_size: int = field(64, ge=1, help="Teacher traces per pretraining step.")
     seed: int = field(0, help="Seed of the initialisation and the teacher traces.")
 
 

@@ -64,18 +64,18 @@ class EpisodeSFTSource(SFTSource):
 
 @dataclass
 class EpisodeSamplingConfig:
-    prompts_per_step: int = field(16, help="Distinct questions per optimizer step.")
-    group_size: int = field(8, help="Episodes per question.")
-    T: int = field(5, help="Tool-call cap of the training episodes (forced answer at the cap).")
-    temperature: float = field(1.0, help="Sampling temperature of the episodes.")
-    top_p: float = field(1.0, help="Nucleus sampling threshold of the episodes.")
-    turn_tokens: int = field(12, help="Most tokens in one model turn; an episode whose turn runs longer is "
+    prompts_per_step: int = field(16, ge=1, help="Distinct questions per optimizer step.")
+    group_size: int = field(8, ge=1, warn={1: "every advantage is zero (a group of one has nothing to compare with), so the policy gradient is zero and only the KL term trains"}, help="Episodes per question.")
+    T: int = field(5, ge=0, help="Tool-call cap of the training episodes (forced answer at the cap).")
+    temperature: float = field(1.0, ge=0, help="Sampling temperature of the episodes.")
+    top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold of the episodes.")
+    turn_tokens: int = field(12, ge=1, help="Most tokens in one model turn; an episode whose turn runs longer is "
                               "truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
-    snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of question groups (as in SamplingConfig; "
+    snr_filter_rho: float = field(0.0, ge=0, le=1, help="Reward-variance (SNR) filtering of question groups (as in SamplingConfig; "
                                   "0 = off, the paper uses 0.9).")
-    snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
-    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy over the model's own tokens "
+    snr_filter_eps: float = field(0.01, ge=0, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    mi_proxy_every: int = field(0, ge=0, help="Every N steps, log the mutual-information proxy over the model's own tokens "
                                 "of the episodes (mi_proxy_acc, mi_proxy_chance; 0 = off).")
 
 

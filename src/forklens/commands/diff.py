@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts)
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+        base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", p["prompt"]) for p in prompts])
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
         out = Path(args.out)

@@ -96,6 +96,7 @@ def run(args) -> int:
         device = "cuda" if torch.cuda.is_available() else None
     base = Policy.load(args.base, dtype=args.dtype, device=device)
     rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+    base.warn_unknown_chars([(f"{args.prompts} line {r['line']}", r["prompt"]) for r in records if "line" in r])
     max_new = args.max_new_tokens or (48 if args.task == "arith" else 256)
     s = run_intervention(base, rl, records, verify, gates, temperature=args.temperature, seeds=args.seeds,
                          seed=args.seed, max_new_tokens=max_new, batch_size=args.batch_size, out_dir=args.out,

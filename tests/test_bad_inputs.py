@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from forklens.cli import main
+from forklens.errors import ForklensWarning
 
 GOOD_SFT = json.dumps({"prompt": "1+1=", "response": "2"})
 GOOD_PROMPT = json.dumps({"prompt": "1+1=", "answer": "2"})
@@ -261,9 +262,18 @@ def test_degenerate_group_size_warns(capsys):
         config = None
         overrides = ["sampling.group_size=1"]
 
-    with pytest.warns(Warning, match="sampling.group_size=1 .*every advantage is zero"):
+    with pytest.warns(ForklensWarning, match="sampling.group_size=1 .*every advantage is zero"):
         cfg = resolve_config(RLConfig, Args())
     assert cfg.sampling.group_size == 1  # legal: the run goes on
+
+
+def test_cli_warns_once_about_a_degenerate_setting(model_dirs, capsys):
+    rc = main(["train", "grpo", "--model", str(model_dirs["model"]), "--set", "sampling.group_size=1",
+               "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert err.count("warning:") == 1  # the config is resolved in two passes but warned about once
+    assert "forklens train: warning: sampling.group_size=1 (override 'sampling.group_size=1'): every advantage" in err
 
 
 def test_cli_prints_a_warning_as_one_line(model_dirs, tmp_path, monkeypatch, capsys):
@@ -276,4 +286,5 @@ def test_cli_prints_a_warning_as_one_line(model_dirs, tmp_path, monkeypatch, cap
     assert "forklens train: warning: data.jsonl: 1 empty prompt(s) or response(s) (first: the response on line 1)" in err
     assert "outside the vocabulary" in err and "data.jsonl line 1: '\u20ac'" in err
     assert "ForklensWarning" not in err  # one line, not Python's two-line warning format
+    assert err.count("warning:") == 2
     assert os.path.isdir(tmp_path / "out" / "model")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     with warnings.catch_warnings():
-        warnings.simplefilter("once", ForklensWarning)
+        warnings.simplefilter("always", ForklensWarning)  # _warning_printer prints each message once per run
         warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
         return _run(args)
 
@@ -91,10 +91,15 @@ def _run(args) -> int:
 
 
 def _warning_printer(command: str, default):
-    """``warnings.showwarning`` that prints a :class:`ForklensWarning` as one line, others as usual."""
+    """``warnings.showwarning`` that prints a :class:`ForklensWarning` as one line, once per run (a config
+    resolved in two passes is validated twice), and other warnings as usual."""
+    seen: set[str] = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ForklensWarning):
-            print(f"forklens {command}: warning: {message}", file=sys.stderr)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"forklens {command}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
     return show

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from forklens.config import field
 
 
 @dataclass
 class EvalConfig:
-    split: str = field("test", help="Task split to evaluate on.")
+    split: Literal["train", "test"] = field("test", help="Task split to evaluate on.")
     n: int = field(1, ge=1, help="Completions per problem (accuracy is their mean).")
     temperature: float = field(0.0, ge=0, help="0 = greedy.")
     top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold (temperature > 0).")

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from forklens.commands._common import number
+
 DEFAULT_OUT = "runs/diff"
 
 DESCRIPTION = """\
@@ -44,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="samples per prompt for rl-sample / base-sample (default 1); under torchrun or "
                            "accelerate launch spell it --num-samples, since their own parsers take --n as an "
                            "ambiguous abbreviation of their options")
-    resp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    resp.add_argument("--temperature", type=number(float, ge=0), default=1.0, help="sampling temperature (default 1.0)")
     resp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
     resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
     resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from forklens.commands._common import add_config_args, console, handle_config_flags, quiet_third_party, resolve_config
+from forklens.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -26,6 +27,8 @@ def run(args) -> int:
     cfg = resolve_config(EvalConfig, args)
     if handle_config_flags(EvalConfig, cfg, args):
         return 0
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give the path of the JSON file to write")
     task = get_task(args.task)
     result = evaluate(Policy.load(args.model), task, cfg)
     console.print(f"{args.model}: accuracy {100 * result['accuracy']:.1f}% on {result['n_problems']} "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from forklens.commands._common import number
+
 DEFAULT_OUT = "runs/intervene"
 
 DESCRIPTION = """\
@@ -35,13 +37,13 @@ def register(sub) -> None:
     src.add_argument("--task", metavar="NAME", help="a built-in task (arith): its test split and exact verifier")
     p.add_argument("--gate", action="append", default=None, metavar="oracle|entropy:TAU|random",
                    help="gate to run; repeatable (default: oracle, random, entropy)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=number(float, ge=0), default=0.0,
                    help="0 = greedy (default); > 0 samples the base, pass@1 averaged over --seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds (random-gate draws; samples when T > 0); default 3")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation cap (default: 48 for arith, else 256)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
-    p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together (default 256)")
+    p.add_argument("--limit", type=number(ge=0), default=0, help="use only the first N prompts (0 = all)")
+    p.add_argument("--batch-size", type=number(ge=1), default=256, help="prompts decoded together (default 256)")
     p.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
     p.add_argument("--device", default=None, help="device for both models (default: cpu, or cuda when available)")
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -81,8 +83,6 @@ def run(args) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     records, verify, tau = load_records(args)

@@ -67,7 +67,8 @@ class EpisodeSamplingConfig:
     prompts_per_step: int = field(16, ge=1, help="Distinct questions per optimizer step.")
     group_size: int = field(8, ge=1, warn={1: "every advantage is zero (a group of one has nothing to compare with), so the policy gradient is zero and only the KL term trains"}, help="Episodes per question.")
     T: int = field(5, ge=0, help="Tool-call cap of the training episodes (forced answer at the cap).")
-    temperature: float = field(1.0, ge=0, help="Sampling temperature of the episodes.")
+    temperature: float = field(1.0, ge=0, warn={0: "greedy episodes: every member of a group is the same, so every advantage is zero"},
+                               help="Sampling temperature of the episodes.")
     top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold of the episodes.")
     turn_tokens: int = field(12, ge=1, help="Most tokens in one model turn; an episode whose turn runs longer is "
                               "truncated.")

@@ -126,7 +126,8 @@ def verifier_reward(task) -> RewardFn:
 class SamplingConfig:
     prompts_per_step: int = field(16, ge=1, help="Distinct prompts per optimizer step.")
     group_size: int = field(8, ge=1, warn={1: "every advantage is zero (a group of one has nothing to compare with), so the policy gradient is zero and only the KL term trains"}, help="Completions per prompt (TRL: num_generations).")
-    temperature: float = field(1.0, ge=0, help="Sampling temperature of the rollouts.")
+    temperature: float = field(1.0, ge=0, warn={0: "greedy rollouts: every member of a group is the same, so every advantage is zero"},
+                               help="Sampling temperature of the rollouts.")
     top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold of the rollouts.")
     max_new_tokens: int = field(64, ge=1, help="Completion length cap; longer completions are truncated.")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")

@@ -184,7 +184,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def _literal_choices(typ: Any) -> tuple | None:
-    """The allowed values of a ``Literal`` (or ``Optional[Literal]``) annotation, else None."""
+    """The allowed values of a ``Literal`` (or ``Optional[Literal]``, or a list of them) annotation, else None."""
+    if typing.get_origin(typ) in (list, tuple) and typing.get_args(typ):
+        return _literal_choices(typing.get_args(typ)[0])
     if typing.get_origin(typ) is typing.Literal:
         return typing.get_args(typ)
     if typing.get_origin(typ) in (typing.Union, types.UnionType):

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from rich.console import Console
 
@@ -86,7 +86,8 @@ class BoundaryConfig:
     agent_rl: AgentRLConfig = field(default_factory=AgentRLConfig, help="GRPO on agent episodes.")
     agent_sft: AgentSFTConfig = field(default_factory=AgentSFTConfig, help="SFT on gold agent trajectories.")
     passk: PassKGridConfig = field(default_factory=PassKGridConfig, help="The PASS@(k, T) grid.")
-    organisms: list[str] = field(default_factory=lambda: ["arith", "agent"], help="Which organisms to run.")
+    organisms: list[Literal["arith", "agent"]] = field(default_factory=lambda: ["arith", "agent"],
+                                                       help="Which organisms to run.")
     seed: int = field(0, help="Seed of the organisms, training and sampling.")
 
 

@@ -196,6 +196,7 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
         from forklens.errors import ConfigError
 
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    gates = [parse_gate(g) for g in cfg.intervene_gates]  # bad gates fail before the organism is built
     task = get_task(cfg.organism.task, cfg.organism.arith)
     console.rule("[bold]base organism")
     base_dir = out / "base"
@@ -210,7 +211,6 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
         test = test[: ev.limit]
     by_id = {p.id: p for p in test}
     records = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in test]
-    gates = [parse_gate(g) for g in cfg.intervene_gates]
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     per_seed: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     interventions: list[dict] = []

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from rich.console import Console
 
@@ -42,12 +42,15 @@ from forklens.experiments.demo import RLConfig
 from forklens.tasks.agent import AgentOrganismConfig, AgentTask
 from forklens.tasks.organism import OrganismConfig
 from forklens.train.exploration import ExplorationConfig
+from forklens.train.sources import SFTOrder
 
 console = Console(stderr=True)
 
-ARITH_RUNS = ["grpo", "snr", "top_entropy"]
-AGENT_RUNS = ["grpo", "snr", "top_entropy", "echo", "explore", "staged_replay"]
-SFT_ORDERS = ["shuffle", "reverse_perplexity", "perplexity"]
+ArithRun = Literal["grpo", "snr", "top_entropy"]
+AgentRun = Literal["grpo", "snr", "top_entropy", "echo", "explore", "staged_replay"]
+ARITH_RUNS = list(get_args(ArithRun))
+AGENT_RUNS = list(get_args(AgentRun))
+SFT_ORDERS = list(get_args(SFTOrder))
 
 
 def _arith_rl() -> RLConfig:
@@ -77,9 +80,9 @@ class LeversConfig:
                                     "experiment's recipe, T = 5).")
     agent_sft: AgentSFTConfig = field(default_factory=AgentSFTConfig, help="SFT on gold agent trajectories.")
     levers: LeverSettings = field(default_factory=LeverSettings, help="The levers' settings.")
-    arith_runs: list[str] = field(default_factory=lambda: list(ARITH_RUNS), help="Arith runs.")
-    agent_runs: list[str] = field(default_factory=lambda: list(AGENT_RUNS), help="Agent RL runs.")
-    sft_orders: list[str] = field(default_factory=lambda: list(SFT_ORDERS), help="Agent SFT curriculum runs.")
+    arith_runs: list[ArithRun] = field(default_factory=lambda: list(ARITH_RUNS), help="Arith runs.")
+    agent_runs: list[AgentRun] = field(default_factory=lambda: list(AGENT_RUNS), help="Agent RL runs.")
+    sft_orders: list[SFTOrder] = field(default_factory=lambda: list(SFT_ORDERS), help="Agent SFT curriculum runs.")
     eval_arith_problems: int = field(0, ge=0, help="Held-out arith problems (0 = the whole test split).")
     eval_agent_problems: int = field(0, ge=0, help="Held-out agent questions (0 = the whole test split).")
     eval_T: int = field(5, help="Tool-call cap of the agent evaluation episodes.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,3 +319,50 @@ def test_cli_prints_a_warning_as_one_line(model_dirs, tmp_path, monkeypatch, cap
     assert "ForklensWarning" not in err  # one line, not Python's two-line warning format
     assert err.count("warning:") == 2
     assert os.path.isdir(tmp_path / "out" / "model")
+
+
+USER_ERRORS = {
+    "missing-file": (FileNotFoundError(2, "No such file or directory", "runs/x/model.bin"),
+                     "forklens evaluate: error: No such file or directory: runs/x/model.bin"),
+    "not-a-directory": (NotADirectoryError(20, "Not a directory", "thesis.txt/x"), "Not a directory: thesis.txt/x"),
+    "permission": (PermissionError(13, "Permission denied", "/root/x"), "Permission denied: /root/x"),
+    "json": (json.JSONDecodeError("Expecting value", "{\n x", 3), "not valid JSON: Expecting value at line 2 column 2"),
+    "safetensors": (None, "truncated or corrupt: Error while deserializing header"),
+    "torch-pickle": (RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"),
+                     "truncated or corrupt: PytorchStreamReader"),
+    "unpickling": (pickle.UnpicklingError("invalid load key, 'x'."), "invalid load key"),
+}
+
+
+@pytest.mark.parametrize("name", list(USER_ERRORS))
+def test_user_caused_errors_exit_2_with_one_line(name, monkeypatch, capsys):
+    """Errors that come from a user's file or path, wherever they surface, are one line and exit 2."""
+    import forklens.commands.evaluate as evaluate_cmd
+
+    exc, message = USER_ERRORS[name]
+    if exc is None:
+        from safetensors import SafetensorError
+
+        exc = SafetensorError("Error while deserializing header: incomplete metadata")
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(evaluate_cmd, "run", fail)
+    assert main(["evaluate", "--model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("exc", [KeyError("x"), ValueError("bad"), RuntimeError("CUDA error: device-side assert"),
+                                 ZeroDivisionError("division by zero")], ids=lambda e: type(e).__name__)
+def test_a_bug_keeps_its_traceback(exc, monkeypatch):
+    """Anything that is not clearly the user's input is a bug: main lets it propagate (a traceback)."""
+    import forklens.commands.evaluate as evaluate_cmd
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(evaluate_cmd, "run", fail)
+    with pytest.raises(type(exc)):
+        main(["evaluate", "--model", "m"])

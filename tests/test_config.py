@@ -50,3 +50,57 @@ def test_packaged_recipes_load():
     quick = load_config(DemoConfig, packaged_config("demo-quick"))
     assert full == DemoConfig()  # demo.yaml spells out the defaults
     assert quick.rl.train.max_steps < full.rl.train.max_steps
+
+
+def test_ranges_are_checked_and_name_key_value_bound_and_origin(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rl:\n  sampling:\n    prompts_per_step: 0\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: rl.sampling.prompts_per_step=0 is out of range; expected >= 1"):
+        load_config(DemoConfig, f)
+    with pytest.raises(ConfigError, match=r"^override 'rl.loss.epsilon=-1': rl.loss.epsilon=-1.0 is out of range; "
+                                          r"expected >= 0 \(Lower clip"):
+        load_config(DemoConfig, None, ["rl.loss.epsilon=-1"])
+    # the value that is wrong is named even when another key was overridden later
+    with pytest.raises(ConfigError, match=r"c.yaml: rl.sampling.prompts_per_step=0"):
+        load_config(DemoConfig, f, ["seed=3"])
+
+
+def test_validate_checks_defaults_and_code_built_configs():
+    from forklens.config import validate
+
+    cfg = DemoConfig()
+    validate(cfg)  # the defaults are valid
+    cfg.rl.loss.loss_agg_mode = "mean"  # set in code, never parsed
+    with pytest.raises(ConfigError, match=r"^default: rl.loss.loss_agg_mode='mean' is not valid; expected one of"):
+        validate(cfg)
+    cfg = DemoConfig()
+    cfg.rl.train.learning_rate = float("nan")
+    with pytest.raises(ConfigError, match=r"rl.train.learning_rate=nan is out of range; expected > 0"):
+        validate(cfg)
+
+
+def test_list_fields_are_checked_elementwise():
+    from forklens.experiments.boundary import BoundaryConfig
+
+    with pytest.raises(ConfigError, match=r"agent.agent.bridge_depths=\[1, 0\] is out of range; expected >= 1 "
+                                          r"\(every element\)"):
+        load_config(BoundaryConfig, None, ["agent.agent.bridge_depths=1,0"])
+    assert load_config(BoundaryConfig, None, ["passk.T=0,2"]).passk.T == [0, 2]
+
+
+def test_a_base_config_keeps_the_origin_of_its_values(tmp_path):
+    """The packaged recipe, then --config: a bad value from the first pass is still named by its file."""
+    f = tmp_path / "base.yaml"
+    f.write_text("rl:\n  train:\n    max_steps: 5\n")
+    base = load_config(DemoConfig, f)
+    base.rl.train.max_steps = 0
+    with pytest.raises(ConfigError, match=r"base.yaml: rl.train.max_steps=0"):
+        load_config(DemoConfig, None, ["seed=1"], base=base)
+
+
+def test_degenerate_values_warn_but_load():
+    from forklens.errors import ForklensWarning
+
+    with pytest.warns(ForklensWarning, match=r"rl.sampling.temperature=0.0 \(override .*\): greedy rollouts"):
+        cfg = load_config(DemoConfig, None, ["rl.sampling.temperature=0"])
+    assert cfg.rl.sampling.temperature == 0.0

@@ -208,7 +208,10 @@ def test_prepare_source_and_train_end_to_end(tmp_path, tiny_dir):
     assert len(lines) == 2 and all(math.isfinite(x["loss"]) for x in lines)
 
 
-def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys):
+def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys, monkeypatch):
+    import itertools
+
+    import forklens.analysis.intervene as intervene
     from forklens.cli import main
 
     data = tmp_path / "d.jsonl"
@@ -217,16 +220,19 @@ def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys):
     args = ["train", "fork-contrast", "--base", str(tiny_dir), "--data", str(data), "--out", str(out), "--no-progress",
             "--set", "data.rollouts_per_problem=3", "--set", "data.max_new_tokens=4", "--set", "train.max_steps=1",
             "--set", "lora.enabled=false", "--set", "data.temperature=1.5"]
-    rc = main(args)
-    # a random tiny model rarely answers right: either it trains, or it says clearly that nothing is mixed
-    assert rc in (0, 2)
-    if rc == 0:
-        assert (out / "summary.json").is_file()
-    else:
-        assert "mixed outcomes" in capsys.readouterr().err
+    # a random tiny model rarely answers right, so the verdicts are fixed: alternating gives every problem
+    # mixed outcomes (it trains); never right gives none (a clear error)
+    flip = itertools.cycle([True, False])
+    monkeypatch.setattr(intervene, "default_verify", lambda answer, text: next(flip))
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "summary.json").is_file()
+    monkeypatch.setattr(intervene, "default_verify", lambda answer, text: False)
+    assert main([*args, "--out", str(tmp_path / "fc2")]) == 2  # the last --out wins
+    assert "mixed outcomes" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "1+1="}) + "\n")
     assert main(args[:4] + ["--data", str(bad), "--out", str(out)]) == 2
+    assert "missing \"answer\"" in capsys.readouterr().err
 
 
 def test_whole_problem_batches_balance_advantages():

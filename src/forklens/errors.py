@@ -20,3 +20,8 @@ class ModelLoadError(ForklensError):
 
 class DataError(ForklensError):
     """A dataset or prompts file that is empty, malformed or unusable."""
+
+
+class ForklensWarning(UserWarning):
+    """A legal but degenerate setting or input (group size 1, characters the tokenizer cannot encode,
+    an empty prompt): the run goes on, but the user should know. The CLI prints it as one line."""

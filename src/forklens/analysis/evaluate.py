@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from forklens.config import field
 
 
 @dataclass
 class EvalConfig:
-    split: str = field("test", help="Task split to evaluate on.")
-    n: int = field(1, help="Completions per problem (accuracy is their mean).")
-    temperature: float = field(0.0, help="0 = greedy.")
-    top_p: float = field(1.0, help="Nucleus sampling threshold (temperature > 0).")
-    max_new_tokens: int = field(48, help="Completion length cap (single-turn tasks).")
-    T: int = field(5, help="Tool-call cap of each episode (tasks with tools; forced answer at the cap).")
-    turn_tokens: int = field(12, help="Token cap of one model turn (tasks with tools).")
-    limit: int = field(0, help="Evaluate only the first N problems (0 = all).")
+    split: Literal["train", "test"] = field("test", help="Task split to evaluate on.")
+    n: int = field(1, ge=1, help="Completions per problem (accuracy is their mean).")
+    temperature: float = field(0.0, ge=0, help="0 = greedy.")
+    top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold (temperature > 0).")
+    max_new_tokens: int = field(48, ge=1, help="Completion length cap (single-turn tasks).")
+    T: int = field(5, ge=1, help="Tool-call cap of each episode (tasks with tools; forced answer at the cap).")
+    turn_tokens: int = field(12, ge=1, help="Token cap of one model turn (tasks with tools).")
+    limit: int = field(0, ge=0, help="Evaluate only the first N problems (0 = all).")
     seed: int = field(0, help="Sampling seed.")
 
 

@@ -19,10 +19,11 @@ teacher-forcing, as for generated responses that finished.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-from forklens.errors import DataError
+from forklens.errors import DataError, ForklensWarning
 
 __all__ = ["load_prompts", "load_responses", "read_jsonl"]
 
@@ -81,6 +82,10 @@ def load_prompts(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"{path} line {lineno}: id {pid!r} was already used on line {seen[pid]}")
         seen[pid] = lineno
         records.append({"id": pid, "prompt": prompt, "answer": answer, "line": lineno})
+    empty = [r["line"] for r in records if not r["prompt"].strip()]
+    if empty:
+        warnings.warn(f"{path}: {len(empty)} empty prompt(s) (first on line {empty[0]}); the model sees only "
+                      "its BOS token (if any) there", ForklensWarning, stacklevel=2)
     return records
 
 

@@ -19,6 +19,24 @@ from forklens.errors import ConfigError
 console = Console(stderr=True)
 
 
+def number(kind=int, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """An argparse ``type`` that reads a ``kind`` (int or float) and checks its range, so a flag such as
+    ``--batch-size 0`` is a usage error (exit 2) naming the flag, the value and the bound."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        for bound, ok, op in ((ge, lambda v, b: v >= b, ">="), (gt, lambda v, b: v > b, ">"),
+                              (le, lambda v, b: v <= b, "<=")):
+            if bound is not None and not (value == value and ok(value, bound)):  # NaN fails every bound
+                raise argparse.ArgumentTypeError(f"must be {op} {bound}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("configuration")
     g.add_argument("--config", metavar="FILE.yaml", help="YAML config file (keys as in --help-config).")

@@ -10,7 +10,7 @@ from forklens import dist
 from forklens.analysis.diff import run_diff
 from forklens.analysis.prompts import load_prompts
 from forklens.policy import Policy
-from forklens.commands._common import add_overwrite_arg, prepare_out
+from forklens.commands._common import add_overwrite_arg, number, prepare_out
 
 DEFAULT_OUT = "runs/diff"
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="samples per prompt for rl-sample / base-sample (default 1); under torchrun or "
                            "accelerate launch spell it --num-samples, since their own parsers take --n as an "
                            "ambiguous abbreviation of their options")
-    resp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    resp.add_argument("--temperature", type=number(float, ge=0), default=1.0, help="sampling temperature (default 1.0)")
     resp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
     resp.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (default 64)")
     resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         out = prepare_out(args, "diff")
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+        base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", p["prompt"]) for p in prompts])
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
         summary = run_diff(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from forklens.analysis.intervene import ENTROPY_TAU_DEFAULT, ENTROPY_TAU_ORGANISM, parse_gate, run_intervention
 from forklens.analysis.prompts import load_prompts
-from forklens.commands._common import (add_overwrite_arg, console, prepare_out, quiet_third_party)
+from forklens.commands._common import add_overwrite_arg, console, number, prepare_out, quiet_third_party
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
 from forklens.tasks import get_task
@@ -43,13 +43,13 @@ def register(sub) -> None:
     src.add_argument("--task", metavar="NAME", help="a built-in task (arith): its test split and exact verifier")
     p.add_argument("--gate", action="append", default=None, metavar="oracle|entropy:TAU|random",
                    help="gate to run; repeatable (default: oracle, random, entropy)")
-    p.add_argument("--temperature", type=float, default=0.0,
+    p.add_argument("--temperature", type=number(float, ge=0), default=0.0,
                    help="0 = greedy (default); > 0 samples the base, pass@1 averaged over --seeds")
     p.add_argument("--seeds", type=int, default=3, help="seeds (random-gate draws; samples when T > 0); default 3")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation cap (default: 48 for arith, else 256)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
-    p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together (default 256)")
+    p.add_argument("--limit", type=number(ge=0), default=0, help="use only the first N prompts (0 = all)")
+    p.add_argument("--batch-size", type=number(ge=1), default=256, help="prompts decoded together (default 256)")
     p.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
     p.add_argument("--device", default=None, help="device for both models (default: cpu, or cuda when available)")
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -78,8 +78,6 @@ def run(args) -> int:
     quiet_third_party()
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     records, verify, tau = load_records(args)
@@ -94,6 +92,7 @@ def run(args) -> int:
         device = "cuda" if torch.cuda.is_available() else None
     base = Policy.load(args.base, dtype=args.dtype, device=device)
     rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+    base.warn_unknown_chars([(f"{args.prompts} line {r['line']}", r["prompt"]) for r in records if "line" in r])
     max_new = args.max_new_tokens or (48 if args.task == "arith" else 256)
     s = run_intervention(base, rl, records, verify, gates, temperature=args.temperature, seeds=args.seeds,
                          seed=args.seed, max_new_tokens=max_new, batch_size=args.batch_size, out_dir=args.out,

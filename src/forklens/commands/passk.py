@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forklens.commands._common import add_overwrite_arg, prepare_out
+from forklens.commands._common import add_overwrite_arg, number, prepare_out
 
 from forklens.analysis.passk import (
     PassAtKTable,
@@ -138,13 +138,13 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
         help="tool-call caps of a multi-turn task, one fresh run each (default: 0,1,2,3,5; static tasks: 0)",
     )
     gen.add_argument("--split", default="test", help="task split to sample on (default: test)")
-    gen.add_argument("--limit", type=int, default=0, help="use only the first N problems of the split (0 = all)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
-    gen.add_argument("--max-new-tokens", type=int, default=48, help="completion cap of a static task (default: 48)")
-    gen.add_argument("--turn-tokens", type=int, default=12, help="token cap of one turn of a multi-turn task")
+    gen.add_argument("--limit", type=number(ge=0), default=0, help="use only the first N problems of the split (0 = all)")
+    gen.add_argument("--temperature", type=number(float, ge=0), default=1.0, help="sampling temperature (default: 1.0)")
+    gen.add_argument("--top-p", type=number(float, gt=0, le=1), default=1.0, help="nucleus sampling threshold (default: 1.0)")
+    gen.add_argument("--max-new-tokens", type=number(ge=1), default=48, help="completion cap of a static task (default: 48)")
+    gen.add_argument("--turn-tokens", type=number(ge=1), default=12, help="token cap of one turn of a multi-turn task")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    gen.add_argument("--batch-size", type=int, default=512, help="sequences decoded together (default: 512)")
+    gen.add_argument("--batch-size", type=number(ge=1), default=512, help="sequences decoded together (default: 512)")
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,21 +10,21 @@ from forklens.analysis.prompts import read_jsonl
 from forklens.commands import train_fork_contrast
 from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out, quiet_third_party, resolve_config)
 from forklens.config import field
-from forklens.errors import DataError
+from forklens.errors import DataError, ForklensWarning
 from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, train
 from forklens.train.run import run_grpo as grpo
-from forklens.train.sources import SFTSource
+from forklens.train.sources import SFTOrder, SFTSource
 
 
 @dataclass
 class SFTRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4),
                                help="Optimizer and loop settings.")
-    batch_size: int = field(64, help="Examples per optimizer step.")
-    order: str = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
+    batch_size: int = field(64, ge=1, help="Examples per optimizer step.")
+    order: SFTOrder = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
                        "highest initial-model perplexity first, no shuffling) or perplexity (low to high).")
 
 
@@ -67,14 +68,32 @@ def run_grpo(args) -> int:
     return 0
 
 
-def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
-    """``(prompt, response)`` pairs from a JSONL file of {"prompt": ..., "response": ...} objects."""
-    pairs = []
+def read_sft_jsonl(path: str) -> list[tuple[int, str, str]]:
+    """``(line, prompt, response)`` from a JSONL file of {"prompt": ..., "response": ...} objects; warns
+    once about empty prompts or responses (legal, but rarely meant)."""
+    rows = []
     for lineno, rec in read_jsonl(path, "data"):
-        if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("response"), str):
-            raise DataError(f"{path} line {lineno}: expected string fields \"prompt\" and \"response\"")
-        pairs.append((rec["prompt"], rec["response"]))
-    return pairs
+        for key in ("prompt", "response"):
+            if key not in rec:
+                raise DataError(f"{path} line {lineno}: missing the required \"{key}\" field")
+            if not isinstance(rec[key], str):
+                raise DataError(f"{path} line {lineno}: \"{key}\" must be a string, got {type(rec[key]).__name__}")
+        rows.append((lineno, rec["prompt"], rec["response"]))
+    empty = [(line, key) for line, p, r in rows for key, text in (("prompt", p), ("response", r)) if not text.strip()]
+    if empty:
+        warnings.warn(f"{path}: {len(empty)} empty prompt(s) or response(s) (first: the {empty[0][1]} on line "
+                      f"{empty[0][0]})", ForklensWarning, stacklevel=2)
+    return rows
+
+
+def check_sft_examples(policy, rows: list[tuple[int, str, str]], path: str) -> list[tuple[str, str]]:
+    """The ``(prompt, response)`` pairs of ``rows``, after checking, before any training, that each fits
+    the model's context (naming its line) and warning about characters the tokenizer cannot encode."""
+    for line, prompt, response in rows:
+        n = len(policy.encode_prompt(prompt)) + len(policy.encode_response(response))
+        policy.check_length(n, f"{path} line {line}: the example")
+    policy.warn_unknown_chars([(f"{path} line {line}", p + r) for line, p, r in rows])
+    return [(p, r) for _, p, r in rows]
 
 
 def run_sft(args) -> int:
@@ -82,9 +101,10 @@ def run_sft(args) -> int:
     cfg = resolve_config(SFTRunConfig, args)
     if handle_config_flags(SFTRunConfig, cfg, args):
         return 0
-    pairs = read_sft_jsonl(args.data)
+    rows = read_sft_jsonl(args.data)
     prepare_out(args, "train-sft", resumable=True)
     policy = Policy.load(args.model)
+    pairs = check_sft_examples(policy, rows, args.data)
     source = SFTSource(pairs, cfg.batch_size, cfg.train.seed, order=cfg.order, policy=policy)
     res = train(policy, "sft", None, source, cfg.train, args.out, name="SFT", resume=args.resume,
                 model_dir=Path(args.out) / "model")

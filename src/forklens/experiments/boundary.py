@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from rich.console import Console
 
@@ -68,19 +68,19 @@ class AgentSFTConfig:
     train: TrainConfig = field(default_factory=_agent_sft_train,
                                help="SFT on the gold trajectories of the training questions (30 steps of 32 = "
                                "about 5 epochs of 200).")
-    batch_size: int = field(32, help="Gold trajectories per SFT step.")
+    batch_size: int = field(32, ge=1, help="Gold trajectories per SFT step.")
 
 
 @dataclass
 class PassKGridConfig:
-    n: int = field(64, help="Fresh samples (episodes) per problem, model and T; k runs over powers of 2 up to n.")
-    T: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5], help="Tool-call caps of the agent grid.")
-    temperature: float = field(1.0, help="Sampling temperature of the pass@k samples.")
-    top_p: float = field(1.0, help="Nucleus threshold of the pass@k samples.")
-    arith_problems: int = field(200, help="Held-out arith problems (0 = the whole test split).")
-    agent_problems: int = field(0, help="Held-out agent questions (0 = the whole test split).")
-    max_new_tokens: int = field(48, help="Completion cap of the arith samples.")
-    turn_tokens: int = field(12, help="Token cap of one agent turn.")
+    n: int = field(64, ge=1, help="Fresh samples (episodes) per problem, model and T; k runs over powers of 2 up to n.")
+    T: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 5], ge=0, help="Tool-call caps of the agent grid.")
+    temperature: float = field(1.0, ge=0, help="Sampling temperature of the pass@k samples.")
+    top_p: float = field(1.0, gt=0, le=1, help="Nucleus threshold of the pass@k samples.")
+    arith_problems: int = field(200, ge=0, help="Held-out arith problems (0 = the whole test split).")
+    agent_problems: int = field(0, ge=0, help="Held-out agent questions (0 = the whole test split).")
+    max_new_tokens: int = field(48, ge=1, help="Completion cap of the arith samples.")
+    turn_tokens: int = field(12, ge=1, help="Token cap of one agent turn.")
 
 
 @dataclass
@@ -91,7 +91,8 @@ class BoundaryConfig:
     agent_rl: AgentRLConfig = field(default_factory=AgentRLConfig, help="GRPO on agent episodes.")
     agent_sft: AgentSFTConfig = field(default_factory=AgentSFTConfig, help="SFT on gold agent trajectories.")
     passk: PassKGridConfig = field(default_factory=PassKGridConfig, help="The PASS@(k, T) grid.")
-    organisms: list[str] = field(default_factory=lambda: ["arith", "agent"], help="Which organisms to run.")
+    organisms: list[Literal["arith", "agent"]] = field(default_factory=lambda: ["arith", "agent"],
+                                                       help="Which organisms to run.")
     seed: int = field(0, help="Seed of the organisms, training and sampling.")
 
 

@@ -28,7 +28,7 @@ class DemoConfig:
     rl: RLConfig = field(default_factory=RLConfig, help="GRPO from the base organism.")
     eval: EvalConfig = field(default_factory=EvalConfig, help="Held-out evaluation (greedy by default).")
     diff: bool = field(True, help="End with the token-level diff of base vs RL.")
-    diff_prompts: int = field(100, help="Held-out prompts the diff uses.")
+    diff_prompts: int = field(100, ge=1, help="Held-out prompts the diff uses.")
     seed: int = field(0, help="Seed of the organism, the rollouts and the evaluation.")
 
 

@@ -80,8 +80,8 @@ class ForkVsRLConfig:
     intervene: bool = field(True, help="Run the oracle/random/entropy intervention of GRPO vs base per seed.")
     intervene_gates: list[str] = field(default_factory=lambda: ["oracle", "random", "entropy:0.5"],
                                        help="Intervention gates.")
-    intervene_seeds: int = field(3, help="Random-gate draws per intervention.")
-    seeds: int = field(3, help="Training seeds (overridden by --seeds).")
+    intervene_seeds: int = field(3, ge=1, help="Random-gate draws per intervention.")
+    seeds: int = field(3, ge=1, help="Training seeds (overridden by --seeds).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 
@@ -191,6 +191,7 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    gates = [parse_gate(g) for g in cfg.intervene_gates]  # bad gates fail before the organism is built
     task = get_task(cfg.organism.task, cfg.organism.arith)
     console.rule("[bold]base organism")
     base_dir = out / "base"
@@ -205,7 +206,6 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
         test = test[: ev.limit]
     by_id = {p.id: p for p in test}
     records = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in test]
-    gates = [parse_gate(g) for g in cfg.intervene_gates]
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     per_seed: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     interventions: list[dict] = []

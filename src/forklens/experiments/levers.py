@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from rich.console import Console
 
@@ -53,12 +53,15 @@ from forklens.train.run import RLConfig, grpo_loss, train
 from forklens.train.schedule import ReplayBuffer, RewardSchedule
 from forklens.train.sources import GRPOSource, verifier_reward
 from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.train.sources import SFTOrder
 
 console = Console(stderr=True)
 
-ARITH_RUNS = ["grpo", "snr", "top_entropy"]
-AGENT_RUNS = ["grpo", "snr", "top_entropy", "echo", "explore", "staged_replay"]
-SFT_ORDERS = ["shuffle", "reverse_perplexity", "perplexity"]
+ArithRun = Literal["grpo", "snr", "top_entropy"]
+AgentRun = Literal["grpo", "snr", "top_entropy", "echo", "explore", "staged_replay"]
+ARITH_RUNS = list(get_args(ArithRun))
+AGENT_RUNS = list(get_args(AgentRun))
+SFT_ORDERS = list(get_args(SFTOrder))
 
 
 def _arith_rl() -> RLConfig:
@@ -69,14 +72,14 @@ def _arith_rl() -> RLConfig:
 
 @dataclass
 class LeverSettings:
-    snr_filter_rho: float = field(0.9, help="SNR filter rho (RAGEN-2's value).")
-    top_entropy_quantile: float = field(0.2, help="Top-entropy token fraction (the paper's and TRL's 0.2).")
-    env_loss_coef: float = field(0.05, help="ECHO lambda (the paper's value).")
+    snr_filter_rho: float = field(0.9, ge=0, le=1, help="SNR filter rho (RAGEN-2's value).")
+    top_entropy_quantile: float = field(0.2, gt=0, le=1, help="Top-entropy token fraction (the paper's and TRL's 0.2).")
+    env_loss_coef: float = field(0.05, ge=0, help="ECHO lambda (the paper's value).")
     explore: ExplorationConfig = field(default_factory=ExplorationConfig, help="Exploration interleaving.")
-    stage2_start: int = field(30, help="Step at which the staged run adds the milestone process reward.")
-    process_weight: float = field(0.5, help="Weight of the milestone reward in stage 2.")
-    replay_frac: float = field(0.25, help="Fraction of each step's questions taken from the replay queue.")
-    mi_proxy_every: int = field(10, help="Log the MI proxy every N steps in every RL run.")
+    stage2_start: int = field(30, ge=0, help="Step at which the staged run adds the milestone process reward.")
+    process_weight: float = field(0.5, ge=0, help="Weight of the milestone reward in stage 2.")
+    replay_frac: float = field(0.25, ge=0, le=1, help="Fraction of each step's questions taken from the replay queue.")
+    mi_proxy_every: int = field(10, ge=0, help="Log the MI proxy every N steps in every RL run.")
 
 
 @dataclass
@@ -88,13 +91,13 @@ class LeversConfig:
                                     "experiment's recipe, T = 5).")
     agent_sft: AgentSFTConfig = field(default_factory=AgentSFTConfig, help="SFT on gold agent trajectories.")
     levers: LeverSettings = field(default_factory=LeverSettings, help="The levers' settings.")
-    arith_runs: list[str] = field(default_factory=lambda: list(ARITH_RUNS), help="Arith runs.")
-    agent_runs: list[str] = field(default_factory=lambda: list(AGENT_RUNS), help="Agent RL runs.")
-    sft_orders: list[str] = field(default_factory=lambda: list(SFT_ORDERS), help="Agent SFT curriculum runs.")
-    eval_arith_problems: int = field(0, help="Held-out arith problems (0 = the whole test split).")
-    eval_agent_problems: int = field(0, help="Held-out agent questions (0 = the whole test split).")
+    arith_runs: list[ArithRun] = field(default_factory=lambda: list(ARITH_RUNS), help="Arith runs.")
+    agent_runs: list[AgentRun] = field(default_factory=lambda: list(AGENT_RUNS), help="Agent RL runs.")
+    sft_orders: list[SFTOrder] = field(default_factory=lambda: list(SFT_ORDERS), help="Agent SFT curriculum runs.")
+    eval_arith_problems: int = field(0, ge=0, help="Held-out arith problems (0 = the whole test split).")
+    eval_agent_problems: int = field(0, ge=0, help="Held-out agent questions (0 = the whole test split).")
     eval_T: int = field(5, help="Tool-call cap of the agent evaluation episodes.")
-    seeds: int = field(3, help="RL seeds per run.")
+    seeds: int = field(3, ge=1, help="RL seeds per run.")
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -81,13 +81,13 @@ class RewardsExperimentConfig:
     rl: AgentRLConfig = field(default_factory=_rl_default,
                               help="GRPO settings shared by every run (the boundary experiment's agent GRPO, "
                               "30 steps).")
-    confidence_m: int = field(4, help="Forced answers per truncation point in the confidence reward during "
+    confidence_m: int = field(4, ge=1, help="Forced answers per truncation point in the confidence reward during "
                               "training (the paper's probe uses 10; 4 keeps the run cheap).")
-    milestone_gamma: float = field(1.0, help="Discount of the milestone shaping.")
+    milestone_gamma: float = field(1.0, gt=0, le=1, help="Discount of the milestone shaping.")
     runs: list[str] = field(default_factory=lambda: list(RUNS), help="Runs (comma-separated names of RUNS).")
-    eval_problems: int = field(0, help="Held-out test questions (0 = the whole test split).")
-    eval_samples: int = field(8, help="Episodes per test question (temperature 1); accuracy = their mean (pass@1).")
-    seeds: int = field(3, help="Training seeds (overridden by --seeds).")
+    eval_problems: int = field(0, ge=0, help="Held-out test questions (0 = the whole test split).")
+    eval_samples: int = field(8, ge=1, help="Episodes per test question (temperature 1); accuracy = their mean (pass@1).")
+    seeds: int = field(3, ge=1, help="Training seeds (overridden by --seeds).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 

@@ -54,16 +54,16 @@ class SFTThenRLConfig:
     sft: TrainConfig = field(default_factory=_sft_default,
                              help="SFT on expert traces. micro_batch_size < sft_batch_size makes gradient "
                              "accumulation (K = sft_batch_size / micro_batch_size micro-steps), where the bugs act.")
-    sft_batch_size: int = field(64, help="Expert traces per SFT optimizer step.")
-    n_expert_problems: int = field(256, help="Training problems with expert traces (SFT data and mixed-policy pool).")
+    sft_batch_size: int = field(64, ge=1, help="Expert traces per SFT optimizer step.")
+    n_expert_problems: int = field(256, ge=1, help="Training problems with expert traces (SFT data and mixed-policy pool).")
     rl: RLConfig = field(default_factory=RLConfig, help="GRPO settings shared by every method.")
-    rl_short_steps: int = field(20, help="GRPO steps of the short SFT-then-RL variant.")
-    luffy_n_expert: int = field(1, help="Expert traces per GRPO group (LUFFY).")
-    luffy_shaping_gamma: float = field(0.1, help="LUFFY policy-shaping gamma.")
-    relift_sft_every: int = field(5, help="ReLIFT: every N-th step is an SFT step on buffered hard problems.")
-    relift_min_buffer: int = field(4, help="ReLIFT: minimum buffered problems for an SFT step.")
+    rl_short_steps: int = field(20, ge=1, help="GRPO steps of the short SFT-then-RL variant.")
+    luffy_n_expert: int = field(1, ge=0, help="Expert traces per GRPO group (LUFFY).")
+    luffy_shaping_gamma: float = field(0.1, gt=0, help="LUFFY policy-shaping gamma.")
+    relift_sft_every: int = field(5, ge=1, help="ReLIFT: every N-th step is an SFT step on buffered hard problems.")
+    relift_min_buffer: int = field(4, ge=1, help="ReLIFT: minimum buffered problems for an SFT step.")
     eval: EvalConfig = field(default_factory=EvalConfig, help="Held-out evaluation (greedy).")
-    seeds: int = field(3, help="Seeds per method.")
+    seeds: int = field(3, ge=1, help="Seeds per method.")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 

@@ -51,7 +51,7 @@ KL_TAGS = ("gather_ids", "kl_logp")
 
 @dataclass
 class ForkContrastLossConfig:
-    kl_coef: float = field(0.1, help="lambda: weight of the mean KL(P_base || pi) over non-decision tokens "
+    kl_coef: float = field(0.1, ge=0, help="lambda: weight of the mean KL(P_base || pi) over non-decision tokens "
                            "(METHODS: 0.1 default, 0.2 in some runs).")
 
 

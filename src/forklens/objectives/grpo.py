@@ -44,18 +44,18 @@ LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-n
 
 @dataclass
 class GRPOLossConfig:
-    epsilon: float = field(0.2, help="Lower clip range of the importance ratio (1 - epsilon).")
-    epsilon_high: float = field(0.28, help="Upper clip range of the ratio (1 + epsilon_high); DAPO's clip-higher.")
-    beta: float = field(0.0, help="Weight of the k3 KL penalty to the frozen reference model; 0 = no reference.")
+    epsilon: float = field(0.2, ge=0, lt=1, help="Lower clip range of the importance ratio (1 - epsilon).")
+    epsilon_high: float = field(0.28, ge=0, help="Upper clip range of the ratio (1 + epsilon_high); DAPO's clip-higher.")
+    beta: float = field(0.0, ge=0, help="Weight of the k3 KL penalty to the frozen reference model; 0 = no reference.")
     loss_agg_mode: LossAggMode = field("token-mean", help="token-mean (DAPO), seq-mean-token-mean (GRPO) or "
                                        "seq-mean-token-sum-norm (Dr. GRPO).")
     mask_truncated_completions: bool = field(True, help="Drop the tokens of completions that hit max_new_tokens.")
-    max_new_tokens: int | None = field(None, help="Constant normaliser of seq-mean-token-sum-norm; unset (null) = the "
+    max_new_tokens: int | None = field(None, ge=1, help="Constant normaliser of seq-mean-token-sum-norm; unset (null) = the "
                                        "run's sampling.max_new_tokens, filled in where the run is wired (train/run.py).")
-    top_entropy_quantile: float = field(1.0, help="Policy gradient only on the top q fraction of trained tokens by "
+    top_entropy_quantile: float = field(1.0, gt=0, le=1, help="Policy gradient only on the top q fraction of trained tokens by "
                                         "entropy, threshold over the whole optimizer step (TRL's name; the paper "
                                         "uses 0.2; 1.0 = every token). Costs one extra no-grad forward per step.")
-    env_loss_coef: float = field(0.0, help="ECHO: weight of the next-token CE on environment observation tokens, "
+    env_loss_coef: float = field(0.0, ge=0, help="ECHO: weight of the next-token CE on environment observation tokens, "
                                  "normalised by their own count (the paper uses 0.05; 0 = off).")
 
 

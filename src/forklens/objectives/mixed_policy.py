@@ -30,7 +30,7 @@ from forklens.rollouts import Rollouts
 
 @dataclass
 class MixedPolicyLossConfig(GRPOLossConfig):
-    shaping_gamma: float = field(0.1, help="LUFFY policy shaping f(p) = p / (p + gamma) on off-policy tokens.")
+    shaping_gamma: float = field(0.1, gt=0, help="LUFFY policy shaping f(p) = p / (p + gamma) on off-policy tokens.")
 
 
 def _row_flag(batch: Rollouts, name: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ class AgentOrganismConfig:
     agent: AgentConfig = field(default_factory=AgentConfig, help="Questions, knowledge bases and the teacher.")
     model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
     pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
-    batch_size: int = field(64, help="Teacher trajectories per pretraining step.")
+    batch_size: int = field(64, ge=1, help="Teacher trajectories per pretraining step.")
     seed: int = field(0, help="Seed of the initialisation and the teacher trajectories.")
 
 

@@ -25,7 +25,7 @@ class OrganismConfig:
     arith: ArithConfig = field(default_factory=ArithConfig, help="Arithmetic task settings.")
     model: OrganismModelConfig = field(default_factory=OrganismModelConfig, help="Model size.")
     pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT) settings.")
-    batch_size: int = field(64, help="Teacher traces per pretraining step.")
+    batch_size: int = field(64, ge=1, help="Teacher traces per pretraining step.")
     seed: int = field(0, help="Seed of the initialisation and the teacher traces.")
 
 

@@ -32,11 +32,11 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"
 
 @dataclass
 class OrganismModelConfig:
-    hidden_size: int = field(128, help="Model width.")
-    intermediate_size: int = field(384, help="MLP width.")
-    num_hidden_layers: int = field(3, help="Transformer layers.")
-    num_attention_heads: int = field(4, help="Attention heads.")
-    max_position_embeddings: int = field(128, help="Context length in tokens.")
+    hidden_size: int = field(128, ge=1, help="Model width.")
+    intermediate_size: int = field(384, ge=1, help="MLP width.")
+    num_hidden_layers: int = field(3, ge=1, help="Transformer layers.")
+    num_attention_heads: int = field(4, ge=1, help="Attention heads.")
+    max_position_embeddings: int = field(128, ge=1, help="Context length in tokens.")
 
 
 def build_char_tokenizer(alphabet: str):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from forklens.errors import DataError
+from forklens.errors import DataError, ForklensWarning
 from forklens.rollouts import Rollouts
 from forklens.policy.load import context_length, load_causal_lm, load_tokenizer
 from forklens.policy.sample import sample_batch
@@ -133,6 +134,25 @@ class Policy:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Characters of ``text`` that the tokenizer maps to its unknown token (a character-level organism
+        meeting a character outside its alphabet); empty for byte-level tokenizers, which encode anything."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None or unk not in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+            return []
+        return sorted(c for c in set(text) if self.tokenizer(c, add_special_tokens=False)["input_ids"] == [unk])
+
+    def warn_unknown_chars(self, texts: Sequence[tuple[str, str]]) -> int:
+        """One warning for all ``(where, text)`` inputs holding characters outside the vocabulary (they become
+        the unknown token, so the model sees something else than the text). Returns how many there are."""
+        bad = [(where, chars) for where, text in texts if (chars := self.unknown_chars(text))]
+        if bad:
+            where, chars = bad[0]
+            warnings.warn(f"{len(bad)} input text(s) hold characters outside the vocabulary of "
+                          f"{self.path or 'the model'}, which become {self.tokenizer.unk_token!r} "
+                          f"(first at {where}: {''.join(chars)!r})", ForklensWarning, stacklevel=2)
+        return len(bad)
 
     def check_length(self, n_tokens: int, what: str) -> None:
         if self.context is not None and n_tokens > self.context:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from forklens.errors import ModelLoadError
 
@@ -34,6 +37,26 @@ def check_model_dir(path: str | Path) -> Path:
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{cfg_file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     return path
+
+
+def is_corrupt_file_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is what safetensors or ``torch.load`` raise for a truncated or garbage file."""
+    if isinstance(exc, (SafetensorError, EOFError, pickle.UnpicklingError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        marker in str(exc) for marker in ("PytorchStreamReader", "invalid load key", "unexpected EOF",
+                                          "failed finding central directory"))
+
+
+def is_weights_file_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while reading a weights file, says the file is broken or does not fit its
+    config (truncated or garbage safetensors, a corrupt torch pickle, shape mismatches) rather than
+    a bug: such errors are the user's input and get a one-line message."""
+    if isinstance(exc, (OSError, ValueError)) or is_corrupt_file_error(exc):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("size mismatch", "Error(s) in loading state_dict"))
 
 
 def load_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
@@ -97,7 +120,9 @@ def load_causal_lm(path: str | Path, dtype: str | None = None, device: str | Non
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except TypeError:
         model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=kwargs.get("dtype"))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if not is_weights_file_error(exc):
+            raise
         raise ModelLoadError(f"could not load the model weights in {path}: {exc}") from None
     model.to(device or default_device())
     model.eval()

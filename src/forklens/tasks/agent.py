@@ -68,15 +68,15 @@ ANSWER_RE = re.compile(r"!([a-z]+|[0-9]+)$")
 
 @dataclass
 class AgentConfig:
-    entity_len: int = field(3, help="Letters per entity code.")
+    entity_len: int = field(3, ge=1, help="Letters per entity code.")
     bridge_depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4],
-                                     help="Lookups a bridge question needs (drawn uniformly).")
+                                     ge=1, help="Lookups a bridge question needs (drawn uniformly).")
     comparison_sizes: list[int] = field(default_factory=lambda: [2, 3],
-                                        help="Entities a comparison question compares (drawn uniformly).")
-    p_comparison: float = field(0.25, help="Fraction of comparison questions (the rest are bridge questions).")
-    p_continue: float = field(0.5, help="Noisy teacher: probability of one more lookup wherever one is needed.")
-    n_train: int = field(200, help="Training questions (RL and the matched SFT set).")
-    n_test: int = field(100, help="Held-out test questions.")
+                                        ge=2, help="Entities a comparison question compares (drawn uniformly).")
+    p_comparison: float = field(0.25, ge=0, le=1, help="Fraction of comparison questions (the rest are bridge questions).")
+    p_continue: float = field(0.5, ge=0, le=1, help="Noisy teacher: probability of one more lookup wherever one is needed.")
+    n_train: int = field(200, ge=1, help="Training questions (RL and the matched SFT set).")
+    n_test: int = field(100, ge=1, help="Held-out test questions.")
     seed: int = field(0, help="Seed of the question splits.")
 
 

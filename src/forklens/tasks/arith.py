@@ -43,11 +43,11 @@ ANSWER_RE = re.compile(r"A=(\d+)")
 
 @dataclass
 class ArithConfig:
-    digits: int = field(3, help="Digits per operand (operands are zero-padded to this width).")
-    p_drop_carry: float = field(0.6, help="Noisy teacher: probability of writing carry 0 when the true carry is 1.")
-    p_slip: float = field(0.05, help="Noisy teacher: probability of writing a column sum off by one.")
-    n_test: int = field(200, help="Held-out test problems.")
-    test_fraction: float = field(0.1, help="Fraction of operand pairs reserved for the test split.")
+    digits: int = field(3, ge=1, help="Digits per operand (operands are zero-padded to this width).")
+    p_drop_carry: float = field(0.6, ge=0, le=1, help="Noisy teacher: probability of writing carry 0 when the true carry is 1.")
+    p_slip: float = field(0.05, ge=0, le=1, help="Noisy teacher: probability of writing a column sum off by one.")
+    n_test: int = field(200, ge=1, help="Held-out test problems.")
+    test_fraction: float = field(0.1, gt=0, lt=1, help="Fraction of operand pairs reserved for the test split.")
     seed: int = field(0, help="Seed of the split sampling.")
 
 

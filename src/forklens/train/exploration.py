@@ -23,7 +23,7 @@ from forklens.train.sources import GRPOSource, SamplingConfig
 
 @dataclass
 class ExplorationConfig:
-    task_steps: int = field(5, help="Task steps per exploration step (5 = the 5:1 interleaving; 0 = only exploration).")
+    task_steps: int = field(5, ge=0, help="Task steps per exploration step (5 = the 5:1 interleaving; 0 = only exploration).")
     T: int = field(5, help="Tool-call cap of exploration episodes.")
     seed_offset: int = field(7919, help="Added to the seed of the exploration episodes, so they differ from the "
                              "task episodes of the same step.")

@@ -58,26 +58,26 @@ Gate = Literal["entropy", "none", "random"]
 
 @dataclass
 class ForkDataConfig:
-    problems: int = field(64, help="Training problems to sample rollouts for (0 = all of --data / the split).")
-    rollouts_per_problem: int = field(20, help="Base rollouts per problem (METHODS: 20).")
-    temperature: float = field(0.6, help="Sampling temperature of the base rollouts.")
-    top_p: float = field(0.95, help="Nucleus threshold of the base rollouts.")
-    max_new_tokens: int = field(256, help="Rollout length cap; rollouts that hit it are truncated.")
-    keep_problems: int = field(50, help="Keep the N mixed-outcome problems whose pass rate is closest to 0.5.")
-    drop_longest_frac: float = field(0.2, help="Drop this fraction of the longest kept rollouts (ties kept).")
-    adv_clip: float = field(2.5, help="Clip advantages to +-this.")
-    tau: float = field(1.4, help="Decision tokens: base entropy (nats) above tau. 1.4 for real LMs (paper); "
+    problems: int = field(64, ge=0, help="Training problems to sample rollouts for (0 = all of --data / the split).")
+    rollouts_per_problem: int = field(20, ge=2, help="Base rollouts per problem (METHODS: 20).")
+    temperature: float = field(0.6, ge=0, help="Sampling temperature of the base rollouts.")
+    top_p: float = field(0.95, gt=0, le=1, help="Nucleus threshold of the base rollouts.")
+    max_new_tokens: int = field(256, ge=1, help="Rollout length cap; rollouts that hit it are truncated.")
+    keep_problems: int = field(50, ge=1, help="Keep the N mixed-outcome problems whose pass rate is closest to 0.5.")
+    drop_longest_frac: float = field(0.2, ge=0, lt=1, help="Drop this fraction of the longest kept rollouts (ties kept).")
+    adv_clip: float = field(2.5, gt=0, help="Clip advantages to +-this.")
+    tau: float = field(1.4, ge=0, help="Decision tokens: base entropy (nats) above tau. 1.4 for real LMs (paper); "
                        "the arith organism's forks have ~0.67 nats and its digit slips <= 0.4, so its recipe uses 0.5.")
     gate: Gate = field("entropy", help="entropy (decision = entropy > tau), none (all response tokens) or random "
                        "(same count per rollout as the entropy gate, random positions).")
     positive_only: bool = field(False, help="Ablation: decision-token term only for rollouts with A > 0.")
-    kl_top_k: int = field(20, help="Base top-K log-probs stored per token for the KL term (capped at the vocabulary).")
+    kl_top_k: int = field(20, ge=1, help="Base top-K log-probs stored per token for the KL term (capped at the vocabulary).")
     rescore: bool = field(False, help="Teacher-force the rollouts through the base for entropy/top-K (2N FLOPs/token) "
                           "instead of reusing the sampler's logits.")
-    problems_per_step: int = field(0, help="Serve whole problems: all kept rollouts of this many problems per step, "
+    problems_per_step: int = field(0, ge=0, help="Serve whole problems: all kept rollouts of this many problems per step, "
                                    "so each batch's advantages sum to ~0 (0 = batch_size single rollouts).")
-    batch_size: int = field(16, help="Rollouts per optimizer step (when problems_per_step = 0).")
-    sample_batch_size: int = field(256, help="Sequences decoded together while sampling.")
+    batch_size: int = field(16, ge=1, help="Rollouts per optimizer step (when problems_per_step = 0).")
+    sample_batch_size: int = field(256, ge=1, help="Sequences decoded together while sampling.")
 
 
 @dataclass
@@ -303,9 +303,9 @@ class ForkContrastSource:
 @dataclass
 class LoraSettings:
     enabled: bool = field(True, help="Train LoRA adapters (needs peft) instead of all weights.")
-    r: int = field(32, help="LoRA rank (METHODS: 32).")
-    alpha: int = field(64, help="LoRA alpha (METHODS: 64).")
-    dropout: float = field(0.0, help="LoRA dropout.")
+    r: int = field(32, ge=1, help="LoRA rank (METHODS: 32).")
+    alpha: int = field(64, gt=0, help="LoRA alpha (METHODS: 64).")
+    dropout: float = field(0.0, ge=0, lt=1, help="LoRA dropout.")
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       help="Modules that get adapters (comma-separated in --set).")
 

@@ -123,26 +123,28 @@ def verifier_reward(task) -> RewardFn:
 
 @dataclass
 class SamplingConfig:
-    prompts_per_step: int = field(16, help="Distinct prompts per optimizer step.")
-    group_size: int = field(8, help="Completions (episodes, for a task with tools) per prompt (TRL: num_generations).")
-    temperature: float = field(1.0, help="Sampling temperature of the rollouts.")
-    top_p: float = field(1.0, help="Nucleus sampling threshold of the rollouts.")
-    max_new_tokens: int = field(64, help="Completion length cap of single-turn rollouts; longer completions are "
+    prompts_per_step: int = field(16, ge=1, help="Distinct prompts per optimizer step.")
+    group_size: int = field(8, ge=1, warn={1: "every advantage is zero (a group of one has nothing to compare with), so the policy gradient is zero and only the KL term trains"},
+                            help="Completions (episodes, for a task with tools) per prompt (TRL: num_generations).")
+    temperature: float = field(1.0, ge=0, warn={0: "greedy rollouts: every member of a group is the same, so every advantage is zero"},
+                               help="Sampling temperature of the rollouts.")
+    top_p: float = field(1.0, gt=0, le=1, help="Nucleus sampling threshold of the rollouts.")
+    max_new_tokens: int = field(64, ge=1, help="Completion length cap of single-turn rollouts; longer completions are "
                                 "truncated.")
-    T: int = field(5, help="Tool-call cap of multi-turn rollouts (forced answer at the cap).")
-    turn_tokens: int = field(12, help="Most tokens in one model turn of a multi-turn rollout; an episode whose turn "
+    T: int = field(5, ge=0, help="Tool-call cap of multi-turn rollouts (forced answer at the cap).")
+    turn_tokens: int = field(12, ge=1, help="Most tokens in one model turn of a multi-turn rollout; an episode whose turn "
                              "runs longer is truncated.")
-    advantage_estimator: str = field("grpo", help="Advantage estimator by name (forklens.objectives.advantages): "
+    advantage_estimator: Literal["grpo", "grpo_population"] = field("grpo", help="Advantage estimator by name (forklens.objectives.advantages): "
                                      "grpo (unbiased group std) or grpo_population (population std, floored).")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
-    snr_filter_rho: float = field(0.0, help="Reward-variance (SNR) filtering of prompt groups, RAGEN-2 style: drop "
+    snr_filter_rho: float = field(0.0, ge=0, le=1, help="Reward-variance (SNR) filtering of prompt groups, RAGEN-2 style: drop "
                                   "zero-std groups, keep the highest-std groups until they hold rho of the total "
                                   "std (0 = off; the paper uses 0.9). Filtered groups are sampled but not trained on.")
-    snr_filter_eps: float = field(0.01, help="Tolerance of the SNR filter's cumulative-std threshold.")
+    snr_filter_eps: float = field(0.01, ge=0, help="Tolerance of the SNR filter's cumulative-std threshold.")
     backend: Literal["torch", "vllm"] = field("torch", help="Rollout sampler: the built-in one, or vLLM (GPU only; "
                                               "`pip install vllm`; weights are pushed to it after every step).")
-    vllm_gpu_memory_utilization: float = field(0.3, help="Share of GPU memory the colocated vLLM engine may take.")
-    mi_proxy_every: int = field(0, help="Every N steps, log the mutual-information proxy (mi_proxy_acc: retrieval "
+    vllm_gpu_memory_utilization: float = field(0.3, gt=0, le=1, help="Share of GPU memory the colocated vLLM engine may take.")
+    mi_proxy_every: int = field(0, ge=0, help="Every N steps, log the mutual-information proxy (mi_proxy_acc: retrieval "
                                 "accuracy of each rollout's own prompt among the step's prompts; chance in "
                                 "mi_proxy_chance) over the model's own tokens. Costs prompts x rollouts "
                                 "teacher-forced sequences (0 = off).")

@@ -144,7 +144,7 @@ CASES = [
     Case("evaluate-limit-negative", "evaluate --model {model} --set limit=-1", "limit=-1"),
     Case("evaluate-task-unknown", "evaluate --model {model} --task nope", "nope"),
     Case("evaluate-split-bogus", "evaluate --model {model} --set split=dev", "'dev' is not one of 'train', 'test'"),
-    Case("evaluate-out-is-dir", "evaluate --model {model} --out sub --set limit=1", "--out sub is a directory",
+    Case("evaluate-out-is-dir", "evaluate --model {model} --out sub --set limit=1", "--out 'sub' is a folder",
          {"sub/keep.txt": "x"}),
     Case("evaluate-model-missing", "evaluate --model missing-dir", "model directory missing-dir does not exist"),
     # --- diff --------------------------------------------------------------------------------------------------

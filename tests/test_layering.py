@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"tasks"},
     {"policy"},
     {"report", "audit"},
-    {"config", "dist", "rollouts"},
+    {"config", "dist", "rollouts", "runfolder"},
     {"errors", "__init__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

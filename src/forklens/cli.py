@@ -15,7 +15,7 @@ import sys
 from forklens import __version__
 from forklens.errors import ForklensError
 
-COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "intervene", "passk", "probe", "experiment", "audit"]
+COMMANDS = ["demo", "organism", "train", "evaluate", "diff", "intervene", "passk", "probe", "experiment", "audit", "results"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """``forklens results``: produce stamped artifacts under results/ and render docs tables from them.
 
-- ``forklens results run NAME --seeds 0,1,2,3,4 -- demo --quick`` runs a forklens command once per seed
+- ``forklens results run NAME --seeds 0,1,2,3,4 --cmd 'demo --quick'`` runs a forklens command once per seed
   (``--seed S --out WORK/seed-S`` appended), then writes ``results/NAME/``: every seed's
   ``summary.json``, its ``metrics.jsonl`` files, a bootstrap interval over seeds for every numeric
   field, an optional curve plot, and the stamp (commit, time, hardware, versions, the exact command).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,8 @@ def register(sub) -> None:
     run.add_argument("--work", default=None, help="where the runs write (default: a temporary folder)")
     run.add_argument("--curve", default=None, metavar="KEY",
                      help="also plot metrics.jsonl KEY against cumulative FLOPs, a line per seed, mean bold")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the forklens command, e.g. -- demo --quick")
+    run.add_argument("--cmd", required=True, metavar="'COMMAND ...'",
+                     help="the forklens command to run per seed, quoted, e.g. --cmd 'demo --quick'")
     run.set_defaults(func=run_seeds)
 
     render = rs.add_parser("render", help="Fill the marked tables of the docs from the artifacts.")
@@ -89,9 +91,9 @@ def run_seeds(args: argparse.Namespace) -> int:
     from forklens.report.artifacts import command_line, make_stamp, plots_dir, read_jsonl, write_artifact
 
     seeds = _parse_seeds(args.seeds)
-    cmd = [c for c in args.cmd if c != "--"] if args.cmd[:1] == ["--"] else list(args.cmd)
+    cmd = shlex.split(args.cmd)
     if not cmd:
-        raise ConfigError("give the forklens command after --, e.g. `forklens results run demo-quick -- demo --quick`")
+        raise ConfigError("--cmd is empty; give the forklens command, e.g. --cmd 'demo --quick'")
     if any(c in ("--seed", "--out") or c.startswith(("--seed=", "--out=")) for c in cmd):
         raise ConfigError("do not pass --seed or --out: `results run` sets them for each seed")
     stamp_command = command_line()  # the wrapper's own command line: what reproduces the artifact

@@ -288,3 +288,41 @@ def summarize_seeds(summaries: Mapping[int, Mapping], level: float = 0.95, seed:
         per_seed[name] = vals
         aggregate[name] = bootstrap_ci(vals, level, resamples=2000, seed=seed).as_dict()
     return {"seeds": seeds, "per_seed": per_seed, "aggregate": aggregate, "partial": partial}
+
+
+def compare_methods(curves: Mapping[str, Mapping[int, Curve]], reference: str, *, target: float | None = None,
+                    within: float = 0.01, search_flops: Mapping[str, float] | None = None, level: float = 0.95,
+                    seed: int = 0) -> dict:
+    """The compute-matched comparison of methods against ``reference``, as JSON for an artifact.
+
+    ``curves`` holds each method's validation curves per seed, already cut where its stopping rule
+    stopped. The target is ``target`` or, by default, ``within`` below the best accuracy any run
+    reached (the best plateau). Returns the target and its rule, per-method FLOPs-to-target reports
+    (seeds that never reach it listed), each method's plateau (best validation accuracy) with a
+    bootstrap interval, and against the reference: the FLOPs ratio with and without search cost and
+    the plateau difference paired by seed."""
+    if reference not in curves:
+        raise ValueError(f"reference method {reference!r} is not among {sorted(curves)}")
+    search = dict(search_flops or {})
+    unknown = set(search) - set(curves)
+    if unknown:
+        raise ValueError(f"search_flops names unknown method(s) {sorted(unknown)}")
+    rule = f"fixed accuracy {target}" if target is not None else f"best plateau over all runs - {within}"
+    if target is None:
+        target = plateau_target([c for by_seed in curves.values() for c in by_seed.values()], within)
+    reports = {m: method_report(m, by_seed, target, search.get(m, 0.0), level, seed) for m, by_seed in curves.items()}
+    plateaus = {m: {s: max(c.accuracy) for s, c in by_seed.items()} for m, by_seed in curves.items()}
+    out: dict = {"target": target, "target_rule": rule, "level": level,
+                 "methods": {m: r.as_dict() for m, r in reports.items()},
+                 "plateau": {m: bootstrap_ci(list(p.values()), level, seed=seed).as_dict() for m, p in plateaus.items()},
+                 "ratios": {}, "plateau_difference": {}}
+    for m in curves:
+        if m == reference:
+            continue
+        with_s = flops_ratio(reports[m], reports[reference], level, seed, include_search=True)
+        without = flops_ratio(reports[m], reports[reference], level, seed, include_search=False)
+        out["ratios"][f"{m}/{reference}"] = {"with_search": with_s.as_dict() if with_s else None,
+                                             "without_search": without.as_dict() if without else None}
+        out["plateau_difference"][f"{m}-{reference}"] = paired_difference(plateaus[m], plateaus[reference],
+                                                                          level, seed=seed).as_dict()
+    return out

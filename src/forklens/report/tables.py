@@ -16,7 +16,7 @@ A markdown file marks a rendered block with ``<!-- results:NAME -->`` ... ``<!--
 Placeholders are ``{dotted.path:format}`` into the artifact (``{"stamp", "summary"}``, or the raw JSON of
 an unstamped one); keys with dots are bracketed. Formats: ``pct0``/``pct1``/``pct2`` (fraction as
 percent), ``f0``..``f4``, ``sci`` (1.66e12), ``int`` (12,345), ``x2`` (4.10x), ``gib`` (bytes as
-GiB, 2 decimals); ``ci:F`` renders an interval ``{mean, low, high}`` as ``mean [low, high]``;
+GiB, 2 decimals), ``str`` (as written), ``yesno`` (a boolean); ``ci:F`` renders an interval ``{mean, low, high}`` as ``mean [low, high]``;
 ``list:F`` joins a list with `` / ``; ``range:F`` gives ``min-max`` of a list. Below every table
 a provenance line names the artifact, its commit, time, hardware and command. A spec with
 ``predictions: results/predictions/NAME.yaml`` instead renders each pre-registered prediction beside
@@ -158,8 +158,17 @@ def format_value(value: Any, fmt: str, where: str) -> str:
         if kind == "list":
             return " / ".join("—" if v is None else f(v) for v in value)
         return f"{f(min(value))}-{f(max(value))}"
+    if fmt == "str":
+        if isinstance(value, (dict, list)):
+            raise SpecError(f"{where}: format 'str' needs a scalar, got {value!r}")
+        return str(value)
+    if fmt == "yesno":
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: format 'yesno' needs true/false, got {value!r}")
+        return "yes" if value else "no"
     if fmt not in SCALAR_FORMATS:
-        raise SpecError(f"{where}: unknown format {fmt!r} (known: {', '.join(SCALAR_FORMATS)}, ci:F, list:F, range:F)")
+        raise SpecError(f"{where}: unknown format {fmt!r} (known: {', '.join(SCALAR_FORMATS)}, str, yesno, ci:F, "
+                        "list:F, range:F)")
     if value is None:
         return "—"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -186,7 +195,7 @@ def render_block(spec: Spec) -> str:
         lines = ["| " + " | ".join(spec.header) + " |", "|" + "---|" * len(spec.header)]
         lines += ["| " + " | ".join(fill(str(cell), data, where) for cell in row) + " |" for row in spec.rows]
         body = "\n".join(lines)
-    note = f" {' '.join(spec.note.split())}" if spec.note else ""
+    note = f" {fill(' '.join(spec.note.split()), data, where)}" if spec.note else ""
     return f"{body}\n\n<sub>{provenance}{note}</sub>\n"
 
 

@@ -48,6 +48,7 @@ def test_write_and_load_round_trip(tmp_path):
     art = load_artifact(folder)
     assert art.summary == {"acc": 0.5} and art.stamp["commit"] == "a" * 40 and art.name == "demo"
     assert art.metrics("seed-0") == [{"step": 1, "x": 2}]
+    assert (folder / "metrics" / "seed-0.json").read_text() == '[\n{"step": 1, "x": 2}\n]\n'  # a step per line
     assert load_artifact(folder / "artifact.json").summary == {"acc": 0.5}
     with pytest.raises(ArtifactError, match="letters, digits"):
         write_artifact(tmp_path, "../escape", {}, seeds=[], stamp=_stamp())
@@ -68,8 +69,11 @@ def test_load_refuses_missing_or_unstamped_files(tmp_path):
     bad = tmp_path / "m" / "metrics"
     write_artifact(tmp_path, "m", {}, seeds=[0], stamp=_stamp())
     bad.mkdir()
-    (bad / "r.jsonl").write_text('{"a": 1}\n[1]\n')
-    with pytest.raises(ArtifactError, match=r"r.jsonl:2: expected a JSON object"):
+    (bad / "r.json").write_text('[\n{"a": 1},\n{"a": 2\n]\n')
+    with pytest.raises(ArtifactError, match=r"r.json:4: not valid JSON"):
+        load_artifact(tmp_path / "m").metrics("r")
+    (bad / "r.json").write_text('[{"a": 1}, [1]]')
+    with pytest.raises(ArtifactError, match=r"r.json: expected a JSON array of objects"):
         load_artifact(tmp_path / "m").metrics("r")
 
 

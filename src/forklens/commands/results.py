@@ -88,7 +88,8 @@ def _strings(data):
 
 def run_seeds(args: argparse.Namespace) -> int:
     from forklens.analysis.curves import summarize_seeds
-    from forklens.report.artifacts import command_line, make_stamp, plots_dir, read_jsonl, write_artifact
+    from forklens.analysis.prompts import read_jsonl
+    from forklens.report.artifacts import command_line, make_stamp, plots_dir, write_artifact
 
     seeds = _parse_seeds(args.seeds)
     cmd = shlex.split(args.cmd)
@@ -114,7 +115,7 @@ def run_seeds(args: argparse.Namespace) -> int:
         runs[f"seed-{seed}"] = {"command": " ".join(["python", *argv[1:]]), "summary": summary}
         per_seed[seed] = {k: v for k, v in summary.items() if k != "config"}
         for tag, path in _metrics_files(out, summary).items():
-            metrics[f"seed-{seed}_{tag}"] = read_jsonl(path)
+            metrics[f"seed-{seed}_{tag}"] = [row for _, row in read_jsonl(path, "metrics")]
     stats = summarize_seeds(per_seed)
     folder = write_artifact(args.results, args.name, {"runs": runs, **stats}, seeds=seeds, metrics=metrics,
                             stamp=stamp)

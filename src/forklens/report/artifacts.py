@@ -3,7 +3,7 @@
 An artifact is a folder ``results/<name>/`` in the repository:
 
 - ``artifact.json``: ``{"stamp": {...}, "summary": {...}}``, the machine-readable truth;
-- ``metrics/<run>.jsonl``: per-step metrics of each run (optional);
+- ``metrics/<run>.json``: per-step metrics of each run, a JSON array with one step per line (optional);
 - ``plots/<stem>.png`` / ``.svg`` (optional).
 
 The stamp says what produced the numbers: git commit of the forklens source that ran (and whether its
@@ -186,21 +186,19 @@ class Artifact:
         return self.stamp["name"]
 
     def metrics(self, run: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.path / "metrics" / f"{run}.jsonl")
+        return read_metrics(self.path / "metrics" / f"{run}.json")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path}:{i}: not valid JSON ({exc.msg}); expected one object per line") from None
-        if not isinstance(row, dict):
-            raise ArtifactError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """An artifact's per-step metrics file: a JSON array of objects, one step per line."""
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ArtifactError(f"{path}: expected a JSON array of objects (one per step)")
     return rows
 
 
@@ -223,8 +221,8 @@ def write_artifact(root: str | Path, name: str, summary: Mapping[str, Any], *, s
     for run, rows in (metrics or {}).items():
         mdir = folder / "metrics"
         mdir.mkdir(exist_ok=True)
-        text = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows)
-        (mdir / f"{_safe_name(run)}.jsonl").write_text(text, encoding="utf-8")
+        lines = ",\n".join(json.dumps(dict(r), sort_keys=True) for r in rows)
+        (mdir / f"{_safe_name(run)}.json").write_text(f"[\n{lines}\n]\n", encoding="utf-8")
     payload = {"stamp": stamp, "summary": dict(summary)}
     tmp = folder / (ARTIFACT_FILE + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")

@@ -211,3 +211,26 @@ def test_strict_mode_flags_unbacked_numbers_and_loose_tables(tmp_path):
     assert check_text(fake, specs, "r.md", strict=True, root=tmp_path)  # the cited file does not exist
     code = ok + "\n```bash\nforklens demo --set lr=1e-4\n```\n"
     assert check_text(code, specs, "r.md", strict=True, root=tmp_path) == []
+
+
+def test_benchmark_json_renders_with_its_own_stamp_and_unstamped_files_must_say_so(tmp_path):
+    bench = tmp_path / "benchmarks" / "results"
+    bench.mkdir(parents=True)
+    (bench / "new.json").write_text(json.dumps({"stamp": _stamp(command="python benchmarks/sampling.py --quick"),
+                                                "ratio": 1.43}))
+    (bench / "old.json").write_text(json.dumps({"ratio": 1.5}))
+    (tmp_path / "t.yaml").write_text(
+        "new:\n  artifact: benchmarks/results/new.json\n  text: 'ratio {ratio:x2}'\n"
+        "old:\n  artifact: benchmarks/results/old.json\n  text: 'ratio {ratio:x2}'\n"
+        "legacy:\n  artifact: benchmarks/results/old.json\n  unstamped: true\n  text: 'ratio {ratio:x2}'\n")
+    specs = load_specs(tmp_path / "t.yaml", tmp_path)
+    new = render_text("<!-- results:new -->\n<!-- /results:new -->", specs)
+    assert "ratio 1.43x" in new and "`benchmarks/results/new.json`: commit aaaaaaaaaa" in new
+    assert "`python benchmarks/sampling.py --quick`" in new
+    with pytest.raises(SpecError, match="has no stamp"):
+        render_text("<!-- results:old -->\n<!-- /results:old -->", specs)
+    legacy = render_text("<!-- results:legacy -->\n<!-- /results:legacy -->", specs)
+    assert "ratio 1.50x" in legacy and "written before the results harness" in legacy
+    (bench / "new.json").write_text(json.dumps({"stamp": _stamp(commit="zz"), "ratio": 1.0}))
+    with pytest.raises(ArtifactError, match="40-hex"):
+        render_text("<!-- results:new -->\n<!-- /results:new -->", specs)

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
-from forklens.report.artifacts import ArtifactError, load_artifact, lookup
+from forklens.report.artifacts import ArtifactError, load_artifact, lookup, validate_stamp
 from forklens.report.predictions import load_predictions, verdict_table
 
 BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9._-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->",
@@ -114,22 +114,36 @@ def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Sp
 
 
 def _load(spec: Spec) -> tuple[dict, str]:
-    """The artifact's data to look fields up in, and its provenance line."""
-    if spec.unstamped:
-        if not spec.artifact.is_file():
-            raise SpecError(f"table {spec.name!r}: artifact {spec.artifact} does not exist")
+    """The artifact's data to look fields up in, and its provenance line.
+
+    An artifact folder (or its ``artifact.json``) gives ``{"stamp", "summary"}``. A plain JSON file (a
+    benchmark result) gives its own content; its top-level ``stamp`` is validated and named, and a file
+    without one is accepted only when the spec says ``unstamped: true`` (written before the harness)."""
+    if spec.artifact.is_dir() or spec.artifact.name == "artifact.json":
+        art = load_artifact(spec.artifact)
+        return {"stamp": art.stamp, "summary": art.summary}, _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
+    if not spec.artifact.is_file():
+        raise SpecError(f"table {spec.name!r}: artifact {spec.artifact} does not exist")
+    try:
         data = json.loads(spec.artifact.read_text(encoding="utf-8"))
-        return data, (f"Rendered from `{_rel(spec.artifact)}`, written before the results harness: it records "
-                      "no commit or timestamp.")
-    art = load_artifact(spec.artifact)
-    st = art.stamp
-    hw = st["hardware"]
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{spec.artifact}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if isinstance(data, dict) and "stamp" in data:
+        return data, _provenance(validate_stamp(data["stamp"], str(spec.artifact)), _rel(spec.artifact))
+    if not spec.unstamped:
+        raise SpecError(f"table {spec.name!r}: {_rel(spec.artifact)} has no stamp; re-run what wrote it, or mark "
+                        "the spec `unstamped: true` if it predates the results harness")
+    return data, (f"Rendered from `{_rel(spec.artifact)}`, written before the results harness: it records "
+                  "no commit or timestamp.")
+
+
+def _provenance(stamp: dict, where: str) -> str:
+    hw = stamp["hardware"]
     gpu = f", GPU {hw['gpu']['name']}" if hw.get("gpu") else ", no GPU"
-    dirty = " (with uncommitted changes)" if st["dirty"] else ""
-    line = (f"Rendered from `{_rel(art.path)}/artifact.json`: commit {st['commit'][:10]}{dirty}, "
-            f"{st['timestamp']}, {hw['cpu_model']} x {hw['cpu_cores']} cores{gpu}, torch "
-            f"{st['versions']['torch']}; command `{st['command']}`.")
-    return {"stamp": st, "summary": art.summary}, line
+    dirty = " (with uncommitted changes)" if stamp["dirty"] else ""
+    return (f"Rendered from `{where}`: commit {stamp['commit'][:10]}{dirty}, {stamp['timestamp']}, "
+            f"{hw['cpu_model']} x {hw['cpu_cores']} cores{gpu}, torch {stamp['versions']['torch']}; "
+            f"command `{stamp['command']}`.")
 
 
 def _rel(path: Path) -> str:

@@ -234,3 +234,21 @@ def test_benchmark_json_renders_with_its_own_stamp_and_unstamped_files_must_say_
     (bench / "new.json").write_text(json.dumps({"stamp": _stamp(commit="zz"), "ratio": 1.0}))
     with pytest.raises(ArtifactError, match="40-hex"):
         render_text("<!-- results:new -->\n<!-- /results:new -->", specs)
+
+
+def test_a_predictions_block_shows_each_prediction_beside_its_outcome(tmp_path):
+    write_artifact(tmp_path / "results", "exp", {"comparison": {"ratio": INTERVAL}}, seeds=[0, 1], stamp=_stamp())
+    (tmp_path / "results" / "predictions").mkdir()
+    (tmp_path / "results" / "predictions" / "exp.yaml").write_text(
+        "experiment: exp\nartifact: results/exp\npredictions:\n"
+        "  - {id: cheap, claim: Cheaper than the reference., metric: flops ratio, field: summary.comparison.ratio,"
+        " direction: '<', threshold: 0.5, ci: 95}\n"
+        "  - {id: cheaper, claim: Much cheaper., metric: flops ratio, field: summary.comparison.ratio,"
+        " direction: '<', threshold: 0.1, ci: 95}\n")
+    (tmp_path / "results" / "tables.yaml").write_text(
+        "exp-predictions:\n  artifact: results/exp\n  predictions: results/predictions/exp.yaml\n")
+    out = render_text("<!-- results:exp-predictions -->\n<!-- /results:exp-predictions -->",
+                      load_specs(tmp_path / "results" / "tables.yaml"))
+    assert "| Cheaper than the reference. | flops ratio < 0.5 (95% CI) | 0.3 [0.2, 0.4] | supported |" in out
+    assert "| Much cheaper. | flops ratio < 0.1 (95% CI) | 0.3 [0.2, 0.4] | refuted |" in out
+    assert "Rendered from `results/exp/artifact.json`: commit aaaaaaaaaa" in out

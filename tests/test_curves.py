@@ -201,3 +201,15 @@ def test_plateau_target_and_leaves_and_seed_summary():
     s = summarize_seeds({0: {"acc": 0.5, "only0": 1}, 1: {"acc": 0.7}})
     assert s["per_seed"] == {"acc": [0.5, 0.7]} and s["partial"] == {"only0": [0]}
     assert s["aggregate"]["acc"]["mean"] == pytest.approx(0.6)
+
+
+def test_plot_accuracy_vs_flops_writes_png_and_svg(tmp_path):
+    from forklens.report.plots import plot_curves_vs_flops
+
+    curves_ = {"grpo": {0: ([1e9, 2e9, 3e9], [0.3, 0.8, 0.95]), 1: ([1.5e9, 3e9], [0.4, 0.9])},
+               "fork-contrast": {0: ([5e8, 1e9], [0.6, 0.85])}}
+    paths = plot_curves_vs_flops(curves_, tmp_path / "acc_vs_flops")
+    assert [p.name for p in paths] == ["acc_vs_flops.png", "acc_vs_flops.svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in paths[1].read_bytes()[:400]
+    svg = paths[1].read_text()
+    assert "grpo (mean of 2 seeds)" in svg and "fork-contrast (mean of 1 seed)" in svg

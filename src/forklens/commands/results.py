@@ -4,6 +4,7 @@
   (``--seed S --out WORK/seed-S`` appended), then writes ``results/NAME/``: every seed's
   ``summary.json``, its ``metrics.jsonl`` files, a bootstrap interval over seeds for every numeric
   field, an optional curve plot, and the stamp (commit, time, hardware, versions, the exact command).
+- ``forklens results verdict PREDICTIONS.yaml`` prints each pre-registered prediction beside its outcome.
 - ``forklens results render [--check]`` fills the ``<!-- results:NAME -->`` blocks of docs/results.md
   and README.md from the artifacts (table specs: results/tables.yaml); ``--check`` only reports blocks
   whose text differs from their artifacts and exits 1 if any does.
@@ -49,6 +50,11 @@ def register(sub) -> None:
     render.add_argument("docs", nargs="*", default=list(DEFAULT_DOCS), help="markdown files (default: "
                         + ", ".join(DEFAULT_DOCS) + ")")
     render.set_defaults(func=render_docs)
+
+    verdict = rs.add_parser("verdict", help="Show each pre-registered prediction beside its outcome in an artifact.")
+    verdict.add_argument("predictions", help="predictions file, e.g. results/predictions/fork-vs-rl.yaml")
+    verdict.add_argument("--artifact", default=None, help="artifact folder (default: the file's `artifact`)")
+    verdict.set_defaults(func=show_verdicts)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -155,3 +161,13 @@ def render_docs(args: argparse.Namespace) -> int:
     for problem in stale:
         console.print(f"[red]stale[/] {problem}", highlight=False, soft_wrap=True)
     return 1 if stale else 0
+
+
+def show_verdicts(args: argparse.Namespace) -> int:
+    from forklens.report.artifacts import load_artifact
+    from forklens.report.predictions import load_predictions, verdict_table
+
+    preds = load_predictions(args.predictions)
+    artifact = load_artifact(args.artifact or preds.artifact)
+    print(verdict_table(preds, artifact))
+    return 0

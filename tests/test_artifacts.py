@@ -252,3 +252,17 @@ def test_a_predictions_block_shows_each_prediction_beside_its_outcome(tmp_path):
     assert "| Cheaper than the reference. | flops ratio < 0.5 (95% CI) | 0.3 [0.2, 0.4] | supported |" in out
     assert "| Much cheaper. | flops ratio < 0.1 (95% CI) | 0.3 [0.2, 0.4] | refuted |" in out
     assert "Rendered from `results/exp/artifact.json`: commit aaaaaaaaaa" in out
+
+
+def test_verdict_command_prints_predictions_beside_outcomes(tmp_path, capsys):
+    from forklens.cli import main
+
+    folder = write_artifact(tmp_path, "exp", {"ratio": INTERVAL}, seeds=[0], stamp=_stamp())
+    preds = tmp_path / "p.yaml"
+    preds.write_text("experiment: exp\nartifact: results/exp\npredictions:\n"
+                     "  - {id: a, claim: Cheaper., metric: ratio, field: summary.ratio, direction: '<', threshold: 1,"
+                     " ci: 95}\n")
+    assert main(["results", "verdict", str(preds), "--artifact", str(folder)]) == 0
+    assert "| Cheaper. | ratio < 1 (95% CI) | 0.3 [0.2, 0.4] | supported |" in capsys.readouterr().out
+    assert main(["results", "verdict", str(preds), "--artifact", str(tmp_path / "none")]) == 2
+    assert "no such artifact" in capsys.readouterr().err

@@ -18,8 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from forklens.report.artifacts import command_line, git_state, make_stamp  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MIN_REPEATS = 5
+GIT_AT_START = git_state()  # (commit, dirty) of the code that runs: the tree when the benchmark started
 
 
 def machine() -> dict:
@@ -66,12 +70,12 @@ def timed(fn: Callable[[], object], repeats: int = MIN_REPEATS, sync: Callable[[
 
 
 def stamp(name: str) -> dict:
-    """The provenance stamp of this benchmark run (command: ``python benchmarks/<script> <args>``)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from forklens.report.artifacts import command_line, make_stamp
-
+    """The provenance stamp of this benchmark run (command: ``python benchmarks/<script> <args>``); the
+    commit and dirty flag are those of the tree when the benchmark started, the time is now."""
     argv = ["python", os.path.relpath(sys.argv[0], Path(__file__).resolve().parent.parent), *sys.argv[1:]]
-    return make_stamp(name, seeds=[0], command=command_line(argv))
+    out = make_stamp(name, seeds=[0], command=command_line(argv))
+    out["commit"], out["dirty"] = GIT_AT_START
+    return out
 
 
 def _check_repeats(repeats: Mapping[str, dict]) -> None:

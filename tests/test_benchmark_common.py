@@ -38,7 +38,8 @@ def test_write_result_records_stamp_and_repeats(tmp_path, monkeypatch):
     path = common.write_result("x", 2.0, 4.0, "tokens/s", {"batch": 64}, reps)
     data = json.loads(path.read_text())
     assert data["ratio"] == 0.5 and data["repeats"] == reps and data["details"] == {"batch": 64}
-    assert data["stamp"]["command"] == "python benchmarks/sampling.py --quick" and len(data["stamp"]["commit"]) == 40
+    assert data["stamp"]["command"] == "python benchmarks/sampling.py --quick"
+    assert (data["stamp"]["commit"], data["stamp"]["dirty"]) == common.GIT_AT_START and len(common.GIT_AT_START[0]) == 40
     from forklens.report.artifacts import validate_stamp
 
     validate_stamp(data["stamp"], str(path))

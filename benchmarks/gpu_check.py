@@ -13,6 +13,9 @@ models built from configs, so nothing is downloaded:
   base + RL pair of 0.5B models against the measured bf16 matmul peak;
 * vLLM: imported if installed (its version and a tiny generation are recorded), else the reason.
 
+Every timing is repeated >= 5 times (:func:`common.timed`); the JSON records min/median/max of each
+(``repeats``), the stamp (commit, time, hardware, versions, command), and uses the medians.
+
 Writes ``benchmarks/results/gpu_check.json``.
 
     python benchmarks/gpu_check.py [--quick]
@@ -29,23 +32,20 @@ import traceback
 
 import torch
 
-from common import RESULTS, machine
+from common import MIN_REPEATS, machine, timed, write_json
 from sampling import MODELS as SMALL
 
 QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
 
 
-def sync_time(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+REPEATS: dict[str, dict] = {}  # label -> spread of the seconds of every timing in this run
+
+
+def sync_time(fn, repeats: int, label: str) -> float:
+    """Median seconds of ``fn`` over ``max(repeats, MIN_REPEATS)`` synchronised runs (spread kept in REPEATS)."""
+    REPEATS[label] = timed(fn, max(repeats, MIN_REPEATS), sync=torch.cuda.synchronize)
+    return REPEATS[label]["median"]
 
 
 def build(arch: str, spec: dict, dtype) -> torch.nn.Module:
@@ -145,22 +145,24 @@ def check_05b(model, quick: bool) -> dict:
 def sampling_speed(quick: bool, big) -> dict:
     out = {}
     batch, new = 64, 64
-    repeats = 2 if quick else 3
+    repeats = MIN_REPEATS if quick else 7
     models = {name: ("llama", spec, torch.float32) for name, spec in SMALL.items()}
     for name, (arch, spec, dtype) in models.items():
         m = build(arch, spec, dtype)
         prompts = prompts_for(spec["vocab_size"], batch)
-        out[name] = _speeds(m, prompts, batch, new, repeats)
+        out[name] = _speeds(m, prompts, batch, new, repeats, name)
         del m
-    out["qwen2-0.5B-bf16"] = _speeds(big, prompts_for(QWEN_05B["vocab_size"], batch), batch, new, repeats)
+    out["qwen2-0.5B-bf16"] = _speeds(big, prompts_for(QWEN_05B["vocab_size"], batch), batch, new, repeats,
+                                     "qwen2-0.5B-bf16")
     return out
 
 
-def _speeds(model, prompts, batch, new, repeats) -> dict:
+def _speeds(model, prompts, batch, new, repeats, name: str) -> dict:
     n = batch * new
-    t_graph = sync_time(lambda: ours(model, prompts, new, False, graphs=True), repeats)
-    t_eager = sync_time(lambda: ours(model, prompts, new, False, graphs=False), repeats)
-    t_gen = sync_time(lambda: generate_tokens(model, prompts, new, False), repeats)
+    t_graph = sync_time(lambda: ours(model, prompts, new, False, graphs=True), repeats, f"sampling/{name}/forklens_s")
+    t_eager = sync_time(lambda: ours(model, prompts, new, False, graphs=False), repeats,
+                        f"sampling/{name}/forklens_eager_s")
+    t_gen = sync_time(lambda: generate_tokens(model, prompts, new, False), repeats, f"sampling/{name}/generate_s")
     r = {"params": sum(p.numel() for p in model.parameters()), "forklens_tokens_per_s": n / t_graph,
          "forklens_eager_tokens_per_s": n / t_eager, "generate_tokens_per_s": n / t_gen,
          "ratio": t_gen / t_graph, "ratio_eager": t_gen / t_eager}
@@ -176,7 +178,7 @@ def scoring_mfu(big, quick: bool) -> dict:
 
     n = 8192
     mats = [torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-    peak = 2 * n**3 / sync_time(lambda: mats[0] @ mats[1], 10)
+    peak = 2 * n**3 / sync_time(lambda: mats[0] @ mats[1], 10, "bf16_matmul_8192_s")
     mats.clear()
     rl = build("qwen2", QWEN_05B, torch.bfloat16)
     with torch.no_grad():
@@ -190,7 +192,7 @@ def scoring_mfu(big, quick: bool) -> dict:
     V = QWEN_05B["vocab_size"]
     prompts = [torch.randint(3, V, (half,), generator=g).tolist() for _ in range(seqs)]
     responses = [torch.randint(3, V, (length - half,), generator=g).tolist() for _ in range(seqs)]
-    sec = sync_time(lambda: score_pairs(pb, pr, prompts, responses), 2)
+    sec = sync_time(lambda: score_pairs(pb, pr, prompts, responses), MIN_REPEATS, "scoring_pair_s")
     h, L = QWEN_05B["hidden_size"], QWEN_05B["num_hidden_layers"]
     body = sum(p.numel() for p in big.parameters()) - V * h  # tied: one embedding matrix
     flops_one = 2 * body * seqs * length + 2 * h * V * seqs * (length - half) + 2 * L * seqs * length * length * h
@@ -238,9 +240,7 @@ def main() -> None:
     section("sampling_speed", sampling_speed, args.quick, big)
     section("scoring_mfu", scoring_mfu, big, args.quick)
     section("vllm", vllm_check)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {RESULTS / 'gpu_check.json'}")
+    write_json("gpu_check", result, REPEATS)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ step, completions of exactly ``--new-tokens`` tokens (EOS suppressed on both sid
 same number of tokens), temperature 1, top-p 1, no top-k, no reference model (beta 0), one
 optimizer step per generation, AdamW lr 1e-4, gradient clipping 1.0, fp32, the arith verifier as
 reward, loss token-mean over the step ("dapo" in TRL; the default in both). Each side runs
-``--steps`` + 1 steps; the first is a warm-up and the time per step is the median of the rest.
+``--steps`` + 1 steps (``--steps`` >= 5); the first is a warm-up and the time per step is the median of
+the rest; the JSON records min/median/max of the timed steps of each side (``repeats``) and the stamp.
 
 TRL is a peer, not a dependency: install it only for this benchmark (``pip install trl``). Writes
 ``benchmarks/results/grpo_step.json`` with ``unit = "s/step"`` (ratio < 1: forklens is faster).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine, write_result
+from common import MIN_REPEATS, machine, repeats_arg, spread, write_result
 
 PROMPTS, GROUP, LR = 16, 8, 1e-4
 
@@ -124,11 +125,12 @@ def run_trl(model_dir: Path, task, steps: int, new_tokens: int, out: Path) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["organism", "llama-20M"], default="organism")
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per side (after one warm-up step)")
+    ap.add_argument("--steps", type=repeats_arg, default=10,
+                    help=f"timed steps per side (after one warm-up step; >= {MIN_REPEATS})")
     ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--quick", action="store_true", help="3 timed steps")
+    ap.add_argument("--quick", action="store_true", help=f"the minimum {MIN_REPEATS} timed steps")
     args = ap.parse_args()
-    steps = 3 if args.quick else args.steps
+    steps = MIN_REPEATS if args.quick else args.steps
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, task = prepare_model(args.model, root)
@@ -139,7 +141,8 @@ def main() -> None:
     print(f"{args.model}: forklens {ours['s_per_step']:.3f} s/step   TRL {peer['trl']} {peer['s_per_step']:.3f} s/step"
           f"   ratio {ours['s_per_step'] / peer['s_per_step']:.2f}")
     name = "grpo_step" if args.model == "organism" else f"grpo_step_{args.model}"
-    write_result(name, ours["s_per_step"], peer["s_per_step"], "s/step", details)
+    write_result(name, ours["s_per_step"], peer["s_per_step"], "s/step", details,
+                 {"forklens_s_per_step": spread(ours["per_step"][1:]), "trl_s_per_step": spread(peer["per_step"][1:])})
 
 
 if __name__ == "__main__":

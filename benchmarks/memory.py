@@ -12,14 +12,16 @@ base, both entropies, KL(base || RL), top-5 of both):
 
 Each runs in its own fresh subprocess; peak memory is that process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), which includes the interpreter, torch and the two
-models (reported separately as ``baseline_rss``). The answers of both are compared.
+models (reported separately as ``baseline_rss``). The answers of both are compared. Each side runs
+``--repeats`` times (>= 5), each in a fresh process: the headline is the median peak, and the JSON records
+min/median/max (``repeats``) and the stamp.
 
 Usage::
 
     python benchmarks/memory.py                 # 128k vocab x 4,096 tokens (needs ~10 GiB free RAM for the naive run)
     python benchmarks/memory.py --vocab 32768 --tokens 1024   # a quick run
 
-Writes ``benchmarks/results/memory.json``: ``{"forklens": bytes, "peer": bytes, "unit": "bytes",
+Writes ``benchmarks/results/memory.json``: ``{"stamp", "repeats", "forklens": bytes, "peer": bytes, "unit": "bytes",
 "ratio": forklens / peer, "details": {...}}`` (the convention of every benchmark here).
 """
 
@@ -27,12 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import MIN_REPEATS, repeats_arg, spread, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 GiB = 2**30
@@ -159,26 +162,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--repeats", type=repeats_arg, default=MIN_REPEATS,
+                        help=f"fresh processes per side (>= {MIN_REPEATS})")
     parser.add_argument("--child", choices=["chunked", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.vocab, args.tokens, args.hidden, args.threads)))
         return 0
 
-    import torch
-
-    chunked = _run_child("chunked", args)
-    naive = _run_child("naive", args)
+    chunked_runs = [_run_child("chunked", args) for _ in range(args.repeats)]
+    naive_runs = [_run_child("naive", args) for _ in range(args.repeats)]
+    repeats = {f"{side}_{key}": spread([r[key] for r in runs])
+               for side, runs in (("forklens", chunked_runs), ("peer", naive_runs))
+               for key in ("peak_rss", "peak_above_baseline", "seconds")}
+    chunked = min(chunked_runs, key=lambda r: abs(r["peak_rss"] - repeats["forklens_peak_rss"]["median"]))
+    naive = min(naive_runs, key=lambda r: abs(r["peak_rss"] - repeats["peer_peak_rss"]["median"]))
     ca, na = chunked["checksum"], naive["checksum"]
     same = (ca["rank_sum"] == na["rank_sum"] and ca["unshifted"] == na["unshifted"]
             and abs(ca["base_entropy_sum"] - na["base_entropy_sum"]) <= 1e-4 * abs(na["base_entropy_sum"])
             and abs(ca["kl_sum"] - na["kl_sum"]) <= 1e-3 * max(1.0, abs(na["kl_sum"])))
     full_logits = 2 * args.tokens * args.vocab * 4
+    same = same and all(r["checksum"] == ca for r in chunked_runs) and all(r["checksum"] == na for r in naive_runs)
     result = {
-        "forklens": chunked["peak_rss"],
-        "peer": naive["peak_rss"],
+        "forklens": repeats["forklens_peak_rss"]["median"],
+        "peer": repeats["peer_peak_rss"]["median"],
         "unit": "bytes",
-        "ratio": chunked["peak_rss"] / naive["peak_rss"],
+        "ratio": repeats["forklens_peak_rss"]["median"] / repeats["peer_peak_rss"]["median"],
         "details": {
             "what": "peak RSS of a fresh process teacher-forcing one response through a base and an RL model and "
                     "computing rank_under_base, both entropies, KL(base||rl) and both top-5 at every token",
@@ -192,25 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             "layers": 1,
             "full_fp32_logits_both_models_bytes": full_logits,
             "target_forklens_peak_bytes": 2 * GiB,
-            "forklens_within_target": chunked["peak_rss"] <= 2 * GiB,
+            "forklens_within_target": repeats["forklens_peak_rss"]["max"] <= 2 * GiB,
             "same_answers": same,
-            "forklens_run": chunked,
+            "forklens_run": chunked,  # the run closest to the median peak, in full
             "peer_run": naive,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json("memory", result, repeats, out=args.out)
     print(f"vocab {args.vocab:,} x {args.tokens:,} tokens (full fp32 logits of both models: {full_logits / GiB:.2f} GiB)")
     for name, r in (("forklens (chunked)", chunked), ("peer (naive)", naive)):
         print(f"  {name:20s} peak RSS {r['peak_rss'] / GiB:6.2f} GiB  (baseline {r['baseline_rss'] / GiB:.2f} GiB, "
               f"+{r['peak_above_baseline'] / GiB:.2f} GiB)  {r['seconds']:.1f} s")
     print(f"  ratio forklens/peer {result['ratio']:.3f} (naive needs {1 / result['ratio']:.1f}x); same answers: {same}; within 2 GiB: "
           f"{result['details']['forklens_within_target']}")
-    print(f"wrote {args.out}")
     return 0 if same else 1
 
 

@@ -17,15 +17,12 @@ Writes ``benchmarks/results/scaling_<cpu|cuda>.json`` and ``docs/img/scaling_<cp
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine
+from common import MIN_REPEATS, machine, spread, timed, write_json
 
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -35,16 +32,13 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int = 2) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+REPEATS: dict[str, dict] = {}  # label -> spread of the seconds of every point
+
+
+def seconds(fn, label: str) -> float:
+    """Median seconds of ``fn`` over MIN_REPEATS synchronised runs; the spread is kept in REPEATS."""
+    REPEATS[label] = timed(fn, MIN_REPEATS, sync=sync)
+    return REPEATS[label]["median"]
 
 
 def build_model(cuda: bool, vocab: int | None = None):
@@ -83,12 +77,14 @@ def sampling_curves(model, vocab: int, quick: bool) -> dict:
     lengths = [32, 128] if quick else [32, 64, 128, 256, 512]
     for b in batches:
         p = rand_prompts(vocab, b, 8)
-        t_ours, t_gen = timed(lambda: ours(model, p, 64, False)), timed(lambda: generate_tokens(model, p, 64, False))
+        t_ours = seconds(lambda: ours(model, p, 64, False), f"sampling/batch={b}/forklens_s")
+        t_gen = seconds(lambda: generate_tokens(model, p, 64, False), f"sampling/batch={b}/generate_s")
         out["batch"].append({"batch": b, "forklens_tokens_per_s": b * 64 / t_ours, "generate_tokens_per_s": b * 64 / t_gen})
         print("  sampling", out["batch"][-1], flush=True)
     for n in lengths:
         p = rand_prompts(vocab, 64, 8)
-        t_ours, t_gen = timed(lambda: ours(model, p, n, False)), timed(lambda: generate_tokens(model, p, n, False))
+        t_ours = seconds(lambda: ours(model, p, n, False), f"sampling/new_tokens={n}/forklens_s")
+        t_gen = seconds(lambda: generate_tokens(model, p, n, False), f"sampling/new_tokens={n}/generate_s")
         out["new_tokens"].append({"new_tokens": n, "forklens_tokens_per_s": 64 * n / t_ours,
                                   "generate_tokens_per_s": 64 * n / t_gen})
         print("  sampling", out["new_tokens"][-1], flush=True)
@@ -107,13 +103,13 @@ def scoring_curves(model, vocab: int, quick: bool) -> dict:
     for length in ([256, 1024] if quick else [128, 256, 512, 1024, 2048]):
         n = max(1, total // length)
         pr, rs = rand_prompts(vocab, n, length // 2), rand_prompts(vocab, n, length - length // 2, seed=1)
-        t = timed(lambda: score_pairs(pol, pol, pr, rs), 1)
+        t = seconds(lambda: score_pairs(pol, pol, pr, rs), f"scoring/length={length}_s")
         out["length"].append({"length": length, "sequences": n, "tokens_per_s": n * length / t})
         print("  scoring", out["length"][-1], flush=True)
     n, length = max(1, total // 512), 512
     pr, rs = rand_prompts(vocab, n, 256), rand_prompts(vocab, n, 256, seed=1)
     for mib in ([64, 1024] if quick else [64, 256, 1024, 4096]):
-        t = timed(lambda: score_pairs(pol, pol, pr, rs, max_chunk_bytes=mib * 2**20), 1)
+        t = seconds(lambda: score_pairs(pol, pol, pr, rs, max_chunk_bytes=mib * 2**20), f"scoring/chunk={mib}MiB_s")
         out["chunk_bytes"].append({"max_chunk_mib": mib, "tokens_per_s": n * length / t})
         print("  scoring", out["chunk_bytes"][-1], flush=True)
     return out
@@ -132,16 +128,18 @@ def grpo_curves(cuda: bool, quick: bool) -> dict:
     out = {"group_size": [], "new_tokens": []}
 
     def step_time(group: int, new: int) -> float:
+        """Median seconds per step over MIN_REPEATS timed steps after a warm-up step."""
         policy = Policy(build_model(cuda), build_char_tokenizer(task.alphabet))
         policy.eos_ids = []
         src = GRPOSource(task.problems("train"), [verifier_reward(task)],
                          SamplingConfig(prompts_per_step=16, group_size=group, max_new_tokens=new), seed=0)
         with tempfile.TemporaryDirectory() as d:
             tr = Trainer(policy, "grpo", GRPOLossConfig(max_new_tokens=new), src,
-                         TrainConfig(max_steps=3, micro_batch_size=64), Path(d), progress=False)
+                         TrainConfig(max_steps=MIN_REPEATS + 1, micro_batch_size=64), Path(d), progress=False)
             tr.train()
             walls = [r["wall_s"] for r in read_metrics(Path(d) / "metrics.jsonl")]
-        return statistics.median([b - a for a, b in zip(walls, walls[1:])])
+        REPEATS[f"grpo/group={group}/new_tokens={new}/s_per_step"] = spread([b - a for a, b in zip(walls, walls[1:])])
+        return REPEATS[f"grpo/group={group}/new_tokens={new}/s_per_step"]["median"]
 
     for g in ([4, 16] if quick else [2, 4, 8, 16, 32]):
         out["group_size"].append({"group_size": g, "s_per_step": step_time(g, 48)})
@@ -198,8 +196,7 @@ def main() -> None:
     del model
     res["grpo"] = grpo_curves(cuda, args.quick)
     tag = "cuda" if cuda else "cpu"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"scaling_{tag}.json").write_text(json.dumps(res, indent=2))
+    write_json(f"scaling_{tag}", res, REPEATS)
     plot(res, DOCS_IMG / f"scaling_{tag}.png")
 
 

@@ -6,9 +6,10 @@ seeds. Input: ``--sequences`` sequences of ``--length`` tokens (half prompt, hal
 counted: 2 x (non-embedding parameters) per token through each body, plus 2 x hidden x vocab per
 response token through each LM head (the head runs on response positions only), plus attention
 (4 x layers x length x hidden per token, causal half). Peak: the median of repeated 2048 x 2048 x
-2048 float32 matmuls on the same threads.
+2048 float32 matmuls on the same threads. Both are timed ``--repeats`` times (>= 5): the JSON records
+min/median/max (``repeats``) and the stamp; the headline uses the medians.
 
-Writes ``benchmarks/results/scoring.json``: ``{"forklens": FLOP/s, "peer": peak FLOP/s,
+Writes ``benchmarks/results/scoring.json``: ``{"stamp", "repeats", "forklens": FLOP/s, "peer": peak FLOP/s,
 "unit": "FLOP/s", "ratio": MFU, "details": {...}}``.
 
     python benchmarks/scoring.py [--quick]
@@ -17,24 +18,17 @@ Writes ``benchmarks/results/scoring.json``: ``{"forklens": FLOP/s, "peer": peak 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from common import machine, write_result
+from common import MIN_REPEATS, repeats_arg, machine, timed, write_result
 from sampling import MODELS, build
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(n: int = 2048, repeats: int = MIN_REPEATS) -> dict:
+    """Seconds of an n x n x n float32 matmul, :func:`common.timed` (FLOPs: 2 n^3)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+    return timed(lambda: a @ b, repeats)
 
 
 def main() -> None:
@@ -45,10 +39,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=repeats_arg, default=10, help=f"timed repeats (>= {MIN_REPEATS})")
+    ap.add_argument("--quick", action="store_true", help=f"the minimum {MIN_REPEATS} repeats")
     args = ap.parse_args()
-    repeats = 1 if args.quick else args.repeats
+    repeats = MIN_REPEATS if args.quick else args.repeats
     spec = MODELS["llama-20M"]
     tok = build_char_tokenizer("abc")  # only used for pad/eos ids; scoring takes token ids
     base, rl = build(spec), build(spec)
@@ -65,24 +59,20 @@ def main() -> None:
     def run():
         score_pairs(pb, pr, prompts, responses)
 
-    run()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    seconds = statistics.median(times)
+    scoring_s = timed(run, repeats)
+    seconds = scoring_s["median"]
     h, L, V = spec["hidden_size"], spec["num_hidden_layers"], spec["vocab_size"]
     body = sum(p.numel() for p in base.parameters()) - 2 * V * h  # without embeddings and head
     tokens = args.sequences * args.length
     resp_tokens = args.sequences * (args.length - half)
     flops_one = 2 * body * tokens + 2 * h * V * resp_tokens + 2 * L * tokens * args.length * h
     achieved = 2 * flops_one / seconds
-    peak = matmul_peak()
+    matmul_s = matmul_peak(repeats=repeats)
+    peak = 2 * 2048**3 / matmul_s["median"]
     details = {"sequences": args.sequences, "length": args.length, "seconds": seconds, "flops": 2 * flops_one,
                "peak_matmul_flops_per_s": peak, "body_params": body, "machine": machine()}
     print(f"scoring {achieved / 1e9:.1f} GFLOP/s, matmul peak {peak / 1e9:.1f} GFLOP/s, MFU {achieved / peak:.2%}")
-    write_result("scoring", achieved, peak, "FLOP/s", details)
+    write_result("scoring", achieved, peak, "FLOP/s", details, {"scoring_s": scoring_s, "matmul_2048_s": matmul_s})
 
 
 if __name__ == "__main__":

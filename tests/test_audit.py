@@ -19,6 +19,7 @@ from forklens.audit import (
     parse_freeze,
     resolve_setup,
     run_audit,
+    severity_rank,
 )
 from forklens.audit.inputs import environment_from_installed
 from forklens.audit.rules import (
@@ -26,7 +27,6 @@ from forklens.audit.rules import (
     check_openrlhf_loss_aggregation,
     check_transformers_accumulation_loss,
     check_trl_dapo_normalization,
-    severity_rank,
 )
 from forklens.cli import main
 from forklens.errors import ForklensError

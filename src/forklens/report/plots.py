@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-__all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "DEFAULT_FORMATS"]
+__all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "plot_curves_vs_flops", "DEFAULT_FORMATS"]
 
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "svg")
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -130,5 +130,48 @@ def plot_pass_at_k(
     ax.set_ylabel("mean pass@k over problems")
     ax.set_title(title)
     if plotted:
+        ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    return save_figure(fig, stem, formats)
+
+
+def plot_curves_vs_flops(
+    curves: Mapping[str, Mapping[int, tuple[Sequence[float], Sequence[float]]]],
+    stem: str | Path,
+    *,
+    ylabel: str = "validation accuracy",
+    title: str = "accuracy vs cumulative FLOPs",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> list[Path]:
+    """One line per (method, seed), thin, and the mean over seeds bold, against cumulative FLOPs.
+
+    ``curves`` is ``{method: {seed: (flops, values)}}``. The mean at each FLOP value of the union of
+    the seeds' evaluation points is the mean of each seed's last value at or below it (drawn only
+    where every seed has one), i.e. a step function that never interpolates between evaluations."""
+    fig, ax = new_figure()
+    colors = _color_cycle()
+    for mi, method in enumerate(sorted(curves)):
+        color = colors[mi % len(colors)]
+        seeds = curves[method]
+        for seed in sorted(seeds):
+            xs, ys = seeds[seed]
+            ax.plot(xs, ys, color=color, linewidth=0.7, alpha=0.45, drawstyle="steps-post")
+        grid = sorted({x for xs, _ in seeds.values() for x in xs})
+        mean_x, mean_y = [], []
+        for g in grid:
+            vals = []
+            for xs, ys in seeds.values():
+                at = [y for x, y in zip(xs, ys) if x <= g]
+                if not at:
+                    break
+                vals.append(at[-1])
+            else:
+                mean_x.append(g)
+                mean_y.append(sum(vals) / len(vals))
+        ax.plot(mean_x, mean_y, color=color, linewidth=2.4, drawstyle="steps-post",
+                label=f"{method} (mean of {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
+    ax.set_xlabel("cumulative FLOPs")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if curves:
         ax.legend(loc="best", fontsize="small", framealpha=0.85)
     return save_figure(fig, stem, formats)

@@ -209,8 +209,13 @@ class Trainer:
     """Runs ``config.max_steps`` optimizer steps of ``objective`` on batches from ``source``."""
 
     def __init__(self, policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
-                 out_dir: str | Path, accelerator=None, name: str = "train", progress: bool = True):
+                 out_dir: str | Path, accelerator=None, name: str = "train", progress: bool = True,
+                 callbacks: list[Callable[["Trainer", dict], bool | None]] | None = None):
         self.policy = policy
+        # called after every optimizer step with (trainer, the step's metrics, which they may extend
+        # before it is logged); any returning True stops training cleanly after that step
+        self.callbacks = list(callbacks or [])
+        self.stopped_early = False
         self.objective = get_objective(objective)
         self.objective_name = objective
         self.objective_config = objective_config
@@ -379,11 +384,15 @@ class Trainer:
                 last = {"step": self.step, **metrics, **info, "grad_norm": float(gnorm),
                         "lr": self.scheduler.get_last_lr()[0], "trained_tokens": trained_tokens,
                         "flops": self.flops, "wall_s": self.wall_s}
+                stop = any([bool(callback(self, last)) for callback in self.callbacks])  # every one runs
                 logger.log(last)
                 self.metric_lines += 1
+                if stop:
+                    self.stopped_early = True
+                    break
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                     self.save()
-        if self.step >= cfg.max_steps:
+        if self.step >= cfg.max_steps or self.stopped_early:
             self.save()
         return last
 

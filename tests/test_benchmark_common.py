@@ -1,0 +1,50 @@
+"""The shared benchmark helper: >= 5 repeats with min/median/max, and a stamp in every result JSON."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import common  # noqa: E402
+
+
+def test_spread_and_its_minimum():
+    s = common.spread([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert (s["n"], s["min"], s["median"], s["max"]) == (5, 1.0, 3.0, 5.0) and s["values"] == [3.0, 1.0, 2.0, 5.0, 4.0]
+    with pytest.raises(ValueError, match="at least 5 repeats, got 4"):
+        common.spread([1.0, 2.0, 3.0, 4.0])
+
+
+def test_timed_warms_up_once_then_repeats():
+    calls, syncs = [], []
+    s = common.timed(lambda: calls.append(1), 6, sync=lambda: syncs.append(1))
+    assert len(calls) == 7 and len(syncs) == 7 and s["n"] == 6 and s["min"] <= s["median"] <= s["max"]
+
+
+def test_repeats_argument_refuses_fewer_than_five():
+    import argparse
+
+    assert common.repeats_arg("5") == 5
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 5"):
+        common.repeats_arg("3")
+
+
+def test_write_result_records_stamp_and_repeats(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(Path(common.__file__).parent / "sampling.py"), "--quick"])
+    reps = {"forklens_s": common.spread([1, 2, 3, 4, 5])}
+    path = common.write_result("x", 2.0, 4.0, "tokens/s", {"batch": 64}, reps)
+    data = json.loads(path.read_text())
+    assert data["ratio"] == 0.5 and data["repeats"] == reps and data["details"] == {"batch": 64}
+    assert data["stamp"]["command"] == "python benchmarks/sampling.py --quick"
+    assert (data["stamp"]["commit"], data["stamp"]["dirty"]) == common.GIT_AT_START and len(common.GIT_AT_START[0]) == 40
+    from forklens.report.artifacts import validate_stamp
+
+    validate_stamp(data["stamp"], str(path))
+    with pytest.raises(ValueError, match="records its repeats"):
+        common.write_result("y", 1.0, 1.0, "s", {}, {})
+    with pytest.raises(ValueError, match=r"repeats\['a'\]"):
+        common.write_result("y", 1.0, 1.0, "s", {}, {"a": {"n": 3, "min": 1, "median": 1, "max": 1}})
+    assert not (tmp_path / "y.json").exists()

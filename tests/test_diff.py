@@ -483,11 +483,39 @@ def test_cli_end_to_end(dirs, tmp_path, capsys):
     assert required <= set(rows[0])
 
 
-def test_parquet_when_pyarrow_is_installed(policies, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+def test_tokens_format_is_jsonl_whatever_is_installed(policies, tmp_path):
     base, rl = policies["llama"]
     run_diff(base, rl, PROMPTS[:2], max_new_tokens=8, out_dir=tmp_path)
-    assert pq.read_table(tmp_path / "tokens.parquet").num_rows > 0
+    assert (tmp_path / "tokens.jsonl").is_file() and not (tmp_path / "tokens.parquet").exists()
+
+
+def test_parquet_on_request(policies, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    base, rl = policies["llama"]
+    run_diff(base, rl, PROMPTS[:2], max_new_tokens=8, out_dir=tmp_path, tokens_format="parquet")
+    jsonl_dir = tmp_path / "j"
+    run_diff(base, rl, PROMPTS[:2], max_new_tokens=8, out_dir=jsonl_dir)
+    rows = [json.loads(line) for line in (jsonl_dir / "tokens.jsonl").read_text().splitlines()]
+    table = pq.read_table(tmp_path / "tokens.parquet").to_pylist()
+    assert len(table) == len(rows) > 0
+    assert [r["token_id"] for r in table] == [r["token_id"] for r in rows]
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(policies, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    base, rl = policies["llama"]
+    with pytest.raises(ConfigError, match="needs pyarrow"):
+        run_diff(base, rl, PROMPTS[:2], max_new_tokens=8, out_dir=tmp_path, tokens_format="parquet")
+    assert not any(tmp_path.iterdir())
 
 
 def test_progress_bars_do_not_break(policies, capsys):

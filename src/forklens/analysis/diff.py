@@ -158,24 +158,33 @@ class _Progress:
         return lambda k: self.bar.advance(tid, k)
 
 
+TOKENS_FORMATS = ("jsonl", "parquet")
+
+
 def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64, top_k: int = 5,
              chat_template: bool = False, seed: int = 0,
              verifier: Callable[[dict, str], bool] | None = None, out_dir: str | Path | None = None,
              block_size: int = 16, batch_tokens: int = 8192, chunk_tokens: int | None = None,
-             progress: bool | None = None, max_report_responses: int = 200) -> dict[str, Any]:
+             progress: bool | None = None, max_report_responses: int = 200,
+             tokens_format: str = "jsonl") -> dict[str, Any]:
     """Diff ``rl`` against ``base`` (two :class:`~forklens.policy.Policy`) on ``prompts``; return the summary.
 
     ``prompts``: dicts with ``prompt`` and optional ``id`` / ``answer``. ``responses``: ``rl-greedy``
     (default), ``rl-sample``, ``base-sample`` or the path of a responses JSONL file. Generation runs in
     blocks of ``block_size`` prompts, block b seeded with ``seed * 1000003 + b``; under
     ``torch.distributed`` block b goes to rank ``b % world_size``, so outputs do not depend on the
-    number of processes. Rank 0 gathers the rows, writes ``tokens.jsonl`` (or ``tokens.parquet``),
+    number of processes. Rank 0 gathers the rows, writes ``tokens.jsonl`` (``tokens.parquet`` with
+    ``tokens_format='parquet'``, which needs pyarrow),
     ``responses.jsonl``, ``summary.json`` and ``report.html`` into ``out_dir`` when given; every rank
     returns the summary.
     """
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if tokens_format not in TOKENS_FORMATS:
+        raise ConfigError(f"--tokens-format must be one of {', '.join(TOKENS_FORMATS)}, got {tokens_format!r}")
+    if tokens_format == "parquet":
+        _pyarrow()  # fail before any model work
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     if block_size < 1:
@@ -320,7 +329,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
                             "entropy": "nats, full vocabulary, temperature 1, raw logits"},
         })
         if out_dir is not None:
-            write_outputs(out_dir, summary, rows, resp_meta, max_report_responses=max_report_responses)
+            write_outputs(out_dir, summary, rows, resp_meta, max_report_responses=max_report_responses,
+                          tokens_format=tokens_format)
     if dist is not None and world > 1:
         box = [summary]
         dist.broadcast_object_list(box, src=0)
@@ -332,18 +342,26 @@ def _json_dump(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
-def write_outputs(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]],
-                  responses: list[dict[str, Any]], *, max_report_responses: int = 200) -> dict[str, Path]:
-    """Write the tokens table, responses.jsonl, summary.json and report.html; return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
+def _pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        pa = None
-    if pa is not None:
+        raise ConfigError("--tokens-format parquet needs pyarrow: pip install 'forklens[parquet]' "
+                          "(or use the default, jsonl)") from None
+    return pa, pq
+
+
+def write_outputs(out_dir: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]],
+                  responses: list[dict[str, Any]], *, max_report_responses: int = 200,
+                  tokens_format: str = "jsonl") -> dict[str, Path]:
+    """Write the tokens table (``tokens.jsonl``, or ``tokens.parquet``), responses.jsonl, summary.json
+    and report.html; return their paths. The format never depends on what happens to be installed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if tokens_format == "parquet":
+        pa, pq = _pyarrow()
         paths["tokens"] = out / "tokens.parquet"
         pq.write_table(pa.Table.from_pylist(list(rows)), paths["tokens"])
     else:

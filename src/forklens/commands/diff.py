@@ -21,8 +21,8 @@ and KL(base || RL).
 
 Prompts JSONL: {"prompt": ..., "answer": ... (optional), "id": ... (optional)} per line.
 --responses picks what is scored: rl-greedy (default), rl-sample, base-sample, or a JSONL file of
-{"id" or "prompt", "response"} texts. Writes tokens.jsonl (tokens.parquet when pyarrow is
-installed), responses.jsonl, summary.json and a self-contained report.html into --out.
+{"id" or "prompt", "response"} texts. Writes tokens.jsonl (tokens.parquet with --tokens-format
+parquet), responses.jsonl, summary.json and a self-contained report.html into --out.
 
 Several processes (torchrun / accelerate launch) shard the prompts; rank 0 writes the outputs.
 """
@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=5,
                         help="K: ranks 2..K are 'reranked', ranks > K 'shifted' (default 5)")
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--tokens-format", choices=["jsonl", "parquet"], default="jsonl",
+                        help="per-token table format: tokens.jsonl (default) or tokens.parquet (needs pyarrow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_overwrite_arg(parser)
     parser.set_defaults(func=run)
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             base, rl, prompts, responses=args.responses, n=args.n, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
             chat_template=args.chat_template, seed=args.seed, out_dir=out, block_size=args.block_size,
-            progress=False if args.no_progress else None,
+            progress=False if args.no_progress else None, tokens_format=args.tokens_format,
         )
         if rank == 0:
             _print(summary, out)

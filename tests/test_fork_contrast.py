@@ -211,7 +211,7 @@ def test_prepare_source_and_train_end_to_end(tmp_path, tiny_dir):
 def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys, monkeypatch):
     import itertools
 
-    import forklens.analysis.intervene as intervene
+    import forklens.commands.train_fork_contrast as train_fork_contrast
     from forklens.cli import main
 
     data = tmp_path / "d.jsonl"
@@ -223,10 +223,10 @@ def test_cli_fork_contrast_with_data_file(tmp_path, tiny_dir, capsys, monkeypatc
     # a random tiny model rarely answers right, so the verdicts are fixed: alternating gives every problem
     # mixed outcomes (it trains); never right gives none (a clear error)
     flip = itertools.cycle([True, False])
-    monkeypatch.setattr(intervene, "default_verify", lambda answer, text: next(flip))
+    monkeypatch.setattr(train_fork_contrast, "is_correct", lambda answer, text: next(flip))
     assert main(args) == 0, capsys.readouterr().err
     assert (out / "summary.json").is_file()
-    monkeypatch.setattr(intervene, "default_verify", lambda answer, text: False)
+    monkeypatch.setattr(train_fork_contrast, "is_correct", lambda answer, text: False)
     assert main([*args, "--out", str(tmp_path / "fc2")]) == 2  # the last --out wins
     assert "mixed outcomes" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"

@@ -28,7 +28,7 @@ def relift_dropout(out, steps=6, save_every=1, keep=2):
     assert model.config.resid_pdrop == 0.1 and model.config.attn_pdrop == 0.1
     policy = Policy(model, tok)
     sc = SamplingConfig(prompts_per_step=2, group_size=2, max_new_tokens=8)
-    src = InterleavedSFTSource(GRPOSource(TASK.problems("train"), [verifier_reward(TASK)], sc, seed=7),
+    src = InterleavedSFTSource(GRPOSource(TASK, TASK.problems("train"), sc, [verifier_reward(TASK)], seed=7),
                                TASK.expert_response, sft_every=3, min_buffer=1)
     cfg = TrainConfig(max_steps=steps, learning_rate=3e-3, save_every=save_every, keep_checkpoints=keep,
                       micro_batch_size=3, seed=7)

@@ -111,7 +111,7 @@ def test_install_folder_keeps_user_files_and_refuses_clashes(tmp_path):
 def test_organism_build_keeps_user_files(tmp_path, monkeypatch):
     """The issue's case: `organism build --out runs/victim --overwrite` with thesis.txt there (cache hit)."""
     from forklens.cli import main
-    from forklens.tasks.organism import OrganismConfig, organism_key
+    from forklens.organisms.arith import OrganismConfig, organism_key
 
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

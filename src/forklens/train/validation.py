@@ -27,8 +27,8 @@ class _ProblemList:
     def problems(self, split: str):
         return self._problems
 
-    def verify(self, problem, text: str) -> float:
-        return self.task.verify(problem, text)
+    def __getattr__(self, name: str):  # rollout, verify, caps, ...: the task's own
+        return getattr(self.task, name)
 
 
 class ValidationCallback:

@@ -275,7 +275,7 @@ def test_packaged_recipes_match_the_code_defaults():
 
 
 def test_experiment_aggregation_and_targets(tmp_path):
-    from forklens.experiments.fork_vs_rl import aggregate, aggregate_interventions, plot, targets, variant
+    from forklens.experiments.fork_vs_rl import aggregate, aggregate_interventions, targets, variant
 
     per = {"grpo": [{"seed": 0, "accuracy": 0.98, "flops": 1e12, "wall_s": 10.0},
                     {"seed": 1, "accuracy": 1.0, "flops": 1e12, "wall_s": 12.0}],
@@ -298,5 +298,3 @@ def test_experiment_aggregation_and_targets(tmp_path):
 
     assert variant(organism_fork_recipe(), "fork-contrast-gate-random").data.gate == "random"
     assert variant(organism_fork_recipe(), "fork-contrast-positive-only").data.positive_only
-    paths = plot(m, 0.3, tmp_path / "p")
-    assert all((tmp_path / f"p.{ext}").is_file() for ext in ("png", "svg")) and len(paths) == 2

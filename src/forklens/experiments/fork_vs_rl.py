@@ -1,30 +1,35 @@
-"""`forklens experiment fork-vs-rl`: GRPO vs RL-free fork-contrast (and its ablations) at equal base.
+"""`forklens experiment fork-vs-rl`: GRPO vs RL-free fork-contrast (and its ablations), compute-matched.
 
-On the arithmetic organism, from one base organism (the demo's organism config, cached), for each
-seed:
+On the arithmetic organism, from one base organism (the demo's organism config, cached):
 
-* ``grpo``: :func:`forklens.experiments.demo.run_grpo` with the demo's RLConfig;
-* ``fork-contrast``: :func:`forklens.train.fork_source.run_fork_contrast` with the organism recipe
-  (entropy gate, tau 0.5); ablations ``fork-contrast-gate-none`` (every response token is a decision
-  token), ``fork-contrast-gate-random`` (same count per rollout, random positions) and
-  ``fork-contrast-positive-only``;
-* every model is evaluated greedily on the held-out test split;
-* ``intervention``: :func:`forklens.analysis.intervene.run_intervention` of the seed's GRPO model vs
-  the base (oracle / random / entropy gates, greedy).
+* a validation slice: the last ``val_problems`` distinct prompts of the training split, removed from
+  what every method trains on (arith's train and test splits are disjoint operand pairs; the run
+  checks that no validation prompt is a test prompt);
+* every run (GRPO and each fork-contrast variant, per seed) evaluates greedily on that slice every
+  ``val_every`` steps, logs ``val/accuracy`` and cumulative FLOPs, and stops by the same plateau rule
+  (:class:`forklens.analysis.curves.PlateauStopper`, ``patience`` / ``min_delta``); ``max_steps`` are
+  caps, not budgets;
+* fork-contrast's learning rate is searched over ``fork_lr_grid`` on the first seed's validation
+  curve (highest best validation accuracy); the FLOPs of every grid run are ``search_flops
+  ["fork-contrast"]`` (GRPO keeps the demo's recipe: 0). The first seed's fork-contrast run *is* the
+  search run at the chosen rate (same config and seed);
+* ``grpo``: :func:`forklens.train.run.run_grpo` with the demo's RLConfig; ``fork-contrast``:
+  :func:`forklens.train.fork_source.run_fork_contrast` with the organism recipe (entropy gate, tau
+  0.5); ablations ``fork-contrast-gate-none``, ``-gate-random``, ``-positive-only`` at the chosen rate;
+* each final model (the one at the stop) is also evaluated on the test split, for reporting only;
+* optional ``intervention``: :func:`forklens.analysis.intervene.run_intervention` of the seed's GRPO
+  model vs the base.
 
 FLOPs: 2N per generated or scored token and 6N per trained token, as the trainer counts them; for
 fork-contrast this includes the one-off rollout sampling (reported by its data source at step 0).
-Wall time: the trainer's loop time (GRPO: sampling + training) plus, for fork-contrast, the data
-preparation; evaluation is excluded for every method.
+Validation evaluation is not counted for any method.
 
-``summary.json``::
-
-    {"methods": {NAME: {"accuracy_mean", "accuracy_std", "flops", "wall_s", "per_seed": [...]}},
-     "base": {...}, "intervention": {...}, "targets": {...}, ...}
-
-``accuracy_std`` is the sample standard deviation over seeds (0 with one seed); ``flops`` and
-``wall_s`` are means over seeds. ``accuracy_vs_flops.png/.svg`` plots accuracy (mean +- std) against
-FLOPs on a log axis.
+``summary.json`` (and, with ``artifact``, the stamped ``artifact.json``) holds ``curves``
+(method -> seed -> steps, FLOPs, validation accuracy, test accuracy), ``comparison`` =
+:func:`forklens.analysis.curves.compare_methods` with the target ``within`` below the best plateau,
+``comparison_fixed`` with the target ``fixed_target``, ``search_flops``, ``search`` (the grid),
+``methods`` (test accuracy mean/std over seeds, FLOPs at the stop) and ``validation``.
+``accuracy_vs_flops.png/.svg``: validation accuracy vs FLOPs, a thin line per seed, the mean bold.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings, run_fork_contrast
-from forklens.train.loop import TrainConfig
+from forklens.experiments.compute_matched import (comparisons, curve_record, plot_curves, validation_callback,
+                                                  validation_split)
+from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
+from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import RLConfig, run_grpo
 from forklens.runfolder import claim_folder
 
@@ -83,6 +91,17 @@ class ForkVsRLConfig:
     intervene_seeds: int = field(3, ge=1, help="Random-gate draws per intervention.")
     seeds: int = field(3, ge=1, help="Training seeds (overridden by --seeds).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
+    val_problems: int = field(128, ge=1, help="Validation problems: the last N distinct prompts of the training "
+                              "split, removed from what every method trains on (never the test split).")
+    val_every: int = field(1, ge=1, help="Evaluate on the validation problems every N training steps.")
+    patience: int = field(3, ge=1, help="Plateau rule: stop after this many evaluations without improvement.")
+    min_delta: float = field(0.005, ge=0, help="Plateau rule: the smallest accuracy gain that counts.")
+    fork_lr_grid: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3],
+                                      help="Fork-contrast learning rates searched on the first seed's validation "
+                                      "split (FLOPs counted as search cost; empty: no search, fork.train's lr).")
+    within: float = field(0.01, gt=0, lt=1, help="summary.comparison target: the best plateau minus this.")
+    fixed_target: float = field(0.80, gt=0, le=1, help="summary.comparison_fixed target (validation accuracy).")
+    artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/fork-vs-rl).")
 
 
 def variant(fork: ForkContrastConfig, name: str) -> ForkContrastConfig:
@@ -160,28 +179,8 @@ def targets(methods: dict, intervention: dict | None) -> dict:
     return t
 
 
-def plot(methods: dict, base_acc: float, stem: Path) -> list[str]:
-    from forklens.report.plots import new_figure, save_figure
-
-    fig, ax = new_figure(7.5, 4.8)
-    placed: list[float] = []
-    dodged = False
-    for i, (name, m) in enumerate(methods.items()):
-        x = m["flops"]
-        same = sum(1 for p in placed if abs(p - x) <= 0.02 * x)  # equal FLOPs: dodge so markers stay visible
-        placed.append(x)
-        dodged |= same > 0
-        ax.errorbar([x * 1.08 ** same], [100 * m["accuracy_mean"]], yerr=[100 * m["accuracy_std"]],
-                    fmt="os^Dv"[i % 5], color=f"C{i}", capsize=4, markersize=7, label=name)
-    ax.axhline(100 * base_acc, color="0.5", linestyle="--", linewidth=1, label="base")
-    ax.set_xscale("log")
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("total FLOPs (rollouts + training; log scale)" +
-                  ("; equal-FLOP points offset to the right" if dodged else ""))
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title("arith organism: accuracy vs compute (mean ± std over seeds)")
-    ax.legend(loc="best", fontsize="small", framealpha=0.85)
-    return [str(p) for p in save_figure(fig, stem)]
+def _lr_tag(lr: float) -> str:
+    return f"lr-{lr:g}"
 
 
 def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
@@ -191,7 +190,12 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    if "grpo" not in cfg.methods:
+        raise ConfigError("methods: the comparison's reference is 'grpo'; include it")
     gates = [parse_gate(g) for g in cfg.intervene_gates]  # bad gates fail before the organism is built
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    # stamped when the run starts: the commit that ran, not the one current when it ended
+    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     task = get_task(cfg.organism.task, cfg.organism.arith)
     console.rule("[bold]base organism")
     base_dir = out / "base"
@@ -204,11 +208,16 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
     test = task.problems(ev.split)
     if ev.limit:
         test = test[: ev.limit]
+    val, fit = validation_split(task.problems("train"), task.problems("test"), cfg.val_problems)
+    base_val = validation_callback(task, val, 1, cfg.patience, cfg.min_delta, ev).accuracy(base)
     by_id = {p.id: p for p in test}
     records = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in test]
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
     per_seed: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    curves: dict[str, dict[str, dict]] = {m: {} for m in cfg.methods}
+    metrics_files: dict[str, Path] = {}
     interventions: list[dict] = []
+    search: dict = {}
+    search_flops = {"grpo": 0.0}
     summary: dict = {}
 
     def write() -> None:
@@ -217,45 +226,93 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
         summary.clear()
         summary.update({
             "methods": methods,
+            "curves": curves,
+            **comparisons({m: {int(s): r for s, r in c.items()} for m, c in curves.items()}, "grpo",
+                          search_flops, cfg.within, cfg.fixed_target),
+            "search_flops": search_flops,
+            "search": search,
             "intervention": inter,
             "targets": targets(methods, inter),
-            "base": {"accuracy": base_acc, "path": str(base_dir), "cache_hit": base_info["cache_hit"],
-                     "pretrain_flops": base_info["flops"]},
+            "base": {"accuracy": base_acc, "val_accuracy": base_val, "path": str(base_dir),
+                     "cache_hit": base_info["cache_hit"], "pretrain_flops": base_info["flops"]},
             "eval": {"split": ev.split, "n_problems": len(test), "temperature": ev.temperature,
                      "max_new_tokens": ev.max_new_tokens},
-            "seeds": seeds, "seeds_done": len(interventions) if cfg.intervene and "grpo" in cfg.methods else None,
+            "validation": {"n_problems": len(val), "train_problems_left": len(fit),
+                           "rule": "the last val_problems distinct prompts of the training split; every training "
+                                   "problem with one of those prompts is removed from what the methods train on",
+                           "test_prompt_overlap": len({p.prompt for p in val} & {p.prompt for p in test}),
+                           "every": cfg.val_every, "patience": cfg.patience, "min_delta": cfg.min_delta},
+            "seeds": seeds, "seeds_done": len(per_seed["grpo"]),
             "config": asdict(cfg),
             "total_wall_s": time.perf_counter() - t_start,
         })
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def run_one(m: str, s: int, fcfg: ForkContrastConfig | None, run_dir: Path) -> tuple[dict, dict]:
+        cb = validation_callback(task, val, cfg.val_every, cfg.patience, cfg.min_delta, ev)
+        if m == "grpo":
+            info = run_grpo(base_dir, task, cfg.rl, run_dir, seed=s, progress=progress, problems=fit, callbacks=[cb])
+            policy = Policy.load(info["model_dir"])
+            row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"]}
+            cap = cfg.rl.train.max_steps
+        else:
+            fcfg = replace(fcfg, data=replace(fcfg.data, max_new_tokens=cfg.rl.sampling.max_new_tokens))
+            info = run_fork_contrast(base_dir, fit, task.verify, fcfg, run_dir, seed=s, progress=progress,
+                                     log=lambda msg: console.print(msg, highlight=False), callbacks=[cb])
+            policy = info["policy"]
+            row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"],
+                   "learning_rate": fcfg.train.learning_rate,
+                   "prepare_wall_s": info["prepare_wall_s"], "train_wall_s": info["train_wall_s"],
+                   **{k: info["data"][k] for k in ("rollouts_sampled", "rollouts_kept", "problems_kept",
+                                                  "decision_tokens", "decision_frac")}}
+            cap = fcfg.train.max_steps
+        row["accuracy"] = evaluate(policy, task, ev)["accuracy"]
+        record = {**curve_record(cb, cap), "test_accuracy": row["accuracy"]}
+        row["best_val_accuracy"] = record["best_accuracy"]
+        metrics_files[f"seed-{s}_{m}"] = run_dir / "metrics.jsonl"
+        console.print(f"seed {s} {m}: {record['steps'][-1]} steps, best validation {100 * record['best_accuracy']:.1f}%, "
+                      f"test {100 * row['accuracy']:.1f}%, {row['flops']:.3g} FLOPs, {row['wall_s']:.0f} s",
+                      highlight=False)
+        return row, record
+
+    fork = cfg.fork
+    reuse: tuple[dict, dict] | None = None
+    if "fork-contrast" in cfg.methods and cfg.fork_lr_grid:
+        console.rule(f"[bold]fork-contrast learning-rate search (seed {cfg.seed}, validation split)")
+        runs = []
+        for lr in cfg.fork_lr_grid:
+            fl = replace(fork, train=replace(fork.train, learning_rate=lr))
+            row, record = run_one("fork-contrast", cfg.seed, fl, out / "search" / _lr_tag(lr))
+            metrics_files[f"search_{_lr_tag(lr)}"] = metrics_files.pop(f"seed-{cfg.seed}_fork-contrast")
+            runs.append({"learning_rate": lr, "best_val_accuracy": record["best_accuracy"], "flops": row["flops"],
+                         "steps": row["steps"], "row": row, "record": record})
+        chosen = max(runs, key=lambda r: r["best_val_accuracy"])  # first of equals: the grid's order
+        fork = replace(fork, train=replace(fork.train, learning_rate=chosen["learning_rate"]))
+        reuse = (chosen["row"], chosen["record"])
+        search_flops["fork-contrast"] = sum(r["flops"] for r in runs)
+        search["fork-contrast"] = {
+            "seed": cfg.seed, "grid": list(cfg.fork_lr_grid), "chosen_learning_rate": chosen["learning_rate"],
+            "rule": "highest best validation accuracy (first in grid order on ties)",
+            "runs": [{k: v for k, v in r.items() if k not in ("row", "record")} for r in runs],
+            "total_flops": search_flops["fork-contrast"],
+            "note": f"seed {cfg.seed}'s fork-contrast run is the search run at the chosen learning rate "
+                    "(same config and seed), so its FLOPs are in the search cost and in its curve"}
+        write()
 
     for s in seeds:
         sd = out / f"seed-{s}"
         grpo_dir = None
         for m in cfg.methods:
             console.rule(f"[bold]seed {s}: {m}")
-            if m == "grpo":
-                info = run_grpo(base_dir, task, cfg.rl, sd / "grpo", seed=s, progress=progress)
-                model_dir = grpo_dir = Path(info["model_dir"])
-                policy = Policy.load(model_dir)
-                row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"]}
+            if m == "fork-contrast" and s == cfg.seed and reuse is not None:
+                row, record = reuse
+                metrics_files[f"seed-{s}_{m}"] = metrics_files[f"search_{_lr_tag(row['learning_rate'])}"]
             else:
-                fcfg = variant(cfg.fork, m)
-                fcfg = replace(fcfg, data=replace(fcfg.data, max_new_tokens=cfg.rl.sampling.max_new_tokens))
-                info = run_fork_contrast(base_dir, task.problems("train"), task.verify, fcfg, sd / m, seed=s,
-                                         progress=progress, log=lambda msg: console.print(msg, highlight=False))
-                policy = info["policy"]
-                row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"],
-                       "prepare_wall_s": info["prepare_wall_s"], "train_wall_s": info["train_wall_s"],
-                       "rollouts_sampled": info["data"]["rollouts_sampled"],
-                       "rollouts_kept": info["data"]["rollouts_kept"],
-                       "problems_kept": info["data"]["problems_kept"],
-                       "decision_tokens": info["data"]["decision_tokens"],
-                       "decision_frac": info["data"]["decision_frac"]}
-            row["accuracy"] = evaluate(policy, task, ev)["accuracy"]
+                row, record = run_one(m, s, None if m == "grpo" else variant(fork, m), sd / m)
+            if m == "grpo":
+                grpo_dir = sd / m / "model"
             per_seed[m].append(row)
-            console.print(f"seed {s} {m}: accuracy {100 * row['accuracy']:.1f}%, {row['flops']:.3g} FLOPs, "
-                          f"{row['wall_s']:.0f} s", highlight=False)
+            curves[m][str(s)] = record
             write()
         if cfg.intervene and grpo_dir is not None:
             console.rule(f"[bold]seed {s}: intervention (GRPO vs base)")
@@ -266,9 +323,17 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
             interventions.append(r)
             write()
     write()
-    if summary["methods"]:
-        summary["plot"] = plot(summary["methods"], base_acc, out / "accuracy_vs_flops")
+    title = f"arith organism: validation accuracy vs FLOPs ({len(seeds)} seeds, stopped at the plateau)"
+    hlines = {"base (validation)": base_val}
+    summary["plot"] = plot_curves(curves, out / "accuracy_vs_flops", title, hlines)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.artifact:
+        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name,
+                                {**summary, "plot": ["plots/accuracy_vs_flops.png", "plots/accuracy_vs_flops.svg"]},
+                                seeds=seeds, stamp=stamp,
+                                metrics={k: read_metrics(p) for k, p in metrics_files.items() if p.is_file()})
+        plot_curves(curves, plots_dir(folder) / "accuracy_vs_flops", title, hlines)
+        console.print(f"wrote the stamped artifact {folder}", highlight=False)
     return summary
 
 

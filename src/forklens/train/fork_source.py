@@ -340,8 +340,10 @@ def apply_lora(model, lora: LoraSettings):
 
 
 def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, str], float], cfg: ForkContrastConfig,
-                      out_dir, seed: int = 0, resume: bool = False, progress: bool = True, log=None) -> dict:
+                      out_dir, seed: int = 0, resume: bool = False, progress: bool = True, log=None,
+                      callbacks: list | None = None) -> dict:
     """Prepare the offline data from the model in ``base_dir``, train, save ``out_dir / 'model'``.
+    ``callbacks`` go to the Trainer (e.g. a validation callback that stops at a plateau).
 
     Returns steps, FLOPs (one-off sampling/scoring + training, as the trainer counts them), wall time
     (preparation + training), the data statistics and the model directory.
@@ -379,7 +381,7 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
         policy.model = apply_lora(policy.model, cfg.lora)
     source = ForkContrastSource(data, cfg.data.batch_size, seed=seed, problems_per_step=cfg.data.problems_per_step)
     res = train(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
-                name="fork-contrast", progress=progress, resume=resume)
+                name="fork-contrast", progress=progress, resume=resume, callbacks=callbacks)
     model = policy.model
     if cfg.lora.enabled:
         model = model.merge_and_unload()

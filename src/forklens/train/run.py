@@ -39,10 +39,12 @@ class RunResult:
 
 def train(policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
           out_dir: str | Path, *, name: str = "train", progress: bool = True, resume: bool = False,
-          model_dir: str | Path | None = None) -> RunResult:
+          model_dir: str | Path | None = None, callbacks: list | None = None) -> RunResult:
     """Train ``policy`` with ``objective`` on batches from ``source`` into ``out_dir`` (checkpoints,
-    ``metrics.jsonl``); save the final model and tokenizer to ``model_dir`` when given."""
-    trainer = Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress)
+    ``metrics.jsonl``); save the final model and tokenizer to ``model_dir`` when given. ``callbacks``
+    go to the :class:`Trainer` (e.g. :class:`~forklens.train.validation.ValidationCallback`)."""
+    trainer = Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress,
+                      callbacks=callbacks)
     last = trainer.train(resume=resume)
     saved = str(trainer.save_model(model_dir)) if model_dir is not None else None
     return RunResult(steps=trainer.step, flops=trainer.flops, wall_s=trainer.wall_s, last=last, model_dir=saved,
@@ -70,9 +72,11 @@ def grpo_loss(rl: RLConfig) -> GRPOLossConfig:
 
 def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed: int, resume: bool = False,
              progress: bool = True, reward_fns: list[RewardFn] | None = None, name: str = "GRPO",
-             **source_kwargs) -> dict:
-    """GRPO from the model in ``base_dir`` on ``task``'s training split (its own rollout: single-turn
-    samples or multi-turn episodes); the final model is saved to ``out_dir / 'model'``.
+             problems: list | None = None, callbacks: list | None = None, **source_kwargs) -> dict:
+    """GRPO from the model in ``base_dir`` on ``task``'s training split, or on ``problems`` when given
+    (e.g. the training split less a validation slice), with its own rollout (single-turn samples or
+    multi-turn episodes); the final model is saved to ``out_dir / 'model'``. ``callbacks`` go to the
+    Trainer.
     ``reward_fns`` default to the task's verifier; ``source_kwargs`` go to :class:`GRPOSource`
     (reward schedule, replay, expert traces)."""
     out_dir = Path(out_dir)
@@ -80,8 +84,8 @@ def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed
     if rl.sampling.backend != "torch":
         policy.use_backend(rl.sampling.backend, gpu_memory_utilization=rl.sampling.vllm_gpu_memory_utilization)
     ref = Policy.load(base_dir) if rl.loss.beta > 0 else None
-    source = GRPOSource(task, task.problems("train"), rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref,
+    source = GRPOSource(task, task.problems("train") if problems is None else problems, rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref,
                         **source_kwargs)
     res = train(policy, "grpo", grpo_loss(rl), source, replace(rl.train, seed=seed), out_dir, name=name,
-                progress=progress, resume=resume, model_dir=out_dir / "model")
+                progress=progress, resume=resume, model_dir=out_dir / "model", callbacks=callbacks)
     return res.info()

@@ -19,10 +19,16 @@ from forklens.train import fsdp
 
 
 class _ProblemList:
-    """A task restricted to a fixed problem list (what :func:`evaluate` evaluates on)."""
+    """A task restricted to a fixed problem list (what :func:`evaluate` evaluates on); everything else
+    (``rollout``, ``rollout_metrics``, ...) is the task's own."""
 
     def __init__(self, task, problems: Sequence):
         self.task, self._problems = task, list(problems)
+
+    def __getattr__(self, name: str):
+        if name in ("task", "_problems"):  # not set yet (e.g. during copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.task, name)
 
     def problems(self, split: str):
         return self._problems
@@ -50,12 +56,16 @@ class ValidationCallback:
         self.config = replace(config or EvalConfig(), split="validation", limit=0)
         self.history: list[tuple[int, float, float]] = []
 
+    def accuracy(self, policy) -> float:
+        """Greedy validation accuracy of ``policy`` on this callback's problems (no stopping, no history)."""
+        return evaluate(policy, self.task, self.config)["accuracy"]
+
     def __call__(self, trainer, metrics: dict) -> bool:
         last = trainer.step >= trainer.config.max_steps
         if trainer.step % self.every and not last:
             return False
         with fsdp.inference_params(trainer.model) if getattr(trainer, "fsdp", False) else nullcontext():
-            accuracy = evaluate(trainer.policy, self.task, self.config)["accuracy"]
+            accuracy = self.accuracy(trainer.policy)
         metrics["val/accuracy"] = accuracy
         metrics["val/flops"] = trainer.flops
         self.history.append((trainer.step, trainer.flops, accuracy))

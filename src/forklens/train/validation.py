@@ -33,9 +33,6 @@ class _ProblemList:
     def problems(self, split: str):
         return self._problems
 
-    def __getattr__(self, name: str):  # rollout, verify, caps, ...: the task's own
-        return getattr(self.task, name)
-
 
 class ValidationCallback:
     """``Trainer(..., callbacks=[ValidationCallback(task, problems, every=5, stopper=PlateauStopper())])``.

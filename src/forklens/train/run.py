@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from forklens.config import field
 from forklens.objectives.grpo import GRPOLossConfig
@@ -39,10 +39,13 @@ class RunResult:
 
 def train(policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
           out_dir: str | Path, *, name: str = "train", progress: bool = True, resume: bool = False,
-          model_dir: str | Path | None = None) -> RunResult:
+          model_dir: str | Path | None = None,
+          callbacks: Sequence[Callable[[Trainer, dict], bool | None]] | None = None) -> RunResult:
     """Train ``policy`` with ``objective`` on batches from ``source`` into ``out_dir`` (checkpoints,
-    ``metrics.jsonl``); save the final model and tokenizer to ``model_dir`` when given."""
-    trainer = Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress)
+    ``metrics.jsonl``); save the final model and tokenizer to ``model_dir`` when given. ``callbacks``
+    go to the :class:`Trainer` (e.g. a validation callback that stops on a plateau)."""
+    trainer = Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress,
+                      callbacks=list(callbacks) if callbacks else None)
     last = trainer.train(resume=resume)
     saved = str(trainer.save_model(model_dir)) if model_dir is not None else None
     return RunResult(steps=trainer.step, flops=trainer.flops, wall_s=trainer.wall_s, last=last, model_dir=saved,

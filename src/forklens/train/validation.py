@@ -30,6 +30,11 @@ class _ProblemList:
     def verify(self, problem, text: str) -> float:
         return self.task.verify(problem, text)
 
+    def __getattr__(self, name: str):  # rollout, rollout_metrics, ...: the task's own
+        if name == "task":
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
 
 class ValidationCallback:
     """``Trainer(..., callbacks=[ValidationCallback(task, problems, every=5, stopper=PlateauStopper())])``.

@@ -203,7 +203,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
                                "validation_plateau": max(curve.accuracy), "flops": curve.flops[-1],
                                "rl_flops": rl["flops"], "rl_steps": rl["steps"], "stopped_by_rule": rl["stopped"],
                                "wall_s": rl["wall_s"] + (sft["wall_s"] if sft else 0.0),
-                               "metrics": str(rl_dir / "metrics.jsonl")})
+                               "metrics": str(rl_dir.relative_to(out) / "metrics.jsonl")})
             owned_rmtree(rl_dir / "checkpoints")
     summary = build_summary(cfg, seeds, methods, runs, curves, sft_only, base_val, base_test)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -17,7 +17,7 @@ def test_experiment_modules_register_no_cli():
 
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
-    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers"}
+    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl"}
     b = quick["boundary"]
     assert (b.arith_rl.train.max_steps, b.agent_rl.train.max_steps, b.passk.n, b.passk.T) == (20, 30, 16, [0, 1, 3, 5])
     lv = quick["levers"]
@@ -25,6 +25,9 @@ def test_quick_recipes_are_yaml_with_the_quick_settings():
             lv.eval_agent_problems) == (1, 4, 4, 1, 16)
     rw = quick["rewards"]
     assert (rw.seeds, rw.rl.train.max_steps, rw.rl.sampling.group_size, rw.confidence_m, rw.eval_samples) == (1, 3, 4, 2, 2)
+    st = quick["sft-then-rl"]
+    assert (st.seeds, st.rl.train.max_steps, st.n_validation, st.eval_every, st.methods) == (
+        10, 30, 256, 2, ["sft-then-rl", "luffy", "relift"])
     for name, e in EXPERIMENTS.items():  # the quick recipe differs from the full one
         if e.quick:
             assert quick[name] != (load_config(e.config, packaged_config(e.recipe)) if e.recipe else e.config())

@@ -61,7 +61,8 @@ EXPERIMENTS: dict[str, Experiment] = {
             cfg, a.out, [m.strip() for m in a.methods.split(",")] if a.methods else None),
         _print_table(sft_then_rl.markdown_table, " and table.md"),
         help="Corrected SFT-then-RL vs buggy SFT, LUFFY- and ReLIFT-style methods.",
-        description=(sft_then_rl.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl", seeds=True,
+        description=(sft_then_rl.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl", quick="sft-then-rl-quick",
+        quick_help="the demo's quick organism, a 30-step RL cap, 10 seeds, the compared arms only", seeds=True,
         methods=tuple(sft_then_rl.METHODS)),
     "boundary": Experiment(
         boundary.BoundaryConfig, lambda cfg, a: boundary.run_boundary(cfg, a.out),

@@ -8,6 +8,9 @@
 - ``forklens results render [--check]`` fills the ``<!-- results:NAME -->`` blocks of docs/results.md
   and README.md from the artifacts (table specs: results/tables.yaml); ``--check`` only reports blocks
   whose text differs from their artifacts and exits 1 if any does.
+- ``forklens results run NAME --once --cmd 'experiment sft-then-rl --quick'`` runs a command that runs
+  its own seeds once (``--out WORK/run`` appended); its ``summary.json`` (which must list its ``seeds``)
+  becomes the artifact's summary as it is, with its metrics files and the plots it wrote.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ def register(sub) -> None:
 
     run = rs.add_parser("run", help="Run a forklens command for several seeds and write a stamped artifact.")
     run.add_argument("name", help="artifact name: results/NAME/")
-    run.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)")
+    run.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2,3,4)")
+    run.add_argument("--once", action="store_true",
+                     help="run the command once: it runs its own seeds (e.g. `experiment sft-then-rl --seeds 5`) and "
+                     "its summary.json, listing them under `seeds`, is the artifact's summary")
     run.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: results)")
     run.add_argument("--work", default=None, help="where the runs write (default: a temporary folder)")
     run.add_argument("--curve", default=None, metavar="KEY",
@@ -97,7 +103,10 @@ def run_seeds(args: argparse.Namespace) -> int:
     from forklens.analysis.prompts import read_jsonl
     from forklens.report.artifacts import command_line, make_stamp, plots_dir, write_artifact
 
-    seeds = _parse_seeds(args.seeds)
+    if args.once and (args.seeds is not None or args.curve):
+        raise ConfigError("--once runs the command once: it sets its own seeds and writes its own plots; "
+                          "drop --seeds and --curve")
+    seeds = [] if args.once else _parse_seeds(args.seeds or "0,1,2,3,4")
     cmd = shlex.split(args.cmd)
     if not cmd:
         raise ConfigError("--cmd is empty; give the forklens command, e.g. --cmd 'demo --quick'")
@@ -106,18 +115,12 @@ def run_seeds(args: argparse.Namespace) -> int:
     stamp_command = command_line()  # the wrapper's own command line: what reproduces the artifact
     stamp = make_stamp(args.name, seeds, stamp_command)  # taken before the runs: the code that ran
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix=f"forklens-{args.name}-"))
+    if args.once:
+        return _run_once(args, cmd, stamp, work)
     runs, metrics, per_seed = {}, {}, {}
     for seed in seeds:
         out = work / f"seed-{seed}"
-        argv = [sys.executable, "-m", "forklens.cli", *cmd, "--seed", str(seed), "--out", str(out)]
-        console.print(f"[bold]seed {seed}[/]: {' '.join(argv[1:])}", highlight=False)
-        rc = subprocess.run(argv).returncode
-        if rc != 0:
-            raise DataError(f"seed {seed}: `{' '.join(argv[1:])}` exited with status {rc}; no artifact written")
-        summary_path = out / "summary.json"
-        if not summary_path.is_file():
-            raise DataError(f"seed {seed}: the command wrote no {summary_path}; `results run` needs a summary.json")
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        argv, summary = _run_command(cmd + ["--seed", str(seed)], out, f"seed {seed}")
         runs[f"seed-{seed}"] = {"command": " ".join(["python", *argv[1:]]), "summary": summary}
         per_seed[seed] = {k: v for k, v in summary.items() if k != "config"}
         for tag, path in _metrics_files(out, summary).items():
@@ -128,6 +131,42 @@ def run_seeds(args: argparse.Namespace) -> int:
     if args.curve:
         _plot_curve(folder, plots_dir, metrics, args.curve, args.name)
     console.print(f"wrote {folder}/ (artifact.json, metrics/, plots/); work folders in {work}", highlight=False)
+    return 0
+
+
+def _run_command(cmd: list[str], out: Path, label: str) -> tuple[list[str], dict]:
+    """Run ``forklens CMD --out OUT`` in a subprocess; its argv and the summary.json it wrote."""
+    argv = [sys.executable, "-m", "forklens.cli", *cmd, "--out", str(out)]
+    console.print(f"[bold]{label}[/]: {' '.join(argv[1:])}", highlight=False)
+    rc = subprocess.run(argv).returncode
+    if rc != 0:
+        raise DataError(f"{label}: `{' '.join(argv[1:])}` exited with status {rc}; no artifact written")
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise DataError(f"{label}: the command wrote no {summary_path}; `results run` needs a summary.json")
+    return argv, json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _run_once(args: argparse.Namespace, cmd: list[str], stamp: dict, work: Path) -> int:
+    """``results run --once``: the command's own summary (its ``seeds`` into the stamp), metrics and plots."""
+    import shutil
+
+    from forklens.analysis.prompts import read_jsonl
+    from forklens.report.artifacts import plots_dir, write_artifact
+
+    out = work / "run"
+    _, summary = _run_command(cmd, out, "run")
+    seeds = summary.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds):
+        raise DataError(f"{out / 'summary.json'}: --once needs a non-empty list of integer `seeds`, got {seeds!r}")
+    metrics = {tag: [row for _, row in read_jsonl(path, "metrics")]
+               for tag, path in _metrics_files(out, summary).items()}
+    folder = write_artifact(args.results, args.name, summary, seeds=seeds, metrics=metrics,
+                            stamp={**stamp, "seeds": seeds})
+    for plot in sorted(out.glob("*.png")) + sorted(out.glob("*.svg")):
+        shutil.copyfile(plot, plots_dir(folder) / plot.name)
+    console.print(f"wrote {folder}/ (artifact.json, metrics/, plots/); work folder {out}", highlight=False)
     return 0
 
 

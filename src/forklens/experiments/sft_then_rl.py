@@ -1,46 +1,56 @@
-"""`forklens experiment sft-then-rl`: corrected SFT-then-RL vs buggy SFT and mixed-policy methods.
+"""`forklens experiment sft-then-rl`: corrected SFT-then-RL vs buggy SFT and mixed-policy methods,
+compared at matched compute.
 
-On the arithmetic organism, from the same base model and the same expert (gold) traces:
+On the arithmetic organism, from the same base model, the same expert (gold) traces and ONE problem
+pool (the first ``pool_size`` training problems, for SFT and for every RL arm alike):
 
 * ``sft-then-rl``: SFT on expert traces with the correct global token normalisation, then GRPO;
-* ``sft-then-rl-short``: the same SFT, then a short GRPO run (``rl_short_steps``);
+* ``sft-then-rl-short``: the same SFT, then GRPO capped at ``rl_short_steps``;
 * ``sft[offload-accum]-then-rl`` and ``sft[mean-of-means]-then-rl``: SFT with a simulated bug, then GRPO;
-* ``luffy``: GRPO from the base with one expert trace in every group, off-policy tokens trained with
-  policy shaping (``mixed_policy`` objective);
+* ``luffy``: GRPO from the base with expert traces in every group, off-policy tokens trained with
+  policy shaping (``mixed_policy`` objective; LUFFY, arXiv:2504.14945);
 * ``relift``: GRPO from the base, interleaved with SFT steps on the expert traces of the problems
-  whose whole group failed.
+  whose whole group failed (ReLIFT, arXiv:2506.07527).
 
-Each method's held-out greedy accuracy (mean and std over seeds) and total FLOPs (SFT + RL, 6N per
-trained token, 2N per sampled or scored token) go to ``summary.json`` and a markdown table; SFT-only
-accuracies show what each bug costs SFT before RL.
+Every arm is evaluated greedily on a validation slice held out from the END of the training split
+(never the test split) every ``eval_every`` steps; each RL phase stops by the validation-plateau rule
+(:class:`~forklens.analysis.curves.PlateauStopper`, ``patience`` evaluations without a gain of
+``min_delta``), capped at ``rl.train.max_steps``. Each curve starts at its starting model's validation
+accuracy and cost: SFT FLOPs for the SFT-then-RL arms, 0 for arms from the base. ``summary.comparison``
+is :func:`~forklens.analysis.curves.compare_methods` over sft-then-rl, luffy and relift (reference
+sft-then-rl); ``summary.sft_only`` holds each SFT variant's validation accuracy over seeds and the
+offload-accum bug's paired difference; test accuracy of each final model is reported, never used.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+from forklens.analysis.curves import Curve, PlateauStopper, bootstrap_ci, compare_methods, paired_difference
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.objectives.mixed_policy import MixedPolicyLossConfig
 from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
+from forklens.runfolder import claim_folder, owned_rmtree
 from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, grpo_loss, train
 from forklens.train.sources import GRPOSource, InterleavedSFTSource, SFTSource
-from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.train.validation import ValidationCallback
 
 console = Console(stderr=True)
 
 METHODS = ["sft-then-rl", "sft-then-rl-short", "sft[offload-accum]-then-rl", "sft[mean-of-means]-then-rl",
            "luffy", "relift"]
+COMPARED = ("sft-then-rl", "luffy", "relift")  # summary.comparison (reference first)
+SFT_ONLY_BUGS = ("none", "offload-accum")  # always trained: summary.sft_only.offload_bug_difference
 
 
 def _sft_default() -> TrainConfig:
@@ -55,130 +65,224 @@ class SFTThenRLConfig:
                              help="SFT on expert traces. micro_batch_size < sft_batch_size makes gradient "
                              "accumulation (K = sft_batch_size / micro_batch_size micro-steps), where the bugs act.")
     sft_batch_size: int = field(64, ge=1, help="Expert traces per SFT optimizer step.")
-    n_expert_problems: int = field(256, ge=1, help="Training problems with expert traces (SFT data and mixed-policy pool).")
-    rl: RLConfig = field(default_factory=RLConfig, help="GRPO settings shared by every method.")
-    rl_short_steps: int = field(20, ge=1, help="GRPO steps of the short SFT-then-RL variant.")
+    pool_size: int = field(256, ge=1, help="Training problems EVERY arm draws from: the SFT expert traces and the "
+                           "GRPO, LUFFY and ReLIFT prompts (one pool for all).")
+    n_validation: int = field(128, ge=1, help="Validation problems, held out from the end of the training split "
+                              "(disjoint from the pool and from the test split).")
+    eval_every: int = field(2, ge=1, help="Validation evaluation every N training steps (and after the last).")
+    patience: int = field(3, ge=1, help="Plateau rule: stop after this many evaluations without a gain.")
+    min_delta: float = field(0.005, ge=0, help="Plateau rule: the smallest validation-accuracy gain that counts.")
+    within: float = field(0.01, gt=0, lt=1, help="FLOPs-to-target: target = best plateau over all runs - within.")
+    rl: RLConfig = field(default_factory=RLConfig, help="GRPO settings shared by every method (max_steps: the cap).")
+    rl_short_steps: int = field(20, ge=1, help="Step cap of the short SFT-then-RL variant.")
     luffy_n_expert: int = field(1, ge=0, help="Expert traces per GRPO group (LUFFY).")
     luffy_shaping_gamma: float = field(0.1, gt=0, help="LUFFY policy-shaping gamma.")
     relift_sft_every: int = field(5, ge=1, help="ReLIFT: every N-th step is an SFT step on buffered hard problems.")
     relift_min_buffer: int = field(4, ge=1, help="ReLIFT: minimum buffered problems for an SFT step.")
-    eval: EvalConfig = field(default_factory=EvalConfig, help="Held-out evaluation (greedy).")
+    methods: list[str] = field(default_factory=lambda: list(METHODS), help="Methods to run (--methods overrides).")
+    eval: EvalConfig = field(default_factory=EvalConfig, help="Evaluation (greedy); test accuracy is reported only.")
     seeds: int = field(3, ge=1, help="Seeds per method.")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 
-def _eval(model_dir: Path, task, cfg: SFTThenRLConfig, seed: int) -> float:
-    ev = replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=seed)
-    return evaluate(Policy.load(model_dir), task, ev)["accuracy"]
+def split_problems(task, cfg: SFTThenRLConfig) -> tuple[list, list]:
+    """(pool, validation): the first ``pool_size`` training problems and the last ``n_validation``."""
+    train_problems = task.problems("train")
+    if cfg.pool_size + cfg.n_validation > len(train_problems):
+        raise ConfigError(f"pool_size ({cfg.pool_size}) + n_validation ({cfg.n_validation}) exceeds the "
+                          f"{len(train_problems)} training problems of task {cfg.organism.task!r}")
+    return train_problems[: cfg.pool_size], train_problems[len(train_problems) - cfg.n_validation:]
 
 
-def run_sft(start: Path, out: Path, task, cfg: SFTThenRLConfig, seed: int, bug: str) -> dict:
-    problems = task.problems("train")[: cfg.n_expert_problems]
-    pairs = [(p.prompt, task.expert_response(p)) for p in problems]
-    policy = Policy.load(start)
-    train_cfg = replace(cfg.sft, seed=seed, simulate_bug=bug)
-    res = train(policy, "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed), train_cfg, out,
-                name=f"SFT[{bug}]" if bug != "none" else "SFT", model_dir=out / "model")
-    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model"}
+def _eval_config(cfg: SFTThenRLConfig, seed: int) -> EvalConfig:
+    return replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=seed)
 
 
-def run_rl(start: Path, out: Path, task, cfg: SFTThenRLConfig, seed: int, steps: int, mode: str = "grpo") -> dict:
-    """GRPO (``mode="grpo"``), LUFFY-style (``"luffy"``) or ReLIFT-style (``"relift"``) from ``start``."""
+def _test_accuracy(model_dir: Path, task, cfg: SFTThenRLConfig, seed: int) -> float:
+    return evaluate(Policy.load(model_dir), task, replace(_eval_config(cfg, seed), split="test"))["accuracy"]
+
+
+def _validator(task, validation: list, cfg: SFTThenRLConfig, seed: int, stop: bool) -> ValidationCallback:
+    stopper = PlateauStopper(cfg.patience, cfg.min_delta) if stop else None
+    return ValidationCallback(task, validation, cfg.eval_every, stopper, _eval_config(cfg, seed))
+
+
+def run_sft(start: Path, out: Path, task, pool: list, validation: list, cfg: SFTThenRLConfig, seed: int,
+            bug: str) -> dict:
+    """SFT on the pool's expert traces; the validation curve is logged, nothing stops it."""
+    pairs = [(p.prompt, task.expert_response(p)) for p in pool]
+    val = _validator(task, validation, cfg, seed, stop=False)
+    res = train(Policy.load(start), "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed),
+                replace(cfg.sft, seed=seed, simulate_bug=bug), out, name=f"SFT[{bug}]" if bug != "none" else "SFT",
+                model_dir=out / "model", callbacks=[val])
+    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model", "steps": res.steps,
+            "validation_accuracy": val.history[-1][2], "history": val.history}
+
+
+def run_rl(start: Path, out: Path, task, pool: list, validation: list, cfg: SFTThenRLConfig, seed: int,
+           steps: int, mode: str, start_accuracy: float) -> dict:
+    """GRPO (``mode="grpo"``), LUFFY-style (``"luffy"``) or ReLIFT-style (``"relift"``) from ``start`` on
+    the shared pool, stopped by the validation plateau rule (seeded with ``start_accuracy``) or at ``steps``."""
     rl = cfg.rl
-    problems = task.problems("train")
-    experts = problems[: cfg.n_expert_problems]
-    loss = MixedPolicyLossConfig(**asdict(grpo_loss(rl)), shaping_gamma=cfg.luffy_shaping_gamma)
-    policy = Policy.load(start)
     if mode == "luffy":
-        source = GRPOSource(task, experts, rl.sampling, seed=seed, expert_fn=task.expert_response,
+        source = GRPOSource(task, pool, rl.sampling, seed=seed, expert_fn=task.expert_response,
                             n_expert=cfg.luffy_n_expert)
     elif mode == "relift":
-        source = InterleavedSFTSource(GRPOSource(task, experts, rl.sampling, seed=seed),
-                                      task.expert_response, cfg.relift_sft_every, cfg.relift_min_buffer)
+        source = InterleavedSFTSource(GRPOSource(task, pool, rl.sampling, seed=seed), task.expert_response,
+                                      cfg.relift_sft_every, cfg.relift_min_buffer)
     else:
-        source = GRPOSource(task, problems, rl.sampling, seed=seed)
-    train_cfg = replace(rl.train, seed=seed, max_steps=steps, save_every=0)
-    res = train(policy, "mixed_policy" if mode != "grpo" else "grpo", loss if mode != "grpo" else grpo_loss(rl),
-                source, train_cfg, out, name={"grpo": "GRPO", "luffy": "LUFFY", "relift": "ReLIFT"}[mode],
-                model_dir=out / "model")
-    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model"}
+        source = GRPOSource(task, pool, rl.sampling, seed=seed)
+    loss = grpo_loss(rl)
+    if mode != "grpo":
+        loss = MixedPolicyLossConfig(**asdict(loss), shaping_gamma=cfg.luffy_shaping_gamma)
+    val = _validator(task, validation, cfg, seed, stop=True)
+    val.stopper.update(start_accuracy)  # the starting model is the curve's first evaluation
+    res = train(Policy.load(start), "grpo" if mode == "grpo" else "mixed_policy", loss, source,
+                replace(rl.train, seed=seed, max_steps=steps, save_every=0), out,
+                name={"grpo": "GRPO", "luffy": "LUFFY", "relift": "ReLIFT"}[mode], model_dir=out / "model",
+                callbacks=[val])
+    return {"flops": res.flops, "wall_s": res.wall_s, "model": out / "model", "steps": res.steps,
+            "stopped": res.steps < steps, "history": val.history}
+
+
+def _check_methods(methods: list[str]) -> list[str]:
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
+    if not methods:
+        raise ConfigError(f"no method to run; choose from {', '.join(METHODS)}")
+    return [m for m in METHODS if m in methods]
 
 
 def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | None = None) -> dict:
     out = Path(out)
-    claim_folder(out, "experiment-sft-then-rl")
-    methods = methods or METHODS
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
+    methods = _check_methods(list(methods) if methods is not None else list(cfg.methods))
     task = get_task(cfg.organism.task, cfg.organism.arith)
+    pool, validation = split_problems(task, cfg)
+    claim_folder(out, "experiment-sft-then-rl")
     base = out / "base"
     build_base_organism(cfg.organism, base)
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    probe = _validator(task, validation, cfg, cfg.seed, stop=False)  # its problem list and eval settings
+    base_val = evaluate(Policy.load(base), probe.task, probe.config)["accuracy"]
+    base_test = _test_accuracy(base, task, cfg, cfg.seed)
     runs: dict[str, list[dict]] = {m: [] for m in methods}
-    sft_only: dict[str, list[float]] = {}
-    base_acc = _eval(base, task, cfg, cfg.seed)
-    for k in range(cfg.seeds):
-        seed = cfg.seed + k
+    curves: dict[str, dict[int, Curve]] = {m: {} for m in methods}
+    sft_only: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
         work = out / f"seed{seed}"
         sft_models = {}
-        for bug in ("none", "offload-accum", "mean-of-means"):
-            name = "sft-then-rl" if bug == "none" else f"sft[{bug}]-then-rl"
-            if name not in methods and not (bug == "none" and "sft-then-rl-short" in methods):
-                continue
+        bugs = [b for b in ("none", "offload-accum", "mean-of-means")
+                if b in SFT_ONLY_BUGS or f"sft[{b}]-then-rl" in methods]
+        for bug in bugs:
             console.rule(f"seed {seed}: SFT (bug: {bug})")
-            sft = run_sft(base, work / f"sft-{bug}", task, cfg, seed, bug)
+            sft = run_sft(base, work / f"sft-{bug}", task, pool, validation, cfg, seed, bug)
             sft_models[bug] = sft
-            sft_only.setdefault(bug, []).append(_eval(sft["model"], task, cfg, seed))
+            sft_only.setdefault(bug, {})[seed] = {"validation_accuracy": sft["validation_accuracy"],
+                                                  "test_accuracy": _test_accuracy(sft["model"], task, cfg, seed),
+                                                  "flops": sft["flops"], "steps": sft["steps"]}
         plan = []
-        if "sft-then-rl" in methods:
-            plan.append(("sft-then-rl", sft_models["none"], cfg.rl.train.max_steps, "grpo"))
-        if "sft-then-rl-short" in methods:
-            plan.append(("sft-then-rl-short", sft_models["none"], cfg.rl_short_steps, "grpo"))
-        for bug in ("offload-accum", "mean-of-means"):
-            if f"sft[{bug}]-then-rl" in methods:
-                plan.append((f"sft[{bug}]-then-rl", sft_models[bug], cfg.rl.train.max_steps, "grpo"))
-        for mode in ("luffy", "relift"):
-            if mode in methods:
-                plan.append((mode, None, cfg.rl.train.max_steps, mode))
+        for name in methods:
+            if name in ("luffy", "relift"):
+                plan.append((name, None, cfg.rl.train.max_steps, name))
+            elif name == "sft-then-rl-short":
+                plan.append((name, sft_models["none"], cfg.rl_short_steps, "grpo"))
+            else:
+                bug = "none" if name == "sft-then-rl" else name[len("sft["):-len("]-then-rl")]
+                plan.append((name, sft_models[bug], cfg.rl.train.max_steps, "grpo"))
         for name, sft, steps, mode in plan:
             console.rule(f"seed {seed}: {escape(name)}")
-            start = sft["model"] if sft else base
+            start, start_flops = (sft["model"], sft["flops"]) if sft else (base, 0.0)
+            start_acc = sft["validation_accuracy"] if sft else base_val
             rl_dir = work / name.replace("[", "-").replace("]", "")
-            rl = run_rl(start, rl_dir, task, cfg, seed, steps, mode)
-            acc = _eval(rl["model"], task, cfg, seed)
-            flops = rl["flops"] + (sft["flops"] if sft else 0.0)
-            wall = rl["wall_s"] + (sft["wall_s"] if sft else 0.0)
-            runs[name].append({"seed": seed, "accuracy": acc, "flops": flops, "wall_s": wall,
-                               "rl_steps": steps})
+            rl = run_rl(start, rl_dir, task, pool, validation, cfg, seed, steps, mode, start_acc)
+            curve = Curve((start_flops, *(start_flops + f for _, f, _ in rl["history"])),
+                          (start_acc, *(a for _, _, a in rl["history"])))
+            curves[name][seed] = curve
+            runs[name].append({"seed": seed, "test_accuracy": _test_accuracy(rl["model"], task, cfg, seed),
+                               "validation_plateau": max(curve.accuracy), "flops": curve.flops[-1],
+                               "rl_flops": rl["flops"], "rl_steps": rl["steps"], "stopped_by_rule": rl["stopped"],
+                               "wall_s": rl["wall_s"] + (sft["wall_s"] if sft else 0.0),
+                               "metrics": str(rl_dir.relative_to(out) / "metrics.jsonl")})
             owned_rmtree(rl_dir / "checkpoints")
-
-    def agg(xs: list[float]) -> tuple[float, float]:
-        return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-    summary = {"task": cfg.organism.task, "seeds": [cfg.seed + k for k in range(cfg.seeds)],
-               "base_accuracy": base_acc, "methods": {}, "sft_only": {}, "config": asdict(cfg)}
-    for name, rs in runs.items():
-        if not rs:
-            continue
-        m, s = agg([r["accuracy"] for r in rs])
-        summary["methods"][name] = {"accuracy_mean": m, "accuracy_std": s,
-                                    "flops": statistics.mean(r["flops"] for r in rs),
-                                    "wall_s": statistics.mean(r["wall_s"] for r in rs), "runs": rs}
-    for bug, accs in sft_only.items():
-        m, s = agg(accs)
-        summary["sft_only"][bug] = {"accuracy_mean": m, "accuracy_std": s, "runs": accs}
+    summary = build_summary(cfg, seeds, methods, runs, curves, sft_only, base_val, base_test)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "table.md").write_text(markdown_table(summary))
+    plot(curves, out / "accuracy_vs_flops")
     return summary
 
 
+def build_summary(cfg: SFTThenRLConfig, seeds: list[int], methods: list[str], runs: dict, curves: dict,
+                  sft_only: dict, base_val: float, base_test: float) -> dict:
+    """The experiment's summary: comparison, per-method runs and intervals, SFT-only accuracies and the
+    offload bug's paired difference, every curve, and the config."""
+    summary: dict = {"task": cfg.organism.task, "seeds": seeds, "pool_size": cfg.pool_size,
+                     "n_validation": cfg.n_validation,
+                     "stopping_rule": {"patience": cfg.patience, "min_delta": cfg.min_delta,
+                                       "eval_every": cfg.eval_every, "cap_steps": cfg.rl.train.max_steps},
+                     "base": {"validation_accuracy": base_val, "test_accuracy": base_test},
+                     "methods": {}, "sft_only": {}, "comparison": None, "search_flops": {}}
+    for name in methods:
+        rs = runs[name]
+        summary["methods"][name] = {
+            "test_accuracy": bootstrap_ci([r["test_accuracy"] for r in rs]).as_dict(),
+            "validation_plateau": bootstrap_ci([r["validation_plateau"] for r in rs]).as_dict(),
+            "flops": bootstrap_ci([r["flops"] for r in rs]).as_dict(),
+            "rl_steps": bootstrap_ci([r["rl_steps"] for r in rs]).as_dict(), "runs": rs}
+    for bug, by_seed in sft_only.items():
+        summary["sft_only"][bug] = {
+            "validation_accuracy": bootstrap_ci([v["validation_accuracy"] for v in by_seed.values()]).as_dict(),
+            "test_accuracy": bootstrap_ci([v["test_accuracy"] for v in by_seed.values()]).as_dict(),
+            "per_seed": {str(s): v for s, v in sorted(by_seed.items())}}
+    if all(b in sft_only for b in SFT_ONLY_BUGS):
+        acc = {b: {s: v["validation_accuracy"] for s, v in sft_only[b].items()} for b in SFT_ONLY_BUGS}
+        summary["sft_only"]["offload_bug_difference"] = paired_difference(acc["offload-accum"], acc["none"]).as_dict()
+    compared = {m: curves[m] for m in COMPARED if m in curves}
+    if COMPARED[0] in compared and len(compared) > 1:
+        summary["comparison"] = compare_methods(compared, reference=COMPARED[0], within=cfg.within,
+                                                search_flops={m: 0.0 for m in compared})
+    summary["curves"] = {m: {str(s): {"flops": list(c.flops), "accuracy": list(c.accuracy)}
+                             for s, c in sorted(by_seed.items())} for m, by_seed in curves.items()}
+    summary["config"] = asdict(cfg)
+    return summary
+
+
+def plot(curves: dict[str, dict[int, Curve]], stem: Path) -> list[Path]:
+    from forklens.report.plots import plot_curves_vs_flops  # matplotlib: loaded only when plotting
+
+    series = {m: {s: (list(c.flops), list(c.accuracy)) for s, c in by_seed.items()}
+              for m, by_seed in curves.items() if by_seed}
+    return plot_curves_vs_flops(series, stem, ylabel="validation accuracy (greedy)",
+                                title="sft-then-rl: validation accuracy vs cumulative FLOPs (thin: seeds, bold: mean)")
+
+
+def _ci(iv: dict | None, scale: float = 100.0, fmt: str = ".1f") -> str:
+    if iv is None:
+        return "n/a"
+    return f"{scale * iv['mean']:{fmt}} [{scale * iv['low']:{fmt}}, {scale * iv['high']:{fmt}}]"
+
+
 def markdown_table(summary: dict) -> str:
-    lines = ["| method | held-out accuracy (mean ± std) | total FLOPs | wall s |", "| --- | --- | --- | --- |"]
+    comp = summary.get("comparison") or {"methods": {}}
+    lines = ["| method | validation plateau % | FLOPs to target | unreached | total FLOPs at stop | RL steps "
+             "| test accuracy % (reporting only) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in summary["methods"].items():
-        lines.append(f"| {name} | {100 * m['accuracy_mean']:.1f} ± {100 * m['accuracy_std']:.1f} | "
-                     f"{m['flops']:.3g} | {m['wall_s']:.0f} |")
-    lines += ["", "| SFT only (before RL) | held-out accuracy |", "| --- | --- |"]
+        rep = comp["methods"].get(name)
+        ftt = _ci(rep["flops_to_target"], 1.0, ".3g") if rep else "-"
+        unreached = str(rep["n_unreached"]) if rep else "-"
+        lines.append(f"| {name} | {_ci(m['validation_plateau'])} | {ftt} | {unreached} | "
+                     f"{_ci(m['flops'], 1.0, '.3g')} | {_ci(m['rl_steps'], 1.0, '.1f')} | {_ci(m['test_accuracy'])} |")
+    lines += ["", "| SFT only (before RL) | validation accuracy % | test accuracy % |", "| --- | --- | --- |"]
     for bug, m in summary["sft_only"].items():
-        lines.append(f"| SFT, bug = {bug} | {100 * m['accuracy_mean']:.1f} ± {100 * m['accuracy_std']:.1f} |")
-    lines.append(f"\nbase organism: {100 * summary['base_accuracy']:.1f}%  (seeds {summary['seeds']})")
+        if bug != "offload_bug_difference":
+            lines.append(f"| SFT, bug = {bug} | {_ci(m['validation_accuracy'])} | {_ci(m['test_accuracy'])} |")
+    if "offload_bug_difference" in summary["sft_only"]:
+        lines.append(f"\noffload-accum bug - correct (SFT-only validation, paired by seed): "
+                     f"{_ci(summary['sft_only']['offload_bug_difference'])} points")
+    if summary.get("comparison"):
+        lines.append(f"target: {100 * comp['target']:.1f}% ({comp['target_rule']})")
+        for key, r in comp["ratios"].items():
+            lines.append(f"FLOPs-to-target ratio {key}: {_ci(r['with_search'], 1.0, '.3g')}")
+    lines.append(f"\nbase organism: validation {100 * summary['base']['validation_accuracy']:.1f}%, test "
+                 f"{100 * summary['base']['test_accuracy']:.1f}%  (seeds {summary['seeds']}, intervals: 95% bootstrap)")
     return "\n".join(lines) + "\n"

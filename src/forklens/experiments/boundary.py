@@ -3,7 +3,7 @@
 After arXiv 2604.14877 (see docs/boundary.md):
 
 * **static arithmetic** (the ``arith`` organism, no tools): the demo's base organism vs GRPO from it
-  (:func:`forklens.experiments.demo.run_grpo`); pass@k from ``n`` fresh samples per test problem;
+  (:func:`forklens.train.run.run_grpo`); pass@k from ``n`` fresh samples per test problem;
 * **compositional tool use** (the ``agent`` organism, :mod:`forklens.tasks.agent`): the agent base
   vs GRPO from it (binary exact-match reward, group 8, trained at ``T = max(T grid)``) vs SFT from it
   on the gold trajectories of the same training questions (matched data). For every model and every
@@ -191,11 +191,10 @@ def run_arith(cfg: BoundaryConfig, out: Path, progress: bool = True) -> dict:
     base_info = build_base_organism(org, out / "base", use_cache=True, progress=progress)
     console.rule("[bold]arith: GRPO")
     work = out / "rl_train"
-    owned_rmtree(work)
-    rl_info = run_grpo(out / "base", task, cfg.arith_rl, work, seed=cfg.seed, progress=progress)
     rl_dir = out / "rl"
+    owned_rmtree(work)
     owned_rmtree(rl_dir)
-    shutil.move(rl_info["model_dir"], rl_dir)
+    rl_info = run_grpo(out / "base", task, cfg.arith_rl, work, seed=cfg.seed, progress=progress, model_dir=rl_dir)
     owned_rmtree(work / "checkpoints")
     console.rule("[bold]arith: pass@k samples")
     records = model_samples(cfg, task, {"base": out / "base", "rl": rl_dir}, cfg.passk.arith_problems, (0,))

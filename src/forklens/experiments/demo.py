@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,11 +44,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, use_cache: bool = True, progress:
 
     console.rule("[bold]2/4 GRPO")
     rl_work = out / "rl_train"
-    owned_rmtree(rl_work)
-    rl_info = run_grpo(out / "base", task, cfg.rl, rl_work, seed=cfg.seed, progress=progress)
     rl_dir = out / "rl"
+    owned_rmtree(rl_work)
     owned_rmtree(rl_dir)
-    shutil.move(rl_info["model_dir"], rl_dir)
+    rl_info = run_grpo(out / "base", task, cfg.rl, rl_work, seed=cfg.seed, progress=progress, model_dir=rl_dir)
 
     console.rule("[bold]3/4 held-out evaluation")
     ev = replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.seed)

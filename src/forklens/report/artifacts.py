@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
+
 from forklens.errors import DataError
 
 SCHEMA = 1
@@ -89,15 +91,10 @@ def _memory_gib() -> float | None:
 def hardware() -> dict[str, Any]:
     """CPU model and cores, memory, and the GPU (name and memory) if torch sees one."""
     gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            gpu = {"name": props.name, "count": torch.cuda.device_count(),
-                   "memory_gib": round(props.total_memory / 2**30, 1)}
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = {"name": props.name, "count": torch.cuda.device_count(),
+               "memory_gib": round(props.total_memory / 2**30, 1)}
     return {"cpu_model": _cpu_model(), "cpu_cores": os.cpu_count(), "memory_gib": _memory_gib(), "gpu": gpu,
             "platform": platform.platform()}
 
@@ -111,12 +108,7 @@ def versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    try:  # the imported module wins over installed metadata (an editable install of another tree)
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        pass
+    out["torch"] = torch.__version__  # the imported module wins over installed metadata (an editable install)
     return out
 
 

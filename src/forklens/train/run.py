@@ -72,11 +72,12 @@ def grpo_loss(rl: RLConfig) -> GRPOLossConfig:
 
 def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed: int, resume: bool = False,
              progress: bool = True, reward_fns: list[RewardFn] | None = None, name: str = "GRPO",
-             problems: list | None = None, callbacks: list | None = None, **source_kwargs) -> dict:
+             problems: list | None = None, callbacks: list | None = None, model_dir: str | Path | None = None,
+             **source_kwargs) -> dict:
     """GRPO from the model in ``base_dir`` on ``task``'s training split, or on ``problems`` when given
     (e.g. the training split less a validation slice), with its own rollout (single-turn samples or
-    multi-turn episodes); the final model is saved to ``out_dir / 'model'``. ``callbacks`` go to the
-    Trainer.
+    multi-turn episodes); the final model is saved to ``model_dir`` (default ``out_dir / 'model'``).
+    ``callbacks`` go to the Trainer.
     ``reward_fns`` default to the task's verifier; ``source_kwargs`` go to :class:`GRPOSource`
     (reward schedule, replay, expert traces)."""
     out_dir = Path(out_dir)
@@ -84,8 +85,9 @@ def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed
     if rl.sampling.backend != "torch":
         policy.use_backend(rl.sampling.backend, gpu_memory_utilization=rl.sampling.vllm_gpu_memory_utilization)
     ref = Policy.load(base_dir) if rl.loss.beta > 0 else None
-    source = GRPOSource(task, task.problems("train") if problems is None else problems, rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref,
-                        **source_kwargs)
+    problems = task.problems("train") if problems is None else problems
+    source = GRPOSource(task, problems, rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref, **source_kwargs)
     res = train(policy, "grpo", grpo_loss(rl), source, replace(rl.train, seed=seed), out_dir, name=name,
-                progress=progress, resume=resume, model_dir=out_dir / "model", callbacks=callbacks)
+                progress=progress, resume=resume, model_dir=out_dir / "model" if model_dir is None else model_dir,
+                callbacks=callbacks)
     return res.info()

@@ -1,3 +1,7 @@
-"""Model organisms: tiny transformers pretrained from scratch on synthetic tasks where the truth is
-known. One module per family (``arith``, ``agent``); :mod:`forklens.organisms.base` holds what they
-share. Organisms pretrain with the trainer, so this package sits above ``train/``."""
+"""Model organisms: tiny HF models pretrained on synthetic tasks, grouped into families with
+precondition and control variants (:mod:`forklens.organisms.zoo`, docs/organisms.md)."""
+
+from forklens.organisms import agent, arith  # noqa: F401  (each registers its family)
+from forklens.organisms.zoo import FAMILIES, Family, Variant, get_family, register, zoo_table
+
+__all__ = ["FAMILIES", "Family", "Variant", "get_family", "register", "zoo_table"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from forklens.config import field
 from forklens.organisms.base import OrganismModelConfig, cache_key, pretrain_organism
+from forklens.organisms.zoo import Family, Variant, register
 from forklens.tasks.agent import FORMAT_VERSION, AgentConfig, AgentTask
 from forklens.train.episode_source import EpisodeSFTSource
 from forklens.train.loop import TrainConfig
@@ -45,3 +46,18 @@ def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cach
     return pretrain_organism(agent_organism_key(cfg), task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed),
                              source, asdict(cfg), out_dir, seed=cfg.seed, use_cache=use_cache,
                              progress=progress, name="pretrain agent base")
+
+
+AGENT = register(Family(
+    name="agent",
+    summary="Multi-hop lookups through a tool; the noisy teacher stops early with probability 1 - p_continue per hop.",
+    can_show="Tool-use plumbing (episodes, observation masks, PASS@(k,T)); RL vs SFT on the same questions.",
+    cannot_show="Whether RL expands the capability boundary: with p_continue = 0.5 and depths 1-4 the base "
+    "finds the full chain with probability >= 1/16, so 64 samples rescue almost every question.",
+    config=AgentOrganismConfig, build=build_agent_organism, task=lambda cfg: AgentTask(cfg.agent),
+    claims=("E011",),
+    variants={
+        "coin": Variant("control", "Today's teacher: one more lookup with probability 0.5 wherever one is needed "
+                        "(depths 1-4); the full chain is always within reach of sampling.", claims=("E011",)),
+    },
+))

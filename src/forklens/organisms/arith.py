@@ -8,6 +8,7 @@ from pathlib import Path
 
 from forklens.config import field
 from forklens.organisms.base import OrganismModelConfig, cache_key, pretrain_organism
+from forklens.organisms.zoo import Family, Variant, register
 from forklens.tasks import get_task
 from forklens.tasks.arith import ArithConfig
 from forklens.train.loop import TrainConfig
@@ -44,3 +45,19 @@ def build_base_organism(cfg: OrganismConfig, out_dir: str | Path, use_cache: boo
     return pretrain_organism(organism_key(cfg), task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed),
                              source, asdict(cfg), out_dir, seed=cfg.seed, use_cache=use_cache,
                              progress=progress, name="pretrain base")
+
+
+ARITH = register(Family(
+    name="arith",
+    summary="Fixed-width addition; the noisy teacher drops the carry at a planted binary fork.",
+    can_show="That forklens's diff, intervention and trainers recover a planted fork (consistency checks); "
+    "method comparisons that could go either way on it (FLOPs to a target, the cost of a bug).",
+    cannot_show="Whether RL only re-ranks forks already in the base: the base's errors are the teacher's coin, "
+    "so every fork is binary, in the top-2 and at H(0.6, 0.4) by construction.",
+    config=OrganismConfig, build=build_base_organism, task=lambda cfg: get_task(cfg.task, cfg.arith),
+    claims=("E001", "E002"),
+    variants={
+        "planted": Variant("consistency", "The teacher writes carry 0 instead of 1 with probability 0.6 "
+                           "(one binary fork per carry; the right branch is the base's second choice)."),
+    },
+))

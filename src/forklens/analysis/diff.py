@@ -36,6 +36,7 @@ from forklens.analysis.diff_scores import MIN_LIST_K, PairScores, chunk_pair_sta
 from forklens.analysis.diff_summary import CLASSES, TOP_DECILE_RULE, classify, summarize, token_rows
 from forklens.analysis.prompts import load_responses
 from forklens.errors import ConfigError, DataError, ModelLoadError
+from forklens.policy.tokens import TokenTexts
 from forklens.tasks.answers import is_correct
 
 __all__ = [
@@ -275,12 +276,7 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
                              chunk_tokens=chunk_tokens, progress=tick)
 
     check = verifier or default_verifier
-    cache: dict[int, str] = {}
-
-    def token_text(i: int) -> str:
-        if i not in cache:
-            cache[i] = rl.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return cache[i]
+    texts = TokenTexts(rl.tokenizer)  # byte fragments as \xNN, never U+FFFD
 
     rows: list[dict[str, Any]] = []
     resp_meta: list[dict[str, Any]] = []
@@ -288,7 +284,7 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
         rec = records[idx]
         correct = bool(check(rec, text)) if rec.get("answer") is not None else None
         rows += token_rows(sc, prompt_id=rec["id"], prompt_index=idx, sample_id=sid, top_k=top_k,
-                           token_text=token_text, correct=correct)
+                           token_text=texts.display, correct=correct, span_texts=texts.spans(y))
         resp_meta.append({"prompt_id": rec["id"], "prompt_index": idx, "sample_id": sid, "prompt": rec["prompt"],
                           "answer": rec.get("answer"), "response": text, "n_tokens": len(y),
                           "finished": finished, "correct": correct})

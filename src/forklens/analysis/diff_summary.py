@@ -33,9 +33,16 @@ def _num(x: float) -> float | None:
 
 
 def token_rows(scores: PairScores, *, prompt_id: str, prompt_index: int, sample_id: int, top_k: int,
-               token_text: Callable[[int], str], correct: bool | None = None) -> list[dict[str, Any]]:
-    """One dict per response token of one scored response (see docs/diff.md for the columns)."""
+               token_text: Callable[[int], str], correct: bool | None = None,
+               span_texts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per response token of one scored response (see docs/diff.md for the columns).
+
+    ``token_text(id)`` shows a token alone (:meth:`forklens.policy.tokens.TokenTexts.display`);
+    ``span_texts`` (one per token) are the characters of the response each token completes
+    (:meth:`~forklens.policy.tokens.TokenTexts.spans`), the token's own text when not given."""
     cols = {k: getattr(scores, k).tolist() for k in ("token_ids", *_STAT_KEYS)}
+    if span_texts is not None and len(span_texts) != len(cols["token_ids"]):
+        raise ValueError(f"span_texts has {len(span_texts)} entries for {len(cols['token_ids'])} tokens")
     rows = []
     for t in range(len(cols["token_ids"])):
         rank = int(cols["rank_under_base"][t])
@@ -46,6 +53,7 @@ def token_rows(scores: PairScores, *, prompt_id: str, prompt_index: int, sample_
             "position": t,
             "token_id": int(cols["token_ids"][t]),
             "token_text": token_text(int(cols["token_ids"][t])),
+            "span_text": span_texts[t] if span_texts is not None else token_text(int(cols["token_ids"][t])),
             "rl_token_id": int(cols["rl_token"][t]),
             "rl_token_text": token_text(int(cols["rl_token"][t])),
             "rank_under_base": rank,

@@ -340,7 +340,8 @@ def render_diff_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, A
         spans = []
         for r in toks:
             i = len(tokens_data)
-            vis = visible_text(r["token_text"])
+            vis = visible_text(r["token_text"])  # the token alone (fragments of a character as \xNN)
+            span = r.get("span_text", r["token_text"])  # what it adds to the response text ("" mid-character: ◌)
             k5 = 5
             tokens_data.append({
                 "t": vis, "r": visible_text(r["rl_token_text"]), "rid": r["rl_token_id"], "tid": r["token_id"],
@@ -356,8 +357,8 @@ def render_diff_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, A
             label = (f"token {vis}, {r['class']}, base rank {r['rank_under_base']}, base entropy "
                      f"{_fmt(h, 2)} nats")
             spans.append(f'<span class="tok c-{esc(r["class"])}" tabindex="0" data-i="{i}" role="button" '
-                         f'aria-label="{esc(label)}" style="background-color:{_shade(h, hmax)}">{esc(vis)}</span>')
-            spans.append("<br>" * min(r["token_text"].count("\n"), 3) if "\n" in r["token_text"] else "<wbr>")
+                         f'aria-label="{esc(label)}" style="background-color:{_shade(h, hmax)}">{esc(visible_text(span) if span else "◌")}</span>')
+            spans.append("<br>" * min(span.count("\n"), 3) if "\n" in span else "<wbr>")
         correct = meta.get("correct")
         badge = ""
         if correct is not None:

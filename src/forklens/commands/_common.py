@@ -15,6 +15,9 @@ from transformers.utils import logging as hf_logging
 from forklens import runfolder
 from forklens.config import describe, load_config, to_dict
 from forklens.errors import ConfigError
+from forklens.rewards import load_reward
+from forklens.tasks import get_task
+from forklens.tasks.dataset import DataColumns, load_dataset_task
 
 console = Console(stderr=True)
 
@@ -107,3 +110,54 @@ def quiet_third_party() -> None:
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*past_key_values.*")
+
+
+def add_data_args(p, *, reward: bool = False, default_task: str | None = "arith") -> None:
+    """``--data`` (your problems; instead of ``--task``), its column flags and, with ``reward``, ``--reward``."""
+    g = p.add_argument_group("your data (instead of a built-in --task; docs/data.md)")
+    g.add_argument("--data", metavar="FILE", default=None,
+                   help="Problems: JSONL, JSON, parquet or a datasets save_to_disk folder, in TRL's formats (prompt "
+                   "string or chat messages, messages, prompt/completion) or verl's (reward_model.ground_truth).")
+    g.add_argument("--prompt-column", default="", metavar="COL", help="Prompt column (default: prompt, messages, "
+                   "question or problem, whichever is present).")
+    g.add_argument("--answer-column", default="", metavar="COL", help="Gold-answer column, dotted for nested "
+                   "(default: answer, solution, ground_truth or reward_model.ground_truth).")
+    g.add_argument("--data-split", default="", metavar="NAME", help="Split of a DatasetDict folder.")
+    if reward:
+        g.add_argument("--reward", action="append", default=[], metavar="MODULE:FUNCTION",
+                       help="Reward function in TRL's signature (repeatable; FILE.py:FUNCTION also works). Default: "
+                       "the task's verifier (with --data: the answer column, boxed/numeric/last-line match).")
+        g.add_argument("--reward-weights", default=None, metavar="W1,W2,...",
+                       help="Weights of the --reward functions (default: 1 each).")
+    p.set_defaults(_default_task=default_task)
+
+
+def task_from_args(args, *, default_split: str = "train"):
+    """The task of a command: ``--data`` as a :class:`~forklens.tasks.dataset.DatasetTask`, else ``--task``."""
+    if getattr(args, "data", None):
+        if getattr(args, "task", None):
+            raise ConfigError("give --data or --task, not both")
+        cols = DataColumns(prompt_column=args.prompt_column, answer_column=args.answer_column,
+                           split=args.data_split)
+        return load_dataset_task(args.data, cols, default_split=default_split,
+                                 require_answer=not getattr(args, "reward", None))
+    return get_task(getattr(args, "task", None) or args._default_task)
+
+
+def rewards_from_args(args) -> tuple[list | None, list[float] | None]:
+    """``(reward_fns, weights)`` from ``--reward`` / ``--reward-weights`` (None, None: the task's verifier)."""
+    specs = getattr(args, "reward", None) or []
+    if not specs:
+        if getattr(args, "reward_weights", None):
+            raise ConfigError("--reward-weights needs --reward")
+        return None, None
+    fns = [load_reward(s) for s in specs]
+    if args.reward_weights is None:
+        return fns, None
+    try:
+        weights = [float(w) for w in args.reward_weights.split(",")]
+    except ValueError:
+        raise ConfigError(f"--reward-weights {args.reward_weights!r}: expected comma-separated numbers") from None
+    if len(weights) != len(fns):
+        raise ConfigError(f"--reward-weights has {len(weights)} weights for {len(fns)} --reward functions")
+    return fns, weights

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forklens.commands._common import add_overwrite_arg, number, prepare_out
+from forklens.commands._common import add_overwrite_arg, number, prepare_out, task_from_args
 
 from forklens.analysis.passk import (
     PassAtKTable,
@@ -22,7 +22,6 @@ from forklens.analysis.passk import (
 from forklens.analysis.passk_samples import generate_samples, write_jsonl
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
-from forklens.tasks import get_task
 
 DEFAULT_OUT = "runs/passk"
 
@@ -128,6 +127,14 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
     )
     gen = parser.add_argument_group("sample generation (with --model)")
     gen.add_argument("--task", metavar="NAME", help="built-in task to sample on: arith, agent")
+    gen.add_argument("--data", metavar="FILE", default=None,
+                     help="your problems instead of --task: JSONL, JSON, parquet or a datasets folder with a prompt "
+                     "and an answer column (TRL/verl formats; docs/data.md)")
+    gen.add_argument("--prompt-column", default="", metavar="COL", help="prompt column of --data (default: prompt, "
+                     "messages, question or problem)")
+    gen.add_argument("--answer-column", default="", metavar="COL", help="answer column of --data, dotted for nested "
+                     "(default: answer, solution, ground_truth or reward_model.ground_truth)")
+    gen.add_argument("--data-split", default="", metavar="NAME", help="split of a DatasetDict folder given as --data")
     gen.add_argument("--n", type=int, default=256, help="samples per problem (and per T) (default: 256)")
     gen.add_argument(
         "--T",
@@ -166,11 +173,11 @@ def _model_names(specs: list[str]) -> list[tuple[str, Path]]:
 def _generate(args: argparse.Namespace) -> Path:
     from rich.console import Console
 
-    if not args.task:
-        raise ConfigError("--model needs --task NAME (the task to sample and grade on: arith or agent)")
+    if not args.task and not args.data:
+        raise ConfigError("--model needs --task NAME (arith or agent) or --data FILE (your problems) to sample and grade on")
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
-    task = get_task(args.task)
+    task = task_from_args(args, default_split=args.split)
     Ts = args.Ts if args.Ts is not None else list(task.default_caps)
     task.check_caps(Ts)
     try:
@@ -180,7 +187,7 @@ def _generate(args: argparse.Namespace) -> Path:
     if args.limit:
         problems = problems[: args.limit]
     if not problems:
-        raise DataError(f"task {args.task!r} has no problems in split {args.split!r}")
+        raise DataError(f"task {args.task or args.data!r} has no problems in split {args.split!r}")
     prepare_out(args, "passk")
     console = Console(stderr=True)
     records = []
@@ -200,6 +207,8 @@ def _resolve_samples(args: argparse.Namespace) -> Path:
         return _generate(args)
     if getattr(args, "task", None):
         raise ConfigError("--task only applies when generating samples with --model; --samples are already graded")
+    if getattr(args, "data", None):
+        raise ConfigError("--data only applies when generating samples with --model; --samples are already graded")
     return Path(args.samples)
 
 

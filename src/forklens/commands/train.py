@@ -6,13 +6,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from forklens.analysis.prompts import read_jsonl
 from forklens.commands import train_fork_contrast
-from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out, quiet_third_party, resolve_config)
+from forklens.commands._common import (add_config_args, add_data_args, add_overwrite_arg, console, handle_config_flags,
+                                       prepare_out, quiet_third_party, resolve_config, rewards_from_args, task_from_args)
 from forklens.config import field
 from forklens.errors import DataError, ForklensWarning
 from forklens.policy import Policy
-from forklens.tasks import get_task
+from forklens.tasks.dataset import DataColumns, completion_text, read_rows, row_problem
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, train
 from forklens.train.run import run_grpo as grpo
@@ -33,8 +33,9 @@ def register(sub) -> None:
     tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
     g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
     g.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
-    g.add_argument("--task", default="arith", help="Built-in task (default: arith; agent trains on multi-turn "
+    g.add_argument("--task", default=None, help="Built-in task (default: arith; agent trains on multi-turn "
                    "tool-use episodes, sampling.T and sampling.turn_tokens apply).")
+    add_data_args(g, reward=True)
     g.add_argument("--out", default="runs/grpo", help="Run directory (checkpoints, metrics.jsonl, model/).")
     g.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
     add_overwrite_arg(g)
@@ -42,9 +43,11 @@ def register(sub) -> None:
                    help="Rollout sampler (same as --set sampling.backend=...; default torch, the built-in one).")
     add_config_args(g)
     g.set_defaults(func=run_grpo)
-    s = tsub.add_parser("sft", help="Supervised fine-tuning on a JSONL of {prompt, response}.")
+    s = tsub.add_parser("sft", help="Supervised fine-tuning on {prompt, response} pairs (JSONL, parquet, datasets; "
+                        "TRL's prompt/completion and messages formats too).")
     s.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
-    s.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"response\": ...} per line.")
+    s.add_argument("--data", required=True, help="JSONL/JSON/parquet file or datasets folder: {\"prompt\", \"response\"}, "
+                   "{\"prompt\", \"completion\"} or {\"messages\"} rows (prompts may be chat messages).")
     s.add_argument("--out", default="runs/sft", help="Run directory.")
     s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
     add_overwrite_arg(s)
@@ -60,39 +63,52 @@ def run_grpo(args) -> int:
         cfg.sampling.backend = args.backend
     if handle_config_flags(RLConfig, cfg, args):
         return 0
-    task = get_task(args.task)
+    task = task_from_args(args)
+    reward_fns, weights = rewards_from_args(args)
     prepare_out(args, "train-grpo", resumable=True)
-    info = grpo(Path(args.model), task, cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume)
+    info = grpo(Path(args.model), task, cfg, Path(args.out), seed=cfg.train.seed, resume=args.resume,
+                reward_fns=reward_fns, reward_weights=weights)
     console.print(f"GRPO: {info['steps']} steps, {info['flops']:.3g} FLOPs, {info['wall_s']:.0f} s; "
                   f"model saved to {info['model_dir']}; metrics in {args.out}/metrics.jsonl")
     return 0
 
 
-def read_sft_jsonl(path: str) -> list[tuple[int, str, str]]:
-    """``(line, prompt, response)`` from a JSONL file of {"prompt": ..., "response": ...} objects; warns
-    once about empty prompts or responses (legal, but rarely meant)."""
+def read_sft_jsonl(path: str) -> list[tuple[str, str | list, str]]:
+    """``(location, prompt, response)`` of each row of an SFT data file (JSONL, JSON, parquet or a datasets
+    folder): ``prompt`` + ``response``, TRL's ``prompt`` + ``completion`` (strings or chat messages) or
+    ``messages`` (the last assistant message is the response). Warns once about empty prompts or responses
+    (legal, but rarely meant)."""
     rows = []
-    for lineno, rec in read_jsonl(path, "data"):
-        for key in ("prompt", "response"):
+    for where, rec in read_rows(path):
+        if "messages" not in rec:
+            if "prompt" not in rec:
+                raise DataError(f"{where}: missing the required \"prompt\" field (or \"messages\")")
+            key = "completion" if "completion" in rec and "response" not in rec else "response"
             if key not in rec:
-                raise DataError(f"{path} line {lineno}: missing the required \"{key}\" field")
-            if not isinstance(rec[key], str):
-                raise DataError(f"{path} line {lineno}: \"{key}\" must be a string, got {type(rec[key]).__name__}")
-        rows.append((lineno, rec["prompt"], rec["response"]))
-    empty = [(line, key) for line, p, r in rows for key, text in (("prompt", p), ("response", r)) if not text.strip()]
+                raise DataError(f"{where}: missing the required \"response\" field (or \"completion\")")
+            for k in ("prompt", key):
+                if not isinstance(rec[k], (str, list)):
+                    raise DataError(f"{where}: \"{k}\" must be a string, got {type(rec[k]).__name__}")
+        p = row_problem(where, rec, DataColumns(prompt_column="" if "messages" in rec else "prompt", id_column=""), 0)
+        if p.meta.get("expert") is None:
+            raise DataError(f"{where}: no assistant message to train on in \"messages\"")
+        rows.append((where, p.prompt, p.meta["expert"]))
+    empty = [(where, key) for where, p, r in rows for key, text in (("prompt", p), ("response", r))
+             if isinstance(text, str) and not text.strip()]
     if empty:
-        warnings.warn(f"{path}: {len(empty)} empty prompt(s) or response(s) (first: the {empty[0][1]} on line "
-                      f"{empty[0][0]})", ForklensWarning, stacklevel=2)
+        where = empty[0][0].removeprefix(f"{path} ")
+        warnings.warn(f"{path}: {len(empty)} empty prompt(s) or response(s) (first: the {empty[0][1]} on {where})",
+                      ForklensWarning, stacklevel=2)
     return rows
 
 
-def check_sft_examples(policy, rows: list[tuple[int, str, str]], path: str) -> list[tuple[str, str]]:
+def check_sft_examples(policy, rows: list[tuple[str, str | list, str]], path: str) -> list[tuple[str, str]]:
     """The ``(prompt, response)`` pairs of ``rows``, after checking, before any training, that each fits
-    the model's context (naming its line) and warning about characters the tokenizer cannot encode."""
-    for line, prompt, response in rows:
+    the model's context (naming its row) and warning about characters the tokenizer cannot encode."""
+    for where, prompt, response in rows:
         n = len(policy.encode_prompt(prompt)) + len(policy.encode_response(response))
-        policy.check_length(n, f"{path} line {line}: the example")
-    policy.warn_unknown_chars([(f"{path} line {line}", p + r) for line, p, r in rows])
+        policy.check_length(n, f"{where}: the example")
+    policy.warn_unknown_chars([(where, completion_text(p) + r) for where, p, r in rows])
     return [(p, r) for _, p, r in rows]
 
 

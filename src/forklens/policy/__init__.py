@@ -61,6 +61,11 @@ class ScoredSequence:
     extra: dict = field(default_factory=dict)
 
 
+def is_token_ids(prompt) -> bool:
+    """True for a prompt given as token ids (a list of ints), False for text or chat messages."""
+    return isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+
+
 class Policy:
     """A causal LM and its tokenizer. Build with :meth:`load` for a directory on disk."""
 
@@ -117,7 +122,17 @@ class Policy:
         return total
 
     # --- text <-> ids -------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str, chat_template: bool = False) -> list[int]:
+    def encode_prompt(self, prompt: str | list[dict], chat_template: bool = False) -> list[int]:
+        """Prompt ids: a string as is (or as one user message with ``chat_template``); chat messages
+        (``[{"role", "content"}, ...]``, TRL's conversational format) always through the chat template."""
+        if isinstance(prompt, list):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise DataError(f"the tokenizer of {self.path} has no chat template, so chat-message prompts "
+                                "cannot be rendered; give plain-string prompts or a tokenizer with a chat template")
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
         if chat_template:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise DataError(f"the tokenizer of {self.path} has no chat template; drop --chat-template")
@@ -171,7 +186,7 @@ class Policy:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        ids = [p if isinstance(p, list) else self.encode_prompt(p, chat_template) for p in prompts]
+        ids = [p if is_token_ids(p) else self.encode_prompt(p, chat_template) for p in prompts]
         for i, p in enumerate(ids):
             if not p:
                 raise DataError(f"prompt {i} is empty after tokenization")

@@ -4,7 +4,10 @@ A reward function is ``fn(prompts, completions, **columns) -> list[float | None]
 completion, ``None`` where the reward does not apply (TRL's convention, so any forklens reward plugs
 into TRL's ``GRPOTrainer`` and any TRL reward into forklens). ``columns`` carries the dataset
 columns; forklens passes ``problem`` (the :class:`~forklens.tasks.base.Problem`), ``answer`` and
-``id``, and for a multi-turn task ``episode`` (the sampled episode).
+``id``, and for a multi-turn task ``episode`` (the sampled episode). Completions may be strings or,
+as TRL passes them for conversational data, lists of chat messages: every forklens reward reads them
+through :func:`~forklens.tasks.dataset.completion_text`, and rewards that need a ``problem`` build it
+from TRL's ``prompts`` and ``answer`` columns when no ``problem`` column is passed (:func:`problems_from`).
 
 :func:`compose_rewards` sums the weighted components (``None`` and NaN count as 0 in the sum, as in
 TRL) and keeps each component so it can be logged separately (``reward/NAME``).
@@ -12,13 +15,18 @@ TRL) and keeps each component so it can be logged separately (``reward/NAME``).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from forklens.errors import ConfigError
 from forklens.tasks.answers import is_correct
 from forklens.tasks.base import Problem
+from forklens.tasks.dataset import completion_text
 
 RewardFn = Callable[..., list]
 
@@ -26,7 +34,23 @@ RewardFn = Callable[..., list]
 def answer_reward(prompts, completions, answer, **_) -> list[float | None]:
     """1.0 when a completion's final answer is the row's ``answer`` (:func:`forklens.tasks.answers.is_correct`:
     boxed, last number or last line), else 0.0; ``None`` for rows without an answer."""
-    return [None if a is None else float(is_correct(str(a), c)) for a, c in zip(answer, completions)]
+    return [None if a is None else float(is_correct(str(a), completion_text(c))) for a, c in zip(answer, completions)]
+
+
+def problems_from(prompts: Sequence, problem: Sequence | None = None, answer: Sequence | None = None,
+                  **columns) -> list:
+    """The problems of a reward call: the ``problem`` column when given (dicts become Problems), else
+    Problems built from TRL's ``prompts`` (strings or chat messages), its ``answer`` column (or None) and
+    the other dataset columns as ``meta`` (e.g. ``knowledge`` and ``plan`` for MaR's tagged grader)."""
+    if problem is not None:
+        return [as_problem(p) for p in problem]
+    n = len(prompts)
+    answers = list(answer) if answer is not None else [None] * n
+    per_row = {k: list(v) for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n}
+    return [Problem(id=str(i), prompt=p if isinstance(p, str) else completion_text(p),
+                    answer=None if a is None else str(a),
+                    meta={k: v[i] for k, v in per_row.items() if v[i] is not None})
+            for i, (p, a) in enumerate(zip(prompts, answers))]
 
 
 def as_problem(x):
@@ -91,3 +115,35 @@ def component_means(components: dict[str, torch.Tensor], rows: torch.Tensor | No
         ok = ~torch.isnan(c)
         out[f"reward/{name}"] = float(c[ok].mean()) if bool(ok.any()) else float("nan")
     return out
+
+
+def load_reward(spec: str) -> RewardFn:
+    """A reward function from ``package.module:function`` or ``path/to/file.py:function`` (TRL's signature:
+    ``fn(prompts, completions, **columns) -> list[float | None]``). A clear ConfigError for every way
+    the spec can be wrong."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--reward {spec!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION (e.g. my_rewards:exact)")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise ConfigError(f"--reward {spec!r}: {path} does not exist")
+        mspec = importlib.util.spec_from_file_location(f"forklens_user_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(mspec)
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as exc:
+            raise ConfigError(f"--reward {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"--reward {spec!r}: no module {exc.name!r} (is it on PYTHONPATH? a file path "
+                              f"such as ./{module_name.replace('.', '/')}.py:{attr} also works)") from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        names = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+        raise ConfigError(f"--reward {spec!r}: {module_name} has no {attr!r} (callables: {', '.join(names) or 'none'})")
+    if not callable(fn):
+        raise ConfigError(f"--reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
+    return fn

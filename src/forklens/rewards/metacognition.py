@@ -40,7 +40,8 @@ from typing import Protocol, Sequence
 
 from forklens.errors import ConfigError
 from forklens.policy import Policy
-from forklens.rewards import as_problem
+from forklens.rewards import problems_from
+from forklens.tasks.dataset import completion_text
 from forklens.rewards.milestones import MAX_SCAN_CHARS, episode_calls, milestones
 from forklens.tasks.agent import parse_answer
 
@@ -291,10 +292,12 @@ def mar_reward(grader, components: Sequence[str] = COMPONENTS, name: str | None 
     if bad or not components:
         raise ValueError(f"MaR components must be a non-empty subset of {COMPONENTS}, got {components}")
 
-    def reward(prompts, completions, problem=None, episode=None, **_) -> list[float | None]:
+    def reward(prompts, completions, problem=None, episode=None, answer=None, **columns) -> list[float | None]:
         n = len(completions)
-        problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
-        scores = _grade_all(grader, problems, completions, episode if episode is not None else [None] * n)
+        problems = problems_from(prompts, problem, answer, **columns)
+        texts = [c if isinstance(c, str) else completion_text(c) if isinstance(c, (list, dict)) else c
+                 for c in completions]  # chat-format completions (TRL) graded as their text
+        scores = _grade_all(grader, problems, texts, episode if episode is not None else [None] * n)
         out: list[float | None] = []
         for s in scores:
             vals = [s[c] for c in components]

@@ -290,6 +290,9 @@ class GRPOSource(StepProblems):
         reward schedule, the functions of ``step``'s stage."""
         fns, weights = stage_rewards(self, step)
         columns = {"problem": problems, "answer": [p.answer for p in problems], "id": [p.id for p in problems]}
+        if getattr(self.task, "dataset_columns", False):  # your data: its other columns, as TRL passes them
+            for key in dict.fromkeys(k for p in problems for k in p.meta if k not in ("expert", "where")):
+                columns.setdefault(key, [p.meta.get(key) for p in problems])
         if episodes is not None:
             columns["episode"] = episodes
         return compose_rewards(fns, weights, [p.prompt for p in problems], completions, **columns)

@@ -213,3 +213,23 @@ def test_data_and_task_conflict(model_dir, tmp_path, capsys):
     assert main(["train", "grpo", "--model", str(model_dir), "--data", str(data), "--reward-weights", "1",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--reward-weights needs --reward" in capsys.readouterr().err
+
+
+def test_diff_and_intervene_read_parquet_and_messages(model_dir, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"id": r["id"], "prompt": [{"role": "user", "content": r["prompt"] + " 世界"}], "answer": r["answer"]}
+            for r in ROWS[:3]]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    out = tmp_path / "diff"
+    assert main(["diff", "--base", str(model_dir), "--rl", str(model_dir), "--prompts", str(tmp_path / "p.parquet"),
+                 "--max-new-tokens", "4", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_prompts"] == 3 and summary["unshifted_frac"] == 1.0  # a model against itself
+    resp = [json.loads(x) for x in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert resp[0]["prompt"] == "user: 0+0= 世界" and [r["prompt_id"] for r in resp] == ["q0", "q1", "q2"]
+    out2 = tmp_path / "iv"
+    assert main(["intervene", "--base", str(model_dir), "--rl", str(model_dir), "--prompts", str(tmp_path / "p.parquet"),
+                 "--gate", "oracle", "--max-new-tokens", "4", "--seeds", "1", "--out", str(out2)]) == 0
+    iv = json.loads((out2 / "summary.json").read_text())
+    assert iv["n_prompts"] == 3 and iv["accuracy"]["oracle"] == iv["accuracy"]["base"]

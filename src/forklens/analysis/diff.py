@@ -37,6 +37,7 @@ from forklens.analysis.diff_summary import CLASSES, TOP_DECILE_RULE, classify, s
 from forklens.analysis.prompts import load_responses
 from forklens.errors import ConfigError, DataError, ModelLoadError
 from forklens.policy.tokens import TokenTexts
+from forklens.tasks.dataset import prompt_text
 from forklens.tasks.answers import is_correct
 
 __all__ = [
@@ -114,8 +115,8 @@ def _normalise_prompts(prompts: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     if not prompts:
         raise DataError("no prompts to diff: the prompt list is empty")
     for i, rec in enumerate(prompts):
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise DataError(f"prompt record {i} needs a string \"prompt\" field, got {rec!r:.80}")
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), (str, list)):
+            raise DataError(f"prompt record {i} needs a \"prompt\" field (a string or chat messages), got {rec!r:.80}")
         rec = dict(rec)
         rec["id"] = str(rec["id"]) if rec.get("id") is not None else str(i)
         if rec["id"] in seen:
@@ -285,7 +286,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
         correct = bool(check(rec, text)) if rec.get("answer") is not None else None
         rows += token_rows(sc, prompt_id=rec["id"], prompt_index=idx, sample_id=sid, top_k=top_k,
                            token_text=texts.display, correct=correct, span_texts=texts.spans(y))
-        resp_meta.append({"prompt_id": rec["id"], "prompt_index": idx, "sample_id": sid, "prompt": rec["prompt"],
+        resp_meta.append({"prompt_id": rec["id"], "prompt_index": idx, "sample_id": sid,
+                          "prompt": prompt_text(rec["prompt"]),
                           "answer": rec.get("answer"), "response": text, "n_tokens": len(y),
                           "finished": finished, "correct": correct})
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from forklens.errors import DataError, ForklensWarning
+from forklens.tasks.dataset import DataColumns, load_dataset_task, text_is_parquet
 
 __all__ = ["load_prompts", "load_responses", "read_jsonl"]
 
@@ -62,8 +63,16 @@ def _check_id(value: Any, path: Path, lineno: int) -> str:
 
 
 def load_prompts(path: str | Path) -> list[dict[str, Any]]:
-    """Prompt records ``{"id", "prompt", "answer" (or None), "line"}`` in file order."""
+    """Prompt records ``{"id", "prompt", "answer" (or None), "line"}`` in file order.
+
+    A JSONL file as described above; a parquet file, a JSON list or a ``datasets`` folder in any row
+    format of :mod:`forklens.tasks.dataset` (TRL's chat prompts and ``messages``, verl's
+    ``reward_model.ground_truth``) is read through it."""
     path = Path(path)
+    if path.is_dir() or path.suffix in (".parquet", ".json") or (path.is_file() and text_is_parquet(path)):
+        task = load_dataset_task(path, DataColumns(id_column="id"))
+        return [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "line": i + 1}
+                for i, p in enumerate(task.problems("test"))]
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, obj in read_jsonl(path, "prompts"):
@@ -95,7 +104,8 @@ def load_responses(path: str | Path, prompts: list[dict[str, Any]]) -> list[tupl
     by_id = {p["id"]: i for i, p in enumerate(prompts)}
     by_text: dict[str, int] = {}
     for i, p in enumerate(prompts):
-        by_text.setdefault(p["prompt"], i)
+        if isinstance(p["prompt"], str):  # chat-message prompts are matched by id only
+            by_text.setdefault(p["prompt"], i)
     out = []
     for lineno, obj in read_jsonl(path, "responses"):
         if "response" not in obj:

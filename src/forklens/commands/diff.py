@@ -8,6 +8,7 @@ from pathlib import Path
 
 from forklens import dist
 from forklens.analysis.diff import run_diff
+from forklens.tasks.dataset import prompt_text
 from forklens.analysis.prompts import load_prompts
 from forklens.policy import Policy
 from forklens.commands._common import add_overwrite_arg, number, prepare_out
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         out = prepare_out(args, "diff")
         base = Policy.load(args.base, dtype=args.dtype, device=device)
         rl = Policy.load(args.rl, dtype=args.dtype, device=device)
-        base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", p["prompt"]) for p in prompts])
+        base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", prompt_text(p["prompt"])) for p in prompts])
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
         summary = run_diff(

@@ -179,6 +179,13 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
+def prompt_text(prompt: Any) -> str:
+    """A prompt as plain text for display and checks: a string as is, chat messages as ``role: content`` lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt if isinstance(m, dict))
+
+
 def _first_present(row: dict, names: Sequence[str]) -> str | None:
     return next((c for c in names if lookup(row, c) is not None), None)
 

@@ -55,6 +55,9 @@ class Objective:
     prepare: Callable[..., dict[str, float] | None] | None = None
     target_tags: Callable[[Any], list[str]] | None = None
     term_counts: Callable[..., dict[str, float] | None] | None = None
+    #: the loss takes an importance ratio against ``batch.old_logprobs`` (the trainer records them
+    #: before the first of several updates on one batch, so the ratio and its clipping act)
+    uses_old_logprobs: bool = False
 
     def __call__(self, out: PolicyOutputs, batch, config) -> ObjectiveResult:
         return self.loss(out, batch, config)
@@ -63,10 +66,11 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register(name: str, prepare=None, target_tags=None, term_counts=None):
+def register(name: str, prepare=None, target_tags=None, term_counts=None, uses_old_logprobs: bool = False):
     """Register the decorated loss as objective ``name`` with the given hooks; returns the loss unchanged."""
     def deco(fn):
-        OBJECTIVES[name] = Objective(name, fn, prepare=prepare, target_tags=target_tags, term_counts=term_counts)
+        OBJECTIVES[name] = Objective(name, fn, prepare=prepare, target_tags=target_tags, term_counts=term_counts,
+                                     uses_old_logprobs=uses_old_logprobs)
         return fn
     return deco
 

@@ -195,7 +195,8 @@ def add_env_term(result: ObjectiveResult, out: PolicyOutputs, batch: Rollouts, c
     return result
 
 
-@register("grpo", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=grpo_term_counts)
+@register("grpo", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=grpo_term_counts,
+          uses_old_logprobs=True)
 def grpo_loss(out: PolicyOutputs, batch: Rollouts, config: GRPOLossConfig) -> ObjectiveResult:
     per_token, mask, metrics = clipped_pg_per_token(out, batch, config)
     loss_sum, count = aggregate(per_token, mask, config.loss_agg_mode, config.max_new_tokens)

@@ -53,7 +53,8 @@ def mixed_term_counts(batch: Rollouts, config: MixedPolicyLossConfig) -> dict[st
     return counts
 
 
-@register("mixed_policy", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=mixed_term_counts)
+@register("mixed_policy", prepare=prepare_entropy_mask, target_tags=grpo_target_tags, term_counts=mixed_term_counts,
+          uses_old_logprobs=True)
 def mixed_policy_loss(out: PolicyOutputs, batch: Rollouts, config: MixedPolicyLossConfig) -> ObjectiveResult:
     off = _row_flag(batch, "off_policy")[:, None]
     sft = _row_flag(batch, "sft")[:, None]

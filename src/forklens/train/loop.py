@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
@@ -58,6 +58,12 @@ class TrainConfig:
     fsdp: bool = field(False, help="Under a multi-process launcher, shard parameters, gradients and optimizer "
                        "state over the ranks (PyTorch FSDP2, one unit per decoder layer) instead of replicating "
                        "them (DDP). Also on when accelerate is configured for FSDP.")
+    num_iterations: int = field(1, ge=1, help="Passes over each rollout batch (GRPO's mu, TRL's num_iterations). "
+                                "Above 1 the behaviour log-probs are recorded before the first update, so the "
+                                "importance ratio moves away from 1 and epsilon/epsilon_high clip.")
+    mini_batches: int = field(1, ge=1, help="Optimizer steps per pass: the batch is split into this many parts "
+                              "(PPO mini-batches), each normalised and stepped on its own. The LR schedule advances "
+                              "once per batch.")
     simulate_bug: Literal["none", "offload-accum", "mean-of-means"] = field(
         "none", help="Reproduce a known training-stack bug, for experiments only: offload-accum (the optimizer "
         "sees g_0 + g_{K-1} of K micro-batches) or mean-of-means (per-micro-batch token means averaged).")
@@ -195,6 +201,28 @@ def accumulate_step(model, objective: Objective, objective_config: Any, micro_ba
         metrics["prepass_tokens"] = float(_global_sums({"t": prepared.get("prepass_tokens", 0.0)})["t"])
         metrics.update({k2: v for k2, v in prepared.items() if k2 != "prepass_tokens"})
     return metrics
+
+
+def mini_batch_parts(batch: Rollouts, parts: int) -> list[Rollouts]:
+    """``batch`` split into ``parts`` contiguous parts of nearly equal size (every rank makes the same
+    number of optimizer steps, so the collectives line up)."""
+    if parts == 1:
+        return [batch]
+    n = len(batch)
+    if n < parts:
+        raise ValueError(f"train.mini_batches={parts} is more than the {n} sequences of this rank's batch")
+    return [batch.select(range(i * n // parts, (i + 1) * n // parts)) for i in range(parts)]
+
+
+def mean_metrics(per_update: list[tuple[dict[str, float], float]]) -> tuple[dict[str, float], float]:
+    """The metrics of one batch's updates: the single update's as they are, else the mean of each key
+    over the updates (the gradient norm too)."""
+    if len(per_update) == 1:
+        return per_update[0]
+    keys = dict.fromkeys(k for m, _ in per_update for k in m)
+    metrics = {k: sum(m.get(k, 0.0) for m, _ in per_update) / (1 if k == "prepass_tokens" else len(per_update))
+               for k in keys}  # pre-pass tokens are work done, summed for FLOPs
+    return metrics, sum(g for _, g in per_update) / len(per_update)
 
 
 class _null:
@@ -337,6 +365,33 @@ class Trainer:
             _dist().barrier()
         return directory
 
+    def _update(self, micro: list[Rollouts], no_sync) -> tuple[dict[str, float], float]:
+        """One optimizer step on ``micro`` (the micro-batches of one batch or mini-batch)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = accumulate_step(self.model, self.objective, self.objective_config, micro,
+                                  simulate_bug=cfg.simulate_bug, no_sync=no_sync)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # clipping at infinity only measures the norm; under FSDP the norm is a DTensor
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+        self.optimizer.step()
+        return metrics, float(gnorm)
+
+    @torch.no_grad()
+    def _with_old_logprobs(self, batch: Rollouts, device) -> Rollouts:
+        """``batch`` with the current (behaviour) policy's log-probs at every response token, taken in eval
+        mode before the first of several updates on it."""
+        self.model.eval()
+        old = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for s in range(0, len(batch), self.config.micro_batch_size):
+            rows = list(range(s, min(s + self.config.micro_batch_size, len(batch))))
+            mb = batch.select(rows).to(device)
+            lp = forward(self.model, mb).logprobs.float().cpu()
+            old[rows, : lp.shape[1]] = lp
+        self.model.train()
+        return replace(batch, old_logprobs=old)
+
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
         """Train to ``max_steps`` (or ``stop_after`` steps from now, for tests); returns the last metrics."""
         cfg = self.config
@@ -360,23 +415,33 @@ class Trainer:
                 with fsdp.inference_params(self.model) if gather else _null():
                     batch, info = self.source.batch(self.step, self.policy)
                 device = next(self.model.parameters()).device
-                micro = [mb.to(device) for mb in batch.split(cfg.micro_batch_size)]
-                self.optimizer.zero_grad(set_to_none=True)
-                metrics = accumulate_step(self.model, self.objective, self.objective_config, micro,
-                                          simulate_bug=cfg.simulate_bug, no_sync=no_sync)
-                params = [p for p in self.model.parameters() if p.requires_grad]
-                # clipping at infinity only measures the norm; under FSDP the norm is a DTensor
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-                gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
-                self.optimizer.step()
+                updates = cfg.num_iterations * cfg.mini_batches
+                behaviour_tokens = 0.0
+                if updates > 1 and self.objective.uses_old_logprobs and batch.old_logprobs is None:
+                    batch = self._with_old_logprobs(batch, device)
+                    behaviour_tokens = float(batch.attention_mask.sum())
+                per_update = []
+                for _ in range(cfg.num_iterations):
+                    for part in mini_batch_parts(batch, cfg.mini_batches):
+                        per_update.append(self._update([mb.to(device) for mb in part.split(cfg.micro_batch_size)],
+                                                       no_sync))
+                metrics, gnorm = mean_metrics(per_update)
+                if updates > 1:
+                    metrics["optimizer_steps"] = float(updates)
+                    metrics["behaviour_tokens"] = behaviour_tokens
                 self.scheduler.step()
                 self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
                 tokens = torch.tensor([float(batch.attention_mask.sum()), info.pop("sampled_tokens", 0.0),
                                        info.pop("scored_tokens", 0.0)], dtype=torch.float64)
                 if _dist():
                     _dist().all_reduce(tokens)  # FLOPs of every rank
-                trained_tokens = float(tokens[0])
+                trained_tokens = float(tokens[0]) * cfg.num_iterations
                 inference_tokens = float(tokens[1] + tokens[2]) + metrics.get("prepass_tokens", 0.0)  # already global
+                if behaviour_tokens:
+                    b = torch.tensor([behaviour_tokens], dtype=torch.float64)
+                    if _dist():
+                        _dist().all_reduce(b)
+                    inference_tokens += float(b[0])
                 self.flops += 2 * self.n_params * inference_tokens + 6 * self.n_params * trained_tokens
                 self.wall_s += time.perf_counter() - t0
                 self.step += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from forklens.errors import ConfigError
 from forklens.rewards import load_reward
 from forklens.tasks import get_task
 from forklens.tasks.dataset import DataColumns, load_dataset_task
+from forklens.train.logging import check_trackers
 
 console = Console(stderr=True)
 
@@ -70,10 +72,23 @@ def prepare_out(args, kind: str, resumable: bool = False) -> Path:
                                  inputs=inputs)
 
 
+def check_config_trackers(cfg) -> None:
+    """Every ``report_to`` / ``tensorboard`` setting in ``cfg`` names an installed tracker (a clear error
+    now, before an output folder is marked, rather than at the first training step)."""
+    if not dataclasses.is_dataclass(cfg):
+        return
+    names = list(getattr(cfg, "report_to", None) or []) + (["tensorboard"] if getattr(cfg, "tensorboard", False) is True else [])
+    if names:
+        check_trackers(names)
+    for f in dataclasses.fields(cfg):
+        check_config_trackers(getattr(cfg, f.name, None))
+
+
 def resolve_config(cls, args, base_file: Path | None = None, extra: list[str] | None = None):
     """Defaults <- packaged recipe ``base_file`` <- ``--config`` <- ``extra`` <- ``--set`` overrides."""
     cfg = load_config(cls, base_file) if base_file is not None else cls()
     cfg = load_config(cls, args.config, list(extra or []) + list(args.overrides), base=cfg)
+    check_config_trackers(cfg)
     return cfg
 
 
@@ -84,7 +99,9 @@ def experiment_config(cls, args, base=None):
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     extra = [f"seeds={seeds}"] if seeds is not None else []
-    return load_config(cls, args.config, extra + list(args.overrides), base=base if base is not None else cls())
+    cfg = load_config(cls, args.config, extra + list(args.overrides), base=base if base is not None else cls())
+    check_config_trackers(cfg)
+    return cfg
 
 
 def handle_config_flags(cls, cfg, args) -> bool:

@@ -54,7 +54,11 @@ class TrainConfig:
     keep_checkpoints: int = field(2, ge=1, help="How many checkpoints to keep.")
     log_every: int = field(1, ge=1, help="Print a log line every N steps (the JSONL log gets every step).")
     seed: int = field(0, help="Seed of the data order, sampling and initialisation.")
-    tensorboard: bool = field(False, help="Also log to TensorBoard (needs the tensorboard extra).")
+    tensorboard: bool = field(False, help="Also log to TensorBoard (needs the tensorboard extra); same as "
+                              "report_to: [tensorboard].")
+    report_to: list[str] = field(default_factory=list, help="Trackers to log every step to, as in TRL: any of "
+                                 "tensorboard, wandb, trackio (each must be installed; a clear error otherwise). "
+                                 "metrics.jsonl is always written.")
     fsdp: bool = field(False, help="Under a multi-process launcher, shard parameters, gradients and optimizer "
                        "state over the ranks (PyTorch FSDP2, one unit per decoder layer) instead of replicating "
                        "them (DDP). Also on when accelerate is configured for FSDP.")
@@ -401,6 +405,7 @@ class Trainer:
             self._start_fresh(resume_asked=resume)
         logger = StepLogger(self.out_dir / "metrics.jsonl", total=cfg.max_steps, start=self.step, name=self.name,
                             enabled=self.is_main, progress=self.progress, tensorboard=cfg.tensorboard,
+                            report_to=cfg.report_to, config=asdict(cfg),
                             log_every=cfg.log_every)
         no_sync = getattr(self.model, "no_sync", None)
         last: dict[str, Any] = {}

@@ -16,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-__all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "plot_curves_vs_flops", "DEFAULT_FORMATS"]
+__all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "plot_curves_vs_flops", "plot_training_curves",
+           "DEFAULT_FORMATS"]
 
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "svg")
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -174,4 +175,48 @@ def plot_curves_vs_flops(
     ax.set_title(title)
     if curves:
         ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    return save_figure(fig, stem, formats)
+
+
+def plot_training_curves(
+    runs: Mapping[str, Sequence[Mapping[str, float]]],
+    metrics: Sequence[str],
+    stem: str | Path,
+    *,
+    x: str = "step",
+    smooth: int = 1,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> list[Path]:
+    """One panel per metric, one line per run, against ``x`` (a key of the rows: step, flops, wall_s).
+
+    ``runs`` is ``{label: metric rows}`` (the lines of ``metrics.jsonl``). Rows without the metric or
+    with a non-finite value are skipped; ``smooth > 1`` draws a trailing moving average over that
+    many points beside the raw values (thin)."""
+    n = len(metrics)
+    fig = Figure(figsize=(7.0, 2.6 * n + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    colors = _color_cycle()
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(n, 1, i + 1)
+        ax.grid(True, which="major", alpha=0.3)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for ri, (label, rows) in enumerate(runs.items()):
+            pts = [(float(r[x]), float(r[metric])) for r in rows
+                   if isinstance(r.get(metric), (int, float)) and isinstance(r.get(x), (int, float))
+                   and r[metric] == r[metric] and abs(r[metric]) != float("inf")]
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            color = colors[ri % len(colors)]
+            if smooth > 1:
+                ax.plot(xs, ys, color=color, linewidth=0.7, alpha=0.35)
+                ys = [sum(ys[max(0, j - smooth + 1): j + 1]) / len(ys[max(0, j - smooth + 1): j + 1])
+                      for j in range(len(ys))]
+            ax.plot(xs, ys, color=color, linewidth=1.8, label=label)
+        ax.set_ylabel(metric)
+        if i == n - 1:
+            ax.set_xlabel({"flops": "cumulative FLOPs", "wall_s": "wall seconds"}.get(x, x))
+        if i == 0 and len(runs) > 1:
+            ax.legend(loc="best", fontsize="small", framealpha=0.85)
     return save_figure(fig, stem, formats)

@@ -14,6 +14,7 @@ from forklens.errors import DataError, ForklensWarning
 from forklens.policy import Policy
 from forklens.tasks.dataset import DataColumns, completion_text, read_rows, row_problem
 from forklens.train.loop import TrainConfig
+from forklens.train.lora import LoraSettings
 from forklens.train.run import RLConfig, train
 from forklens.train.run import run_grpo as grpo
 from forklens.train.sources import SFTOrder, SFTSource
@@ -24,6 +25,8 @@ class SFTRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4),
                                help="Optimizer and loop settings.")
     batch_size: int = field(64, ge=1, help="Examples per optimizer step.")
+    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters instead of all weights "
+                               "(lora.enabled=true; merged into the saved model, adapters in OUT/adapter).")
     order: SFTOrder = field("shuffle", help="Example order: shuffle (every epoch), reverse_perplexity (SU-01 curriculum: "
                        "highest initial-model perplexity first, no shuffling) or perplexity (low to high).")
 
@@ -123,6 +126,6 @@ def run_sft(args) -> int:
     pairs = check_sft_examples(policy, rows, args.data)
     source = SFTSource(pairs, cfg.batch_size, cfg.train.seed, order=cfg.order, policy=policy)
     res = train(policy, "sft", None, source, cfg.train, args.out, name="SFT", resume=args.resume,
-                model_dir=Path(args.out) / "model")
+                model_dir=Path(args.out) / "model", lora=cfg.lora)
     console.print(f"SFT: {res.steps} steps, {res.flops:.3g} FLOPs; model saved to {res.model_dir}")
     return 0

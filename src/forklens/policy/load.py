@@ -20,6 +20,28 @@ def context_length(config) -> int | None:
     return None
 
 
+def adapter_base(path: str | Path) -> Path | None:
+    """For a PEFT adapter folder (``adapter_config.json`` and no ``config.json``): the local base model
+    directory it names (relative names resolved against the adapter folder, then the working
+    directory); None for any other folder. A base that is not a local model directory is an error."""
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    if not path.is_dir() or (path / "config.json").is_file() or not cfg_file.is_file():
+        return None
+    try:
+        base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{cfg_file} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not base:
+        raise ModelLoadError(f"{cfg_file} names no base_model_name_or_path, so the adapter cannot be loaded")
+    for cand in (path / base, Path(base)):
+        if (cand / "config.json").is_file():
+            return cand
+    raise ModelLoadError(f"{path} is a PEFT adapter for base {base!r}, which is not a local model directory "
+                         "(forklens never downloads); set base_model_name_or_path in adapter_config.json to the "
+                         "base model's folder, or pass the merged model (OUT/model of a forklens run)")
+
+
 def check_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -63,6 +85,8 @@ def load_tokenizer(path: str | Path, tokenizer_path: str | Path | None = None):
     from transformers import AutoTokenizer
 
     src = Path(tokenizer_path) if tokenizer_path else Path(path)
+    if not tokenizer_path and not (src / "tokenizer_config.json").is_file() and adapter_base(src) is not None:
+        src = adapter_base(src)  # an adapter folder saved without its tokenizer: the base's
     try:
         tok = AutoTokenizer.from_pretrained(str(src))
     except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
@@ -93,6 +117,26 @@ def default_device() -> str:
 
 
 def load_causal_lm(path: str | Path, dtype: str | None = None, device: str | None = None):
+    """Any local causal LM directory; a PEFT adapter folder loads its local base with the adapter merged."""
+    base = adapter_base(path)
+    if base is not None:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise ModelLoadError(f"{path} is a PEFT adapter; loading it needs peft (pip install 'forklens[peft]')") from None
+        model = load_causal_lm(base, dtype=dtype, device=device)
+        try:
+            merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        except Exception as exc:
+            if not is_weights_file_error(exc):
+                raise
+            raise ModelLoadError(f"could not load the adapter in {path} onto {base}: {exc}") from None
+        merged.eval()
+        return merged
+    return _load_plain(path, dtype, device)
+
+
+def _load_plain(path: str | Path, dtype: str | None = None, device: str | None = None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

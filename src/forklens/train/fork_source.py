@@ -44,13 +44,14 @@ from forklens.analysis.evaluate import EvalConfig
 from forklens.analysis.intervene import decode
 from forklens import dist
 from forklens.config import field
-from forklens.errors import ConfigError, DataError
+from forklens.errors import DataError
 from forklens.objectives.advantages import estimate_advantages
 from forklens.objectives.fork_contrast import ForkContrastLossConfig
 from forklens.rollouts import Rollouts
 from forklens.policy import Policy
 from forklens.train.checkpoint import torch_save_atomic
 from forklens.train.loop import TrainConfig
+from forklens.train.lora import LoraSettings, check_lora_run
 from forklens.train.run import train
 
 Gate = Literal["entropy", "none", "random"]
@@ -300,16 +301,6 @@ class ForkContrastSource:
 
 # --- the run -------------------------------------------------------------------------------------
 
-@dataclass
-class LoraSettings:
-    enabled: bool = field(True, help="Train LoRA adapters (needs peft) instead of all weights.")
-    r: int = field(32, ge=1, help="LoRA rank (METHODS: 32).")
-    alpha: int = field(64, gt=0, help="LoRA alpha (METHODS: 64).")
-    dropout: float = field(0.0, ge=0, lt=1, help="LoRA dropout.")
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      help="Modules that get adapters (comma-separated in --set).")
-
-
 def _fork_train_default() -> TrainConfig:
     return TrainConfig(max_steps=150, learning_rate=1e-4, micro_batch_size=16, max_grad_norm=1.0)
 
@@ -319,24 +310,10 @@ class ForkContrastConfig:
     train: TrainConfig = field(default_factory=_fork_train_default, help="Optimizer and loop settings.")
     data: ForkDataConfig = field(default_factory=ForkDataConfig, help="Offline rollouts, selection and gate.")
     loss: ForkContrastLossConfig = field(default_factory=ForkContrastLossConfig, help="Loss settings.")
-    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA (lora.enabled=false: full fine-tuning).")
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=True),
+                               help="LoRA, r 32 / alpha 64 (lora.enabled=false: full fine-tuning).")
     eval: EvalConfig = field(default_factory=EvalConfig, help="Held-out evaluation after training (--task only).")
     evaluate: bool = field(True, help="Evaluate base and trained model on the task's test split (--task only).")
-
-
-def apply_lora(model, lora: LoraSettings):
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("LoRA needs the peft package (pip install 'forklens[peft]'); "
-                          "or train all weights with --set lora.enabled=false") from None
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [m for m in lora.target_modules if m not in names]
-    if missing:
-        raise ConfigError(f"lora.target_modules: the model has no module named {', '.join(missing)}")
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
 
 
 def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, str], float], cfg: ForkContrastConfig,
@@ -350,8 +327,7 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and cfg.lora.enabled:
-        raise ConfigError("--resume is supported with full fine-tuning only (--set lora.enabled=false)")
+    check_lora_run(cfg.lora, resume=resume)
     policy = Policy.load(base_dir)
     data_file = out_dir / "fork_data.pt"
     if resume and data_file.is_file():
@@ -377,18 +353,11 @@ def run_fork_contrast(base_dir, problems: Sequence, verify: Callable[[object, st
         log(f"fork data: {s['problems_kept']}/{s['problems_sampled']} problems kept, {s['rollouts_kept']} rollouts, "
             f"{s['decision_tokens']} decision tokens ({100 * s['decision_frac']:.1f}% of {s['response_tokens']}, "
             f"gate {s['gate']}, tau {s['tau']:g})")
-    if cfg.lora.enabled:
-        policy.model = apply_lora(policy.model, cfg.lora)
     source = ForkContrastSource(data, cfg.data.batch_size, seed=seed, problems_per_step=cfg.data.problems_per_step)
-    res = train(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
-                name="fork-contrast", progress=progress, resume=resume, callbacks=callbacks)
-    model = policy.model
-    if cfg.lora.enabled:
-        model = model.merge_and_unload()
     model_dir = out_dir / "model"
-    model.save_pretrained(str(model_dir))
-    policy.tokenizer.save_pretrained(str(model_dir))
-    policy.model = model
+    res = train(policy, "fork_contrast", cfg.loss, source, replace(cfg.train, seed=seed), out_dir,
+                name="fork-contrast", progress=progress, resume=resume, callbacks=callbacks, model_dir=model_dir,
+                lora=cfg.lora)
     return {"steps": res.steps, "flops": res.flops, "train_wall_s": res.wall_s,
             "prepare_wall_s": data.wall_s, "wall_s": res.wall_s + data.wall_s, "last": res.last,
             "data": data.stats, "model_dir": str(model_dir), "policy": policy,

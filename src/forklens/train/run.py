@@ -16,6 +16,7 @@ from forklens.objectives.grpo import GRPOLossConfig
 from forklens.policy import Policy
 from forklens.rewards import RewardFn
 from forklens.train.loop import DataSource, TrainConfig, Trainer
+from forklens.train.lora import LoraSettings, apply_lora, check_lora_run
 from forklens.train.sources import GRPOSource, SamplingConfig
 
 
@@ -39,13 +40,24 @@ class RunResult:
 
 def train(policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
           out_dir: str | Path, *, name: str = "train", progress: bool = True, resume: bool = False,
-          model_dir: str | Path | None = None, callbacks: list | None = None) -> RunResult:
+          model_dir: str | Path | None = None, callbacks: list | None = None,
+          lora: LoraSettings | None = None) -> RunResult:
     """Train ``policy`` with ``objective`` on batches from ``source`` into ``out_dir`` (checkpoints,
     ``metrics.jsonl``); save the final model and tokenizer to ``model_dir`` when given. ``callbacks``
-    go to the :class:`Trainer` (e.g. :class:`~forklens.train.validation.ValidationCallback`)."""
+    go to the :class:`Trainer` (e.g. :class:`~forklens.train.validation.ValidationCallback`).
+    With ``lora.enabled`` only LoRA adapters train; they are saved to ``out_dir/adapter`` and merged
+    into the model saved to ``model_dir`` (:mod:`forklens.train.lora`)."""
+    use_lora = lora is not None and lora.enabled
+    if use_lora:
+        check_lora_run(lora, resume=resume, fsdp=config.fsdp)
+        policy.model = apply_lora(policy.model, lora)
     trainer = Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress,
                       callbacks=callbacks)
     last = trainer.train(resume=resume)
+    if use_lora:
+        if trainer.is_main:
+            policy.model.save_pretrained(str(Path(out_dir) / "adapter"))
+        policy.model = policy.model.merge_and_unload()
     saved = str(trainer.save_model(model_dir)) if model_dir is not None else None
     return RunResult(steps=trainer.step, flops=trainer.flops, wall_s=trainer.wall_s, last=last, model_dir=saved,
                      n_params=trainer.n_params, metrics_file=Path(out_dir) / "metrics.jsonl")
@@ -61,6 +73,8 @@ class RLConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48),
                                      help="Rollout sampling.")
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig, help="GRPO loss settings.")
+    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters instead of all weights "
+                               "(lora.enabled=true; merged into the saved model, adapters in OUT/adapter).")
 
 
 def grpo_loss(rl: RLConfig) -> GRPOLossConfig:
@@ -89,5 +103,5 @@ def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed
     source = GRPOSource(task, problems, rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref, **source_kwargs)
     res = train(policy, "grpo", grpo_loss(rl), source, replace(rl.train, seed=seed), out_dir, name=name,
                 progress=progress, resume=resume, model_dir=out_dir / "model" if model_dir is None else model_dir,
-                callbacks=callbacks)
+                callbacks=callbacks, lora=rl.lora)
     return res.info()

@@ -17,6 +17,7 @@ Per optimizer step:
 from __future__ import annotations
 
 import json
+import os
 import math
 import sys
 import time
@@ -27,6 +28,7 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 
 from forklens.config import field
+from forklens.errors import ConfigError
 from forklens.dist import global_sums as _global_sums
 from forklens.dist import group as _dist
 from forklens.dist import world_size
@@ -62,6 +64,12 @@ class TrainConfig:
     fsdp: bool = field(False, help="Under a multi-process launcher, shard parameters, gradients and optimizer "
                        "state over the ranks (PyTorch FSDP2, one unit per decoder layer) instead of replicating "
                        "them (DDP). Also on when accelerate is configured for FSDP.")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        "auto", help="Autocast every forward pass to bf16 or fp16 with fp32 master weights and optimizer state (fp16 "
+        "adds a gradient scaler); auto = ACCELERATE_MIXED_PRECISION when set, else no. forklens applies it itself, "
+        "identically on one process or many.")
+    gradient_checkpointing: bool = field(False, help="Recompute activations in the backward pass (Hugging Face "
+                                         "gradient checkpointing, non-reentrant): less memory, ~30% more compute.")
     num_iterations: int = field(1, ge=1, help="Passes over each rollout batch (GRPO's mu, TRL's num_iterations). "
                                 "Above 1 the behaviour log-probs are recorded before the first update, so the "
                                 "importance ratio moves away from 1 and epsilon/epsilon_high clip.")
@@ -117,21 +125,45 @@ def forward(module, batch: Rollouts, target_tags: tuple[str, ...] | list[str] = 
     return PolicyOutputs(logprobs=lp, entropy=ent, gathered_logprobs=gathered)
 
 
+def resolve_precision(setting: str) -> str:
+    """``no``, ``bf16`` or ``fp16``: the setting, or for ``auto`` accelerate's ``ACCELERATE_MIXED_PRECISION``."""
+    if setting != "auto":
+        return setting
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower() or "no"
+    if env not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"ACCELERATE_MIXED_PRECISION={env!r}: forklens supports no, bf16 and fp16 "
+                          "(set train.mixed_precision to override)")
+    return env
+
+
+def autocast_context(precision: str, device) -> Callable[[], Any]:
+    """A factory of the forward passes' autocast context (a null context for ``no``)."""
+    if precision == "no":
+        return _null
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dev = torch.device(device).type
+    return lambda: torch.autocast(device_type=dev, dtype=dtype)
+
+
 def accumulate_step(model, objective: Objective, objective_config: Any, micro_batches: list[Rollouts],
-                    simulate_bug: str = "none", no_sync: Callable | None = None) -> dict[str, float]:
+                    simulate_bug: str = "none", no_sync: Callable | None = None,
+                    autocast: Callable[[], Any] | None = None, scaler=None) -> dict[str, float]:
     """Forward/backward over the micro-batches of one optimizer step; leaves normalised gradients in
     ``.grad`` and returns the step's loss and objective metrics (global over ranks).
 
     The objective's optional hooks (see :mod:`forklens.objectives`): ``prepare`` runs first over every
     micro-batch (step-global tags); ``target_tags`` names extra scored positions; ``term_counts``
     switches to separately normalised terms, whose global counts are summed before any backward.
-    ``metrics["prepass_tokens"]`` counts the tokens a pre-pass ran through the model (for FLOPs)."""
+    ``metrics["prepass_tokens"]`` counts the tokens a pre-pass ran through the model (for FLOPs).
+    ``autocast`` (a context factory) wraps every forward pass; ``scaler`` (fp16) scales the backward."""
+    autocast = autocast or _null
     dist = _dist()
     world = dist.get_world_size() if dist else 1
     params = [p for p in model.parameters() if p.requires_grad]
     prepared: dict[str, float] = {}
     if objective.prepare is not None:
-        prepared = objective.prepare(model, micro_batches, objective_config) or {}
+        with autocast():
+            prepared = objective.prepare(model, micro_batches, objective_config) or {}
     target_tags = objective.target_tags(objective_config) if objective.target_tags is not None else []
     term_counts = None
     if objective.term_counts is not None:
@@ -150,7 +182,8 @@ def accumulate_step(model, objective: Objective, objective_config: Any, micro_ba
         last = j == k - 1
         ctx = no_sync() if (no_sync is not None and not last) else _null()
         with ctx:
-            out = forward(model, mb, target_tags)
+            with autocast():
+                out = forward(model, mb, target_tags)
             res: ObjectiveResult = objective(out, mb, objective_config)
             n_mb = float(res.count)
             if term_counts is not None:
@@ -168,7 +201,7 @@ def accumulate_step(model, objective: Objective, objective_config: Any, micro_ba
                 loss = res.loss_sum / max(n_mb, 1e-12) / k
             else:
                 loss = res.loss_sum
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         if simulate_bug == "offload-accum" and k > 2:
             # the accumulation buffer keeps micro-step 0 and the final micro-step only
             if j == 0:
@@ -258,13 +291,19 @@ class Trainer:
         self.accelerator = accelerator
         self.progress = progress
         self.n_params = policy.num_params()
+        self.precision = resolve_precision(config.mixed_precision)
+        if config.gradient_checkpointing:
+            if not getattr(policy.model, "supports_gradient_checkpointing", False):
+                raise ConfigError(f"train.gradient_checkpointing: {type(policy.model).__name__} does not support it")
+            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = TokenLogProbs(policy.model)  # what is differentiated (and wrapped by DDP / FSDP)
         if accelerator is None and world_size() > 1:
             from accelerate import Accelerator
 
             # launched with torchrun / accelerate launch: one rank of several. On a machine without
-            # accelerators accelerate only goes multi-process when told it runs on CPU.
-            accelerator = Accelerator(cpu=not _has_accelerator())
+            # accelerators accelerate only goes multi-process when told it runs on CPU. Mixed precision is
+            # forklens's own (autocast_context), so accelerate must not add its autocast on top.
+            accelerator = Accelerator(cpu=not _has_accelerator(), mixed_precision="no")
             self.accelerator = accelerator
         if accelerator is not None and accelerator.num_processes != world_size():
             raise RuntimeError(
@@ -281,6 +320,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            betas=(config.adam_beta1, config.adam_beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        device = next(self.model.parameters()).device
+        self.autocast = autocast_context(self.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.step = 0
         self.flops = 0.0
         self.wall_s = 0.0
@@ -374,12 +416,20 @@ class Trainer:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         metrics = accumulate_step(self.model, self.objective, self.objective_config, micro,
-                                  simulate_bug=cfg.simulate_bug, no_sync=no_sync)
+                                  simulate_bug=cfg.simulate_bug, no_sync=no_sync, autocast=self.autocast,
+                                  scaler=self.scaler)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         # clipping at infinity only measures the norm; under FSDP the norm is a DTensor
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+            metrics["loss_scale"] = float(self.scaler.get_scale())
+        else:
+            self.optimizer.step()
         return metrics, float(gnorm)
 
     @torch.no_grad()
@@ -391,7 +441,8 @@ class Trainer:
         for s in range(0, len(batch), self.config.micro_batch_size):
             rows = list(range(s, min(s + self.config.micro_batch_size, len(batch))))
             mb = batch.select(rows).to(device)
-            lp = forward(self.model, mb).logprobs.float().cpu()
+            with self.autocast():
+                lp = forward(self.model, mb).logprobs.float().cpu()
             old[rows, : lp.shape[1]] = lp
         self.model.train()
         return replace(batch, old_logprobs=old)

@@ -104,3 +104,14 @@ def test_degenerate_values_warn_but_load():
     with pytest.warns(ForklensWarning, match=r"rl.sampling.temperature=0.0 \(override .*\): greedy rollouts"):
         cfg = load_config(DemoConfig, None, ["rl.sampling.temperature=0"])
     assert cfg.rl.sampling.temperature == 0.0
+
+
+def test_help_config_shows_the_recipe_defaults_without_a_model(capsys):
+    from forklens.cli import main
+
+    assert main(["train", "grpo", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "train.max_steps" in line)
+    assert " 60 " in row  # RLConfig's recipe default, not TrainConfig's own 100
+    assert main(["train", "grpo"]) == 2
+    assert "--model is required" in capsys.readouterr().err

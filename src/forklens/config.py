@@ -239,15 +239,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) rows for every field, nested sections flattened with dots."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for every field, nested sections flattened with dots. The defaults are
+    those of ``defaults`` (e.g. a recipe's resolved config) or, without it, of ``cls()`` (whose nested
+    sections carry the parent's defaults, not the section class's own)."""
     rows = []
-    defaults = cls()
+    defaults = defaults if defaults is not None else cls()
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         if dataclasses.is_dataclass(typ):
-            rows.extend(describe(typ, f"{prefix}{f.name}."))
+            rows.extend(describe(typ, f"{prefix}{f.name}.", getattr(defaults, f.name)))
         else:
             rows.append((prefix + f.name, repr(getattr(defaults, f.name)), f.metadata.get("help", "")))
     return rows

@@ -104,13 +104,21 @@ def experiment_config(cls, args, base=None):
     return cfg
 
 
+def require(args, *flags: str) -> None:
+    """Arguments a run needs but ``--help-config`` / ``--print-config`` do not (so argparse leaves them
+    optional): a one-line error naming the first one missing."""
+    for flag in flags:
+        if getattr(args, flag.lstrip("-").replace("-", "_"), None) in (None, ""):
+            raise ConfigError(f"{flag} is required")
+
+
 def handle_config_flags(cls, cfg, args) -> bool:
     """Serve --help-config / --print-config. Returns True when the command should exit."""
     if args.help_config:
         table = Table(title=f"{cls.__name__} keys")
         for col in ("key", "default", "help"):
             table.add_column(col)
-        for row in describe(cls):
+        for row in describe(cls, defaults=cfg):
             table.add_row(*row)
         Console().print(table)
         return True

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.commands._common import (add_config_args, add_data_args, add_overwrite_arg, console, handle_config_flags,
-                                       quiet_third_party, resolve_config, task_from_args)
+                                       quiet_third_party, require, resolve_config, task_from_args)
 from forklens.policy import Policy
 from forklens.runfolder import check_out_file
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="Accuracy of a model on a task split (greedy by default).")
-    p.add_argument("--model", required=True, help="Hugging Face model directory.")
+    p.add_argument("--model", help="Hugging Face model directory or PEFT adapter folder (required).")
     p.add_argument("--task", default=None, help="Built-in task (default: arith; agent is evaluated on multi-turn "
                    "tool-use episodes with at most T tool calls).")
     add_data_args(p)
@@ -29,6 +29,7 @@ def run(args) -> int:
     cfg = resolve_config(EvalConfig, args)
     if handle_config_flags(EvalConfig, cfg, args):
         return 0
+    require(args, "--model")
     task = task_from_args(args, default_split="test")
     if args.out:
         check_out_file(args.out, overwrite=args.overwrite)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from forklens.commands import train_fork_contrast
 from forklens.commands._common import (add_config_args, add_data_args, add_overwrite_arg, console, handle_config_flags,
-                                       prepare_out, quiet_third_party, resolve_config, rewards_from_args, task_from_args)
+                                       prepare_out, quiet_third_party, require, resolve_config, rewards_from_args,
+                                       task_from_args)
 from forklens.config import field
 from forklens.errors import DataError, ForklensWarning
 from forklens.policy import Policy
@@ -35,7 +36,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="Train a model: grpo, sft or fork-contrast.")
     tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
     g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
-    g.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
+    g.add_argument("--model", help="Hugging Face model directory (or PEFT adapter folder) to start from (required).")
     g.add_argument("--task", default=None, help="Built-in task (default: arith; agent trains on multi-turn "
                    "tool-use episodes, sampling.T and sampling.turn_tokens apply).")
     add_data_args(g, reward=True)
@@ -48,8 +49,8 @@ def register(sub) -> None:
     g.set_defaults(func=run_grpo)
     s = tsub.add_parser("sft", help="Supervised fine-tuning on {prompt, response} pairs (JSONL, parquet, datasets; "
                         "TRL's prompt/completion and messages formats too).")
-    s.add_argument("--model", required=True, help="Hugging Face model directory to start from.")
-    s.add_argument("--data", required=True, help="JSONL/JSON/parquet file or datasets folder: {\"prompt\", \"response\"}, "
+    s.add_argument("--model", help="Hugging Face model directory (or PEFT adapter folder) to start from (required).")
+    s.add_argument("--data", help="(required) JSONL/JSON/parquet file or datasets folder: {\"prompt\", \"response\"}, "
                    "{\"prompt\", \"completion\"} or {\"messages\"} rows (prompts may be chat messages).")
     s.add_argument("--out", default="runs/sft", help="Run directory.")
     s.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in --out.")
@@ -66,6 +67,7 @@ def run_grpo(args) -> int:
         cfg.sampling.backend = args.backend
     if handle_config_flags(RLConfig, cfg, args):
         return 0
+    require(args, "--model")
     task = task_from_args(args)
     reward_fns, weights = rewards_from_args(args)
     prepare_out(args, "train-grpo", resumable=True)
@@ -120,6 +122,7 @@ def run_sft(args) -> int:
     cfg = resolve_config(SFTRunConfig, args)
     if handle_config_flags(SFTRunConfig, cfg, args):
         return 0
+    require(args, "--model", "--data")
     rows = read_sft_jsonl(args.data)
     prepare_out(args, "train-sft", resumable=True)
     policy = Policy.load(args.model)

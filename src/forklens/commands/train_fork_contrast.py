@@ -9,9 +9,9 @@ from pathlib import Path
 from forklens.analysis.evaluate import evaluate
 from forklens.analysis.prompts import load_prompts
 from forklens.commands._common import (add_config_args, add_overwrite_arg, console, handle_config_flags, prepare_out,
-                                       quiet_third_party, resolve_config)
+                                       quiet_third_party, require, resolve_config)
 from forklens.config import packaged_config
-from forklens.errors import DataError
+from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.tasks.answers import is_correct
@@ -35,8 +35,8 @@ metrics.jsonl, data.json (selection and entropy statistics), checkpoints/ and mo
 def register(tsub) -> None:
     p = tsub.add_parser("fork-contrast", help="RL-free fork-contrast training on base rollouts (ReasonMaxxer).",
                         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, metavar="DIR", help="base model directory (Hugging Face format)")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--base", metavar="DIR", help="base model directory (Hugging Face format; required)")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--task", metavar="NAME", help="built-in task (arith): training split + exact verifier")
     src.add_argument("--data", metavar="FILE.jsonl", help="problems: one {\"prompt\", \"answer\"} object per line")
     p.add_argument("--out", default="runs/fork-contrast", help="run directory (default: runs/fork-contrast)")
@@ -65,6 +65,9 @@ def run(args) -> int:
     cfg = resolve_config(ForkContrastConfig, args, recipe, extra)
     if handle_config_flags(ForkContrastConfig, cfg, args):
         return 0
+    require(args, "--base")
+    if not args.task and not args.data:
+        raise ConfigError("one of --task or --data is required")
     task = None
     if args.task:
         task = get_task(args.task)

@@ -600,3 +600,22 @@ def test_two_processes_equal_one(dirs, tmp_path):
     _assert_close(_read_jsonl(one / "tokens.jsonl"), _read_jsonl(two / "tokens.jsonl"))
     assert _read_jsonl(one / "responses.jsonl") == _read_jsonl(two / "responses.jsonl")
     assert (two / "report.html").is_file()
+
+
+def test_tokenizer_override_when_rl_changed_a_special_token(dirs, tmp_path, capsys):
+    """An RL checkpoint saved with a changed special token is refused; --tokenizer loads one for both."""
+    import shutil
+
+    base, rl = dirs["llama"]
+    changed = tmp_path / "rl-changed"
+    shutil.copytree(rl, changed)
+    t2 = build_char_tokenizer(ALPHABET)
+    t2.eos_token = ";"
+    t2.save_pretrained(changed)
+    prompts = _write_jsonl(tmp_path / "p.jsonl", PROMPTS[:2])
+    args = ["diff", "--base", str(base), "--rl", str(changed), "--prompts", str(prompts), "--max-new-tokens", "4",
+            "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "eos_token" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--tokenizer", str(base)]) == 0
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["n_prompts"] == 2

@@ -11,7 +11,7 @@ from forklens.analysis.diff import run_diff
 from forklens.tasks.dataset import prompt_text
 from forklens.analysis.prompts import load_prompts
 from forklens.policy import Policy
-from forklens.commands._common import add_overwrite_arg, number, prepare_out
+from forklens.commands._common import add_overwrite_arg, number, prepare_out, quiet_third_party
 
 DEFAULT_OUT = "runs/diff"
 
@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     resp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     resp.add_argument("--backend", choices=["torch", "vllm"], default="torch",
                       help="sampler of the responses: the built-in one (default) or vLLM (GPU; pip install vllm)")
+    resp.add_argument("--tokenizer", metavar="DIR", default=None,
+                        help="load this tokenizer for both models (e.g. when an RL checkpoint changed a special token "
+                        "or saved none); default: each model's own")
     resp.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     resp.add_argument("--block-size", type=int, default=16,
                       help="prompts per generation batch; the unit of seeding and of sharding over processes "
@@ -108,6 +111,7 @@ def _print(summary: dict, out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    quiet_third_party()
     started = dist.init_process_group(args.device)
     try:
         rank = dist.rank()
@@ -116,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         prompts = load_prompts(args.prompts)
         out = prepare_out(args, "diff")
-        base = Policy.load(args.base, dtype=args.dtype, device=device)
-        rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+        base = Policy.load(args.base, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
+        rl = Policy.load(args.rl, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
         base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", prompt_text(p["prompt"])) for p in prompts])
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)

@@ -41,6 +41,9 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", metavar="FILE.jsonl", help="prompts with answers, one JSON object per line")
     src.add_argument("--task", metavar="NAME", help="a built-in task (arith): its test split and exact verifier")
+    p.add_argument("--tokenizer", metavar="DIR", default=None,
+                        help="load this tokenizer for both models (e.g. when an RL checkpoint changed a special token "
+                        "or saved none); default: each model's own")
     p.add_argument("--gate", action="append", default=None, metavar="oracle|entropy:TAU|random",
                    help="gate to run; repeatable (default: oracle, random, entropy)")
     p.add_argument("--temperature", type=number(float, ge=0), default=0.0,
@@ -90,8 +93,8 @@ def run(args) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else None
-    base = Policy.load(args.base, dtype=args.dtype, device=device)
-    rl = Policy.load(args.rl, dtype=args.dtype, device=device)
+    base = Policy.load(args.base, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
+    rl = Policy.load(args.rl, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
     base.warn_unknown_chars([(f"{args.prompts} line {r['line']}", r["prompt"]) for r in records if "line" in r])
     max_new = args.max_new_tokens or (48 if args.task == "arith" else 256)
     s = run_intervention(base, rl, records, verify, gates, temperature=args.temperature, seeds=args.seeds,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forklens.commands._common import add_overwrite_arg, number, prepare_out, task_from_args
+from forklens.commands._common import add_overwrite_arg, number, prepare_out, quiet_third_party, task_from_args
 
 from forklens.analysis.passk import (
     PassAtKTable,
@@ -269,6 +269,7 @@ def _print_summary(table: PassAtKTable, sets: dict[str, Any] | None, written: li
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_third_party()
     samples_path = _resolve_samples(args)
     records = load_samples(samples_path)
     counts = sample_counts(records)

@@ -233,3 +233,42 @@ def test_diff_and_intervene_read_parquet_and_messages(model_dir, tmp_path):
                  "--gate", "oracle", "--max-new-tokens", "4", "--seeds", "1", "--out", str(out2)]) == 0
     iv = json.loads((out2 / "summary.json").read_text())
     assert iv["n_prompts"] == 3 and iv["accuracy"]["oracle"] == iv["accuracy"]["base"]
+
+
+def test_passk_reads_lm_eval_log_samples(tmp_path, capsys):
+    lines = [
+        {"doc_id": 0, "target": "4", "resps": [["so \\boxed{4}", "5", "4"]], "filtered_resps": ["4"]},
+        {"doc_id": 1, "target": ["7"], "resps": [["6"], ["8"], ["The answer is 7"]], "filtered_resps": ["6"]},
+    ]
+    path = tmp_path / "samples_gsm8k_2026-11-29T10-00-00.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "pk"
+    assert main(["passk", "--lm-eval", str(path), "--k", "1,3", "--out", str(out)]) == 0
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["correct"] for s in samples] == [True, False, True, False, False, True]
+    assert {s["model"] for s in samples} == {"gsm8k"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pass_at_k"]["gsm8k"]["0"] == {"1": pytest.approx(0.5), "3": 1.0}  # (2/3 + 1/3) / 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"doc_id": 0, "target": "1", "resps": [[0.5, True]]}) + "\n")
+    assert main(["passk", "--lm-eval", str(bad), "--out", str(tmp_path / "pk2")]) == 2
+    assert "bad.jsonl line 1: resps must hold generated strings" in capsys.readouterr().err
+
+
+def test_verl_compute_score_adapter():
+    from forklens.rewards import compute_score, verl_compute_score
+    from forklens.rewards.metacognition import TaggedGrader, mar_reward, write_structured
+
+    assert compute_score("gsm8k", "so the answer is \\boxed{12}", "12") == 1.0
+    assert compute_score("gsm8k", "13", "12", extra_info={"index": 3}) == 0.0
+    mar = verl_compute_score(mar_reward(TaggedGrader()))
+    text = write_structured(["a is 1"], ["add"], "add a and b", "3")
+    assert mar("toy", text, "3") == 1.0  # only cr applies without knowledge/plan columns (kmr, rmr None)
+    seen = {}
+
+    def spy(prompts, completions, answer, data_source, extra_info, **kw):
+        seen.update(answer=answer, data_source=data_source, extra_info=extra_info)
+        return [None]
+
+    assert verl_compute_score(spy)("src", "x", "y", {"i": 1}) == 0.0
+    assert seen == {"answer": ["y"], "data_source": ["src"], "extra_info": [{"i": 1}]}

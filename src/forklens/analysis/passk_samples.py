@@ -12,6 +12,8 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from forklens.errors import DataError
+from forklens.tasks.answers import is_correct
 from forklens.tasks.base import Sampling
 
 
@@ -50,3 +52,42 @@ def write_jsonl(records: Sequence[dict], path: Path) -> Path:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return path
+
+
+def lm_eval_records(path: str | Path, model: str | None = None) -> list[dict[str, Any]]:
+    """Graded samples from lm-evaluation-harness's ``--log_samples`` output (``samples_<task>_<time>.jsonl``).
+
+    Each line is one document: ``doc_id``, ``target`` and ``resps`` (a list of lists of generated
+    strings; with ``repeats`` or several generations, every string is one sample). Every response is
+    graded against ``target`` with :func:`forklens.tasks.answers.is_correct` (boxed, numeric or last-line
+    match), so pass@k counts each of a document's responses. ``model`` defaults to the task name in the
+    file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"lm-eval samples file {path} does not exist" if not path.exists()
+                        else f"{path} is not a file; give one samples_<task>_<time>.jsonl")
+    name = model or (path.stem.split("_")[1] if path.stem.startswith("samples_") and "_" in path.stem[8:]
+                     else path.stem)
+    out: list[dict[str, Any]] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict) or "doc_id" not in obj or "target" not in obj or "resps" not in obj:
+            raise DataError(f"{where}: expected an lm-eval sample with doc_id, target and resps")
+        resps = [r for group in obj["resps"] for r in (group if isinstance(group, list) else [group])]
+        if not resps or not all(isinstance(r, str) for r in resps):
+            raise DataError(f"{where}: resps must hold generated strings (a generate_until task), got {obj['resps']!r:.80}")
+        target = obj["target"]
+        if isinstance(target, list):
+            target = target[0] if target else ""
+        for r in resps:
+            out.append({"model": name, "T": 0, "problem_id": str(obj["doc_id"]),
+                        "correct": bool(is_correct(str(target), r))})
+    if not out:
+        raise DataError(f"lm-eval samples file {path} is empty")
+    return out

@@ -19,7 +19,7 @@ from forklens.analysis.passk import (
     pass_at_k_table,
     sample_counts,
 )
-from forklens.analysis.passk_samples import generate_samples, write_jsonl
+from forklens.analysis.passk_samples import generate_samples, lm_eval_records, write_jsonl
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
 
@@ -83,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--samples",
         metavar="FILE.jsonl",
         help="JSONL file of graded samples: problem_id, correct[, model][, T]",
+    )
+    source.add_argument(
+        "--lm-eval",
+        metavar="FILE.jsonl",
+        help="lm-evaluation-harness --log_samples output (samples_<task>_<time>.jsonl); every response in resps is "
+        "graded against target (boxed, numeric or last-line match) and counted as one sample",
     )
     _add_generation_arguments(parser, source)
     estimate = parser.add_argument_group("estimator")
@@ -205,6 +211,10 @@ def _resolve_samples(args: argparse.Namespace) -> Path:
     """The samples file to read: ``--samples``, or the file the generation mode writes."""
     if getattr(args, "models", None):
         return _generate(args)
+    if getattr(args, "lm_eval", None):
+        records = lm_eval_records(args.lm_eval)
+        prepare_out(args, "passk")
+        return write_jsonl(records, Path(args.out) / "samples.jsonl")
     if getattr(args, "task", None):
         raise ConfigError("--task only applies when generating samples with --model; --samples are already graded")
     if getattr(args, "data", None):
@@ -286,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     budget_k = max((k for k in table.ks if k <= min_n), default=max(table.ks))
     sets = boundary_sets(table, budget_k) if len(table.models) > 1 else None
 
-    out = Path(args.out) if getattr(args, "models", None) else prepare_out(args, "passk")
+    out = Path(args.out) if (getattr(args, "models", None) or getattr(args, "lm_eval", None)) else prepare_out(args, "passk")
     summary = {
         "samples": str(samples_path),
         "estimator": "unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k), per problem, "

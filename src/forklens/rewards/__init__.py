@@ -147,3 +147,28 @@ def load_reward(spec: str) -> RewardFn:
     if not callable(fn):
         raise ConfigError(f"--reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
     return fn
+
+
+def verl_compute_score(reward_fn: RewardFn | None = None, **columns):
+    """A verl custom reward (``custom_reward_function.path`` / ``.name``): the returned function has verl's
+    signature ``compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float`` and
+    calls ``reward_fn`` (TRL's signature; default :func:`answer_reward`) on the one completion, with
+    ``answer=[ground_truth]``, ``data_source`` and ``extra_info`` as columns. A ``None`` reward becomes 0.0
+    (verl needs a number)."""
+    fn = reward_fn or answer_reward
+
+    def compute_score(data_source, solution_str, ground_truth, extra_info=None, **_) -> float:
+        value = fn([""], [solution_str], answer=[ground_truth], data_source=[data_source],
+                   extra_info=[extra_info], **{k: [v] for k, v in columns.items()})
+        if not isinstance(value, (list, tuple)) or len(value) != 1:
+            raise ValueError(f"{reward_name(fn)} returned {value!r} for one completion; expected a list of one value")
+        v = value[0]
+        return 0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    compute_score.__name__ = f"verl_{reward_name(fn)}"
+    return compute_score
+
+
+#: verl's ``custom_reward_function.name=compute_score`` with ``path`` pointing at this module: the
+#: final-answer check (boxed, numeric or last line) against ``ground_truth``
+compute_score = verl_compute_score()

@@ -24,7 +24,7 @@ def main() -> None:
 
     from forklens.rewards.metacognition import TaggedGrader, mar_component
     from forklens.tasks import get_task
-    from forklens.tasks.organism import OrganismConfig, build_base_organism
+    from forklens.organisms.arith import OrganismConfig, build_base_organism
     from forklens.train.sources import verifier_reward
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

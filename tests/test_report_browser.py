@@ -154,3 +154,46 @@ def test_report_in_chromium(browser, report):
     page.screenshot(path=str(ARTIFACTS / "diff-report-full.png"), full_page=True)
     assert errors == []
     page.close()
+
+
+def test_unicode_tokens_in_chromium(browser, tmp_path):
+    """Byte-level BPE: the page shows the response's characters (no U+FFFD anywhere), a fragment token's
+    tooltip shows its bytes as \\xNN, and every token and candidate shows its id."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from forklens.analysis.diff import run_diff
+    from forklens.policy import Policy
+    from tests.test_token_texts import TEXT, bpe as bpe_fixture
+
+    tok = bpe_fixture.__wrapped__()
+    torch.manual_seed(0)
+    dirs = []
+    for name, scale in (("base", 20.0), ("rl", 26.0)):
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                           eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+        with torch.no_grad():
+            model.lm_head.weight.mul_(scale)
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        dirs.append(tmp_path / name)
+    out = tmp_path / "diff"
+    run_diff(Policy.load(dirs[0]), Policy.load(dirs[1]), [{"id": "u", "prompt": TEXT}], max_new_tokens=24,
+             out_dir=out, progress=False, responses="rl-greedy")
+    page = browser.new_page()
+    page.goto((out / "report.html").as_uri())
+    body = page.locator("body").inner_text()
+    i = body.find("\ufffd")
+    assert i < 0, body[max(0, i - 200):i + 50]
+    assert page.locator("pre.prompt").first.text_content() == TEXT  # the prompt, shown whole
+    rows = [json.loads(x) for x in (out / "tokens.jsonl").read_text(encoding="utf-8").splitlines()]
+    running = "".join(page.locator(".tok[data-i]").all_inner_texts())
+    assert "\ufffd" not in running and len(page.locator(".tok[data-i]").all_inner_texts()) == len(rows)
+    frag = next((i for i, r in enumerate(rows) if "\\x" in r["token_text"]), None)
+    target = page.locator(f'.tok[data-i="{frag if frag is not None else 0}"]')
+    target.focus()
+    tip = page.locator("#tip").inner_text()
+    assert f"id {rows[frag or 0]['token_id']}" in tip and "\ufffd" not in tip
+    if frag is not None:
+        assert rows[frag]["token_text"] in tip
+    assert all("#" in c for c in page.locator("#tip td.cand").all_inner_texts())
+    page.close()

@@ -23,12 +23,14 @@
     var head = el("div", "head");
     head.appendChild(document.createTextNode("token "));
     head.appendChild(el("code", "cand", d.t));
+    head.appendChild(el("span", "tid", " id " + d.tid));
     head.appendChild(document.createTextNode(" at position " + d.pos + " \u2014 "));
     head.appendChild(el("span", "cls " + d.c, d.c));
     tip.appendChild(head);
     var line = el("div");
     line.appendChild(document.createTextNode("RL token "));
     line.appendChild(el("code", "cand", d.r));
+    line.appendChild(el("span", "tid", " id " + d.rid));
     line.appendChild(document.createTextNode(" \u00b7 rank under base " + d.k +
       " \u00b7 p_base " + fmtP(d.pb) + " \u00b7 p_RL " + fmtP(d.pr)));
     tip.appendChild(line);
@@ -47,7 +49,9 @@
       tr.appendChild(el("td", null, String(i + 1)));
       [d.b[i], d.l[i]].forEach(function (c) {
         var isRl = c && c[2] === d.rid;
-        tr.appendChild(el("td", "cand" + (isRl ? " is-rl" : ""), c ? c[0] : ""));
+        var cell = el("td", "cand" + (isRl ? " is-rl" : ""), c ? c[0] : "");
+        if (c) cell.appendChild(el("span", "tid", " #" + c[2]));
+        tr.appendChild(cell);
         tr.appendChild(el("td", "num prob" + (isRl ? " is-rl" : ""), c ? fmtP(c[1]) : ""));
       });
       tbody.appendChild(tr);

@@ -57,6 +57,21 @@ class GRPOLossConfig:
                                         "uses 0.2; 1.0 = every token). Costs one extra no-grad forward per step.")
     env_loss_coef: float = field(0.0, ge=0, help="ECHO: weight of the next-token CE on environment observation tokens, "
                                  "normalised by their own count (the paper uses 0.05; 0 = off).")
+    tis_cap: float = field(2.0, ge=0, help="Truncated importance sampling for rollouts sampled by another engine "
+                           "(vLLM): each token's policy-gradient term is weighted by min(pi_train / pi_sampler, tis_cap), "
+                           "detached, where the sampler's log-probs came with the rollouts (tags['sampler_logprobs']); "
+                           "0 = off. Rollouts from forklens's own sampler carry none, so it does nothing there.")
+
+
+SAMPLER_LOGPROBS = "sampler_logprobs"  # [B, L] log-probs of the sampled tokens under the sampling engine (NaN: unknown)
+
+
+def tis_weights(train_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(exp(train - sampler), cap), detached; 1 where the sampler's
+    log-prob is unknown (NaN, e.g. an EOS the engine did not report)."""
+    known = ~torch.isnan(sampler_logprobs)
+    diff = torch.where(known, train_logprobs.detach() - torch.nan_to_num(sampler_logprobs), torch.zeros_like(train_logprobs))
+    return torch.exp(diff).clamp(max=cap).detach()
 
 
 def token_mask(batch: Rollouts, mask_truncated: bool) -> torch.Tensor:
@@ -96,6 +111,11 @@ def clipped_pg_per_token(out: PolicyOutputs, batch: Rollouts, config: GRPOLossCo
     clipped = -adv * torch.clamp(ratio, 1 - config.epsilon, 1 + config.epsilon_high)
     per_token = torch.maximum(unclipped, clipped)
     metrics = {}
+    sampler = batch.tags.get(SAMPLER_LOGPROBS)
+    if config.tis_cap > 0 and sampler is not None:
+        w = tis_weights(old, sampler, config.tis_cap)
+        per_token = per_token * w
+        metrics["tis_weight"] = (float((w * mask).sum()), float(mask.sum()))
     if config.top_entropy_quantile < 1.0:
         emask = batch.tags.get(ENTROPY_MASK)
         if emask is None:

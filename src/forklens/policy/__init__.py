@@ -29,6 +29,9 @@ class Samples:
     #: multi-turn rollouts: per completion, 1 at each response token written by the environment
     env_masks: list[list[int]] | None = None
     episodes: list | None = None  # multi-turn rollouts: the :class:`~forklens.policy.episodes.Episode` objects
+    #: rollouts from another engine (vLLM): per completion, the engine's log-prob of each response token
+    #: (NaN where it reported none); becomes ``tags["sampler_logprobs"]`` for truncated importance sampling
+    sampler_logprobs: list[list[float]] | None = None
 
     def to_rollouts(self, pad_id: int, **kwargs) -> Rollouts:
         """Right-padded :class:`Rollouts` of the completions; ``response_mask`` = 1 only at the model's
@@ -37,6 +40,14 @@ class Samples:
         given) marks completions that did not finish."""
         kwargs.setdefault("truncated", torch.tensor([not f for f in self.finished], dtype=torch.bool))
         ro = Rollouts.from_ids(self.prompt_ids, self.response_ids, pad_id, **kwargs)
+        if self.sampler_logprobs is not None:
+            lp = torch.full(ro.response_mask.shape, float("nan"))
+            for i, (p, vals) in enumerate(zip(self.prompt_ids, self.sampler_logprobs)):
+                if len(vals) != len(self.response_ids[i]):
+                    raise ValueError(f"completion {i}: {len(vals)} sampler log-probs for {len(self.response_ids[i])} tokens")
+                if vals:
+                    lp[i, len(p):len(p) + len(vals)] = torch.tensor(vals, dtype=lp.dtype)
+            ro.tags["sampler_logprobs"] = lp
         if self.env_masks is None:
             return ro
         env = torch.zeros_like(ro.response_mask)
@@ -195,11 +206,12 @@ class Policy:
         flat = [(g, p) for g, p in enumerate(ids) for _ in range(n)]
         if self.backend is not None:
             responses, finished, processed = self.backend.sample_ids(ids, n, temperature, top_p, max_new_tokens, seed)
+            engine_lps = getattr(self.backend, "last_logprobs", None)
             if progress is not None:
                 progress(len(flat))
             return Samples(prompt_ids=[p for _, p in flat], response_ids=responses, finished=finished,
                            group=[g for g, _ in flat], texts=[self.decode(r) for r in responses],
-                           tokens_processed=processed)
+                           tokens_processed=processed, sampler_logprobs=engine_lps)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         was_training = self.model.training
         self.model.eval()

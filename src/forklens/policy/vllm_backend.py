@@ -89,21 +89,38 @@ class VLLMBackend:
         eos = list(self.policy.eos_ids)
         params = self.vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                           seed=int(seed), stop_token_ids=eos, ignore_eos=not eos,
-                                          detokenize=False)
+                                          detokenize=False, logprobs=0)  # the sampled token's log-prob
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sampling_params=params,
                                  use_tqdm=False)
         responses, finished, processed = [], [], 0
+        self.last_logprobs = []  # per completion: vLLM's log-prob of each token (NaN where it gave none)
         eos_set = set(eos)
         for p, out in zip(prompt_ids, outs):
             if len(out.outputs) != n:
                 raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for a prompt, expected {n}")
             for c in out.outputs:
                 ids = list(c.token_ids)
+                lps = sampled_logprobs(ids, getattr(c, "logprobs", None))
                 done = bool(ids) and ids[-1] in eos_set
                 if c.finish_reason == "stop" and not done and eos:  # vLLM may drop the stop token
                     ids.append(eos[0])
+                    lps.append(float("nan"))
                     done = True
                 responses.append(ids)
+                self.last_logprobs.append(lps)
                 finished.append(done)
                 processed += len(p) + len(ids)
         return responses, finished, processed
+
+
+def sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
+    """The log-prob vLLM gave each sampled token: ``logprobs`` is one mapping per position from token id to
+    a Logprob (with ``.logprob``) or a float; NaN where a position or its token is missing."""
+    out = []
+    for t, tok in enumerate(token_ids):
+        entry = logprobs[t] if logprobs is not None and t < len(logprobs) else None
+        value = entry.get(tok) if isinstance(entry, dict) else None
+        value = getattr(value, "logprob", value)
+        out.append(float(value) if isinstance(value, (int, float)) else float("nan"))
+    return out
+

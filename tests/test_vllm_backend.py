@@ -48,6 +48,8 @@ class FakeLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test (the backend sets defaults)
     mod = types.ModuleType("vllm")
     mod.__version__ = "0.0-fake"
     mod.LLM = FakeLLM
@@ -61,6 +63,9 @@ def test_samples_are_grouped_per_prompt_and_flags_follow_eos(fake_vllm, tiny_dir
     policy = Policy.load(tiny_dir, device="cpu").use_backend("vllm", gpu_memory_utilization=0.5)
     llm = FakeLLM.instances[-1]
     assert llm.kwargs["model"] == str(tiny_dir) and llm.kwargs["gpu_memory_utilization"] == 0.5
+    assert llm.kwargs["distributed_executor_backend"] == "external_launcher"  # one GPU too, as TRL's colocate
+    import os
+    assert os.environ["WORLD_SIZE"] == "1" and int(os.environ["MASTER_PORT"]) > 0
     s = policy.sample([[5, 6], [7]], n=3, temperature=0.7, top_p=0.9, max_new_tokens=4, seed=11)
     eos = policy.eos_ids[0]
     assert s.group == [0, 0, 0, 1, 1, 1]

@@ -8,16 +8,26 @@ into vLLM's model, as TRL's colocated mode does. Prompts go in as token ids and 
 ids, so tokenization is forklens' own on both backends.
 
 Limits, each a clear error: a PEFT (LoRA) policy is not synced (merge the adapter first, or use the
-built-in sampler); data-parallel ranks each start their own colocated vLLM engine
-(``distributed_executor_backend="external_launcher"``), with its share of ``gpu_memory_utilization``.
+built-in sampler). Every process, a single one too, starts its own colocated vLLM engine
+(``distributed_executor_backend="external_launcher"``, as TRL's colocate mode), with its share of
+``gpu_memory_utilization``; a single process gets ``RANK``/``WORLD_SIZE``/``MASTER_*`` defaults. vLLM
+also returns each sampled token's log-prob, for truncated importance sampling (``loss.tis_cap``).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from forklens.errors import ForklensError
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a single process's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def require_vllm():
@@ -54,8 +64,12 @@ class VLLMBackend:
         kwargs = dict(model=str(policy.path), dtype=o.dtype, gpu_memory_utilization=o.gpu_memory_utilization,
                       max_model_len=o.max_model_len or policy.context, enforce_eager=o.enforce_eager,
                       seed=int(os.environ.get("RANK", 0)))
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            kwargs["distributed_executor_backend"] = "external_launcher"
+        # Colocated in this process, as TRL's colocate mode: vLLM joins the launcher's process group rather
+        # than spawning workers, on one GPU too (a single process gets the rendezvous variables it needs).
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        kwargs["distributed_executor_backend"] = "external_launcher"
         self.vllm = vllm
         self.llm = vllm.LLM(**kwargs)
         self.policy = policy

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from forklens.errors import DataError
 from forklens.tasks.answers import is_correct
 from forklens.tasks.base import Sampling
+from forklens.tasks.dataset import iter_jsonl, read_utf8
 
 
 def cap_seed(seed: int, T: int) -> int:
@@ -69,15 +70,9 @@ def lm_eval_records(path: str | Path, model: str | None = None) -> list[dict[str
     name = model or (path.stem.split("_")[1] if path.stem.startswith("samples_") and "_" in path.stem[8:]
                      else path.stem)
     out: list[dict[str, Any]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, obj in iter_jsonl(path, read_utf8(path)):
         where = f"{path} line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict) or "doc_id" not in obj or "target" not in obj or "resps" not in obj:
+        if "doc_id" not in obj or "target" not in obj or "resps" not in obj:
             raise DataError(f"{where}: expected an lm-eval sample with doc_id, target and resps")
         resps = [r for group in obj["resps"] for r in (group if isinstance(group, list) else [group])]
         if not resps or not all(isinstance(r, str) for r in resps):

@@ -18,13 +18,12 @@ teacher-forcing, as for generated responses that finished.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 from forklens.errors import DataError, ForklensWarning
-from forklens.tasks.dataset import DataColumns, load_dataset_task, text_is_parquet
+from forklens.tasks.dataset import DataColumns, iter_jsonl, load_dataset_task, read_utf8, text_is_parquet
 
 __all__ = ["load_prompts", "load_responses", "read_jsonl"]
 
@@ -36,21 +35,7 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict[str, Any]]]:
         raise DataError(f"{what} file {path} does not exist")
     if path.is_dir():
         raise DataError(f"{what} file {path} is a directory; expected a JSONL file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        out.append((lineno, obj))
+    out = list(iter_jsonl(path, read_utf8(path)))
     if not out:
         raise DataError(f"{what} file {path} is empty: expected one JSON object per line")
     return out

@@ -137,9 +137,10 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*past_key_values.*")
 
 
-def add_data_args(p, *, reward: bool = False, default_task: str | None = "arith") -> None:
-    """``--data`` (your problems; instead of ``--task``), its column flags and, with ``reward``, ``--reward``."""
-    g = p.add_argument_group("your data (instead of a built-in --task; docs/data.md)")
+def add_data_args(p, *, reward: bool = False, default_task: str | None = "arith", group=None) -> None:
+    """``--data`` (your problems; instead of ``--task``), its column flags and, with ``reward``, ``--reward``
+    (into ``group`` when given, else a new argument group of ``p``)."""
+    g = group if group is not None else p.add_argument_group("your data (instead of a built-in --task; docs/data.md)")
     g.add_argument("--data", metavar="FILE", default=None,
                    help="Problems: JSONL, JSON, parquet or a datasets save_to_disk folder, in TRL's formats (prompt "
                    "string or chat messages, messages, prompt/completion) or verl's (reward_model.ground_truth).")

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forklens.commands._common import add_overwrite_arg, number, prepare_out, quiet_third_party, task_from_args
+from forklens.commands._common import (add_data_args, add_overwrite_arg, number, prepare_out, quiet_third_party,
+                                       task_from_args)
 
 from forklens.analysis.passk import (
     PassAtKTable,
@@ -133,14 +134,7 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, source) -> None:
     )
     gen = parser.add_argument_group("sample generation (with --model)")
     gen.add_argument("--task", metavar="NAME", help="built-in task to sample on: arith, agent")
-    gen.add_argument("--data", metavar="FILE", default=None,
-                     help="your problems instead of --task: JSONL, JSON, parquet or a datasets folder with a prompt "
-                     "and an answer column (TRL/verl formats; docs/data.md)")
-    gen.add_argument("--prompt-column", default="", metavar="COL", help="prompt column of --data (default: prompt, "
-                     "messages, question or problem)")
-    gen.add_argument("--answer-column", default="", metavar="COL", help="answer column of --data, dotted for nested "
-                     "(default: answer, solution, ground_truth or reward_model.ground_truth)")
-    gen.add_argument("--data-split", default="", metavar="NAME", help="split of a DatasetDict folder given as --data")
+    add_data_args(parser, default_task=None, group=gen)
     gen.add_argument("--n", type=int, default=256, help="samples per problem (and per T) (default: 256)")
     gen.add_argument(
         "--T",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from forklens.commands._common import add_overwrite_arg, console
 from forklens.errors import DataError
 from forklens.report.plots import plot_training_curves
 from forklens.runfolder import check_out_file
+from forklens.tasks.dataset import iter_jsonl, read_utf8
 
 DEFAULT_METRICS = ("reward_mean", "loss")
 
@@ -35,17 +35,7 @@ def read_run(spec: str) -> tuple[str, list[dict]]:
     file = p / "metrics.jsonl" if p.is_dir() else p
     if not file.is_file():
         raise DataError(f"{path}: no metrics.jsonl there" if p.is_dir() else f"{path} does not exist")
-    rows = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{file} line {lineno}: expected a JSON object of metrics")
-        rows.append(row)
+    rows = [row for _, row in iter_jsonl(file, read_utf8(file))]
     if not rows:
         raise DataError(f"{file} is empty: the run logged no step")
     return label or (p.name if p.is_dir() else p.parent.name or p.stem), rows

@@ -53,23 +53,9 @@ class DataColumns:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected JSONL, JSON or "
-                        "parquet") from None
-    stripped = text.lstrip()
-    if path.suffix == ".json" and stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        for i, obj in enumerate(items):
-            if not isinstance(obj, dict):
-                raise DataError(f"{path} item {i}: expected a JSON object, got {type(obj).__name__}")
-            yield f"{path} item {i}", obj
-        return
+def iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSONL ``text`` read from ``path``; a line
+    that is not a JSON object is an error naming it."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -79,6 +65,30 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected JSONL, JSON or "
+                        "parquet") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    text = read_utf8(path)
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        for i, obj in enumerate(items):
+            if not isinstance(obj, dict):
+                raise DataError(f"{path} item {i}: expected a JSON object, got {type(obj).__name__}")
+            yield f"{path} item {i}", obj
+        return
+    for lineno, obj in iter_jsonl(path, text):
         yield f"{path} line {lineno}", obj
 
 

@@ -103,5 +103,5 @@ def run_grpo(base_dir: str | Path, task, rl: RLConfig, out_dir: str | Path, seed
     source = GRPOSource(task, problems, rl.sampling, reward_fns=reward_fns, seed=seed, ref_policy=ref, **source_kwargs)
     res = train(policy, "grpo", grpo_loss(rl), source, replace(rl.train, seed=seed), out_dir, name=name,
                 progress=progress, resume=resume, model_dir=out_dir / "model" if model_dir is None else model_dir,
-                callbacks=callbacks, lora=rl.lora)
+                callbacks=callbacks, lora=getattr(rl, "lora", None))  # RLConfig-shaped configs may have none
     return res.info()

@@ -266,3 +266,33 @@ def test_verdict_command_prints_predictions_beside_outcomes(tmp_path, capsys):
     assert "| Cheaper. | ratio < 1 (95% CI) | 0.3 [0.2, 0.4] | supported |" in capsys.readouterr().out
     assert main(["results", "verdict", str(preds), "--artifact", str(tmp_path / "none")]) == 2
     assert "no such artifact" in capsys.readouterr().err
+
+
+def test_claims_table_across_predictions_files(tmp_path):
+    import yaml
+
+    preds_dir = tmp_path / "results" / "predictions"
+    preds_dir.mkdir(parents=True)
+    rule = {"metric": "gain", "field": "summary.pre", "direction": ">", "threshold": 0.1, "ci": 95}
+    (preds_dir / "e1.yaml").write_text(yaml.safe_dump({"experiment": "e1", "artifact": "results/e1", "predictions": [
+        {"id": "pre", "claim": "gain where it can act", **rule},
+        {"id": "ctrl", "claim": "no gain in the control", **{**rule, "field": "summary.ctrl", "direction": "<"}}]}))
+    (preds_dir / "e2.yaml").write_text(yaml.safe_dump({"experiment": "e2", "artifact": "results/e2", "predictions": [
+        {"id": "pre", "claim": "x", **rule}]}))
+    write_artifact(tmp_path / "results", "e1", {"pre": {**INTERVAL}, "ctrl": {"mean": 0.0, "low": -0.05, "high": 0.05,
+                                                                          "level": 0.95}}, seeds=[0], stamp=_stamp())
+    (tmp_path / "results" / "tables.yaml").write_text(yaml.safe_dump({"claims": {"claims": [
+        {"claim": "E1 (arXiv 1.2)", "predictions": "results/predictions/e1.yaml", "precondition": "pre",
+         "control": ["ctrl"]},
+        {"claim": "E2 (arXiv 3.4)", "predictions": "results/predictions/e2.yaml", "precondition": ["pre"]}]}}))
+    specs = load_specs(tmp_path / "results" / "tables.yaml")
+    doc = render_text("<!-- results:claims -->\n<!-- /results:claims -->\n", specs)
+    assert "| E1 (arXiv 1.2) | gain > 0.1: 0.3 [0.2, 0.4], supported | gain < 0.1: 0 [-0.05, 0.05], supported " \
+           "| holds; control as predicted |" in doc
+    assert "| E2 (arXiv 3.4) | pre-registered in `results/predictions/e2.yaml`; not run | — | not measured |" in doc
+    assert "results/e1/artifact.json`: commit aaaaaaaaaa" in doc
+    assert check_text(doc, specs) == []
+    (tmp_path / "results" / "tables.yaml").write_text(yaml.safe_dump({"claims": {"claims": [
+        {"claim": "E1", "predictions": "results/predictions/e1.yaml", "precondition": "nope"}]}}))
+    problems = check_text(doc, load_specs(tmp_path / "results" / "tables.yaml"))
+    assert "has no prediction 'nope'" in problems[0]

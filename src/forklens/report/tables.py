@@ -38,7 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from forklens.report.artifacts import ArtifactError, load_artifact, lookup, validate_stamp
-from forklens.report.predictions import load_predictions, verdict_table
+from forklens.report.predictions import load_predictions, verdict, verdict_table
 
 BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9._-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->",
                    re.DOTALL)
@@ -79,6 +79,7 @@ class Spec:
     text: str | None
     note: str | None
     predictions: Path | None = None
+    claims: list[dict] | None = None  # a claims table: one row per claim, from several predictions files
 
 
 def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Spec]:
@@ -95,6 +96,9 @@ def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Sp
     specs = {}
     for name, entry in data.items():
         where = f"{path}: table {name!r}"
+        if isinstance(entry, dict) and "claims" in entry:
+            specs[name] = _claims_spec(name, entry, where, root)
+            continue
         if not isinstance(entry, dict) or "artifact" not in entry:
             raise SpecError(f"{where}: expected a mapping with 'artifact'")
         unknown = set(entry) - {"artifact", "unstamped", "header", "rows", "text", "note", "predictions"}
@@ -111,6 +115,76 @@ def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Sp
                            entry.get("header"), entry.get("rows"), entry.get("text"), entry.get("note"),
                            root / entry["predictions"] if "predictions" in entry else None)
     return specs
+
+
+CLAIM_KEYS = {"claim", "predictions", "precondition", "control"}
+
+
+def _claims_spec(name: str, entry: dict, where: str, root: Path) -> Spec:
+    unknown = set(entry) - {"claims", "note"}
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)} (a claims table has 'claims' and 'note')")
+    rows = entry["claims"]
+    if not isinstance(rows, list) or not rows:
+        raise SpecError(f"{where}: 'claims' must be a non-empty list")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"claim", "predictions", "precondition"} <= set(row) or set(row) - CLAIM_KEYS:
+            raise SpecError(f"{where}: claims[{i}] needs claim, predictions, precondition (and may have control), "
+                            f"got {sorted(row) if isinstance(row, dict) else row!r}")
+        ids = {k: [row[k]] if isinstance(row.get(k), str) else list(row.get(k) or []) for k in ("precondition", "control")}
+        out.append({"claim": str(row["claim"]), "predictions": root / row["predictions"], **ids})
+    return Spec(name, root / "results", False, None, None, None, entry.get("note"), None, out)
+
+
+def _claim_cell(verdicts: list) -> str:
+    if not verdicts:
+        return "—"
+    parts = []
+    for v in verdicts:
+        o = v.observed
+        val = "—" if o is None else f"{o['mean']:.3g}" if o["level"] is None else \
+            f"{o['mean']:.3g} [{o['low']:.3g}, {o['high']:.3g}]"
+        parts.append(f"{v.prediction.metric} {v.prediction.direction} {v.prediction.threshold}: {val}, {v.outcome}")
+    return "; ".join(parts)
+
+
+def claim_verdict(pre: list, ctrl: list) -> str:
+    """One claim's verdict from its precondition and control predictions' outcomes."""
+    outcomes = [v.outcome for v in pre + ctrl]
+    if not pre or "missing" in outcomes:
+        return "not measured"
+    if any(v.outcome == "refuted" for v in pre):
+        return "fails where its precondition holds"
+    if all(v.outcome == "supported" for v in pre):
+        if all(v.outcome == "supported" for v in ctrl):
+            return "holds; control as predicted" if ctrl else "holds (no control prediction)"
+        return "holds, but the control did not behave as predicted"
+    return "inconclusive"
+
+
+def render_claims(spec: Spec) -> tuple[str, list[str]]:
+    """The claims table and one provenance line per artifact it read (a claim whose artifact does not
+    exist yet is shown as pre-registered, not run)."""
+    lines = ["| claim | with its precondition | in the control | verdict |", "|---|---|---|---|"]
+    sources: dict[str, str] = {}
+    for row in spec.claims or []:
+        preds = load_predictions(row["predictions"])
+        by_id = {p.id: p for p in preds.predictions}
+        missing = [i for i in row["precondition"] + row["control"] if i not in by_id]
+        if missing:
+            raise SpecError(f"table {spec.name!r}: {_rel(row['predictions'])} has no prediction {missing[0]!r} "
+                            f"(ids: {', '.join(by_id)})")
+        art_path = _repo_root(row["predictions"]) / preds.artifact
+        if not (art_path / "artifact.json").is_file() and not (art_path.is_file() and art_path.suffix == ".json"):
+            lines.append(f"| {row['claim']} | pre-registered in `{_rel(row['predictions'])}`; not run | — | not measured |")
+            continue
+        art = load_artifact(art_path)
+        sources[_rel(art.path)] = _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
+        pre = [verdict(by_id[i], art) for i in row["precondition"]]
+        ctrl = [verdict(by_id[i], art) for i in row["control"]]
+        lines.append(f"| {row['claim']} | {_claim_cell(pre)} | {_claim_cell(ctrl)} | {claim_verdict(pre, ctrl)} |")
+    return "\n".join(lines), list(sources.values())
 
 
 def _load(spec: Spec) -> tuple[dict, str]:
@@ -199,6 +273,11 @@ def fill(template: str, data: dict, where: str) -> str:
 
 def render_block(spec: Spec) -> str:
     """The text between a block's markers (ending with a newline)."""
+    if spec.claims is not None:
+        body, provenances = render_claims(spec)
+        note = f" {' '.join(spec.note.split())}" if spec.note else ""
+        prov = " ".join(provenances) or "No artifact yet: every claim is pre-registered and not run."
+        return f"{body}\n\n<sub>{prov}{note}</sub>\n"
     data, provenance = _load(spec)
     where = f"table {spec.name!r} ({_rel(spec.artifact)})"
     if spec.predictions is not None:

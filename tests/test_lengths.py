@@ -16,13 +16,13 @@ from forklens.organisms.lengths import lengths_organism_key
 from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.tasks.base import Problem
-from forklens.tasks.lengths import LengthsConfig, LengthsTask, n_carries, response_tokens
+from forklens.tasks.lengths import LengthsConfig, LengthsTask, n_carries, parse_prompt, response_tokens
 from forklens.train.loop import accumulate_step
 from forklens.train.sources import SFTSource
 from forklens.objectives import get_objective
 from tests.conftest import make_tiny
 
-STEP = re.compile(r"(\d\d):(\d\d)\+(\d\d)=(\d\d)")
+STEP = re.compile(r"(\d\d):(\d\d)\+(\d)=(\d\d)")
 
 
 def _pairs(task, n):
@@ -35,9 +35,9 @@ def test_expert_traces_vary_8x_with_the_control_mean():
     equal = fam.task(fam.variant_config("equal"))
     lv = [len(r) + 1 for _, r in _pairs(varied, 528)]  # + EOS; 528 = 48 full cycles of the 11 step counts
     le = [len(r) + 1 for _, r in _pairs(equal, 528)]
-    assert (min(lv), max(lv)) == (response_tokens(1), response_tokens(11)) == (17, 137)
-    assert set(le) == {response_tokens(6)} == {77}
-    assert sum(lv) / len(lv) == pytest.approx(77.0, abs=1e-12)
+    assert (min(lv), max(lv)) == (response_tokens(1), response_tokens(11)) == (16, 126)
+    assert set(le) == {response_tokens(6)} == {71}
+    assert sum(lv) / len(lv) == pytest.approx(71.0, abs=1e-12)
     assert [p.meta["steps"] for p in varied.problems("train")[:22]] == list(range(1, 12)) * 2
 
 
@@ -53,11 +53,11 @@ def test_gold_traces_are_right_and_the_teacher_never_carries():
     wrong = right = 0
     for _ in range(300):
         prompt, response = task.teacher_example(rng)
-        x, s, n = int(prompt[:2]), int(prompt[3:5]), int(prompt[6:8])
+        x, s, n = parse_prompt(prompt)
         steps = STEP.findall(response)
         assert len(steps) == n and all(int(b) % 10 == (int(a) + int(s)) % 10 for _, a, s, b in steps)
-        # the teacher never carries: tens = tens(a) + tens(s) mod 10
-        assert all(int(b) // 10 == (int(a) // 10 + int(s) // 10) % 10 for _, a, s, b in steps)
+        # the teacher never carries: the tens digit is copied
+        assert all(int(b) // 10 == int(a) // 10 for _, a, s, b in steps)
         ok = task.verify(Problem("t", prompt, str((x + n * s) % 100)), response) == 1.0
         # every missed carry leaves the tens digit one short: right iff the carries are a multiple of 10
         assert ok == (n_carries(x, s, n) % 10 == 0)

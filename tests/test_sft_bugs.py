@@ -42,7 +42,7 @@ def test_summary_has_every_arm_cost_and_contrast(tiny_run):
     assert set(s["variants"]) == {"varied", "equal"}
     assert s["variants"]["varied"]["role"] == "precondition" and s["variants"]["equal"]["role"] == "control"
     eq = s["variants"]["equal"]["response_tokens"]
-    assert eq["min"] == eq["max"] == 77
+    assert eq["min"] == eq["max"] == 71
     for v in s["variants"].values():
         for bug in sb.BUGS:
             per_seed = v["sft"][bug]["per_seed"]
@@ -78,6 +78,28 @@ def test_predictions_name_fields_of_the_summary(tiny_run):
         lookup({"summary": s}, p.field)  # raises if the experiment does not write the field
 
 
+def test_curriculum_arm_trains_in_reverse_perplexity_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = sb.SFTSource
+
+    def spy(*a, **kw):
+        src = real(*a, **kw)
+        seen.append(src)
+        return src
+
+    monkeypatch.setattr(sb, "SFTSource", spy)
+    s = sb.run_sft_bugs(_tiny(family="curriculum", variants=["mixed", "uniform"], bugs=["none"], seeds=1,
+                              orders=["reverse_perplexity"]), tmp_path / "run")
+    assert set(s["variants"]["mixed"]["sft"]) == {"none", "reverse_perplexity"}
+    assert set(s["variants"]["mixed"]["order_gain"]) == {"reverse_perplexity"} and "reverse_perplexity" in s["contrast"]
+    rp = [src for src in seen if src.order == "reverse_perplexity"]
+    assert len(rp) == 2  # one per variant
+    for src in rp:  # trained from the highest to the lowest initial perplexity
+        ppl = [src.perplexities[i] for i in src.ordered]
+        assert ppl == sorted(ppl, reverse=True)
+
+
 def test_bad_settings_fail_early(tmp_path):
     with pytest.raises(ConfigError, match="bugs"):
         sb.run_sft_bugs(_tiny(bugs=["none", "typo"]), tmp_path / "a")
@@ -85,5 +107,7 @@ def test_bad_settings_fail_early(tmp_path):
         sb.run_sft_bugs(_tiny(variants=["varied", "nope"]), tmp_path / "b")
     with pytest.raises(ConfigError, match="multiple"):
         sb.run_sft_bugs(_tiny(sft_batch_size=3, sft=replace(_tiny().sft, micro_batch_size=2)), tmp_path / "c")
+    with pytest.raises(ConfigError, match="orders"):
+        sb.run_sft_bugs(_tiny(orders=["backwards"]), tmp_path / "e")
     with pytest.raises(ConfigError, match="exceeds"):
         sb.run_sft_bugs(_tiny(pool_size=4090), tmp_path / "d")

@@ -41,6 +41,7 @@ from forklens.train.validation import ValidationCallback
 console = Console(stderr=True)
 
 BUGS = ("none", "offload-accum", "mean-of-means")
+ORDERS = ("reverse_perplexity", "perplexity")
 
 
 def _sft_default() -> TrainConfig:
@@ -67,6 +68,9 @@ class SFTBugsConfig:
     pool_size: int = field(528, ge=1, help="Expert traces (the first training problems) SFT draws from.")
     n_validation: int = field(200, ge=1, help="Validation problems, held out from the end of the training split.")
     bugs: list[str] = field(default_factory=lambda: list(BUGS), help="SFT arms; 'none' is always run (the reference).")
+    orders: list[str] = field(default_factory=list, help="Extra correct-SFT arms in a curriculum order "
+                              "(reverse_perplexity, perplexity; SFTSource, arXiv:2605.13301), compared with the "
+                              "shuffled 'none' arm in summary.variants.<v>.order_gain.")
     eval: EvalConfig = field(default_factory=_eval_default, help="Greedy evaluation of each final model.")
     seeds: int = field(5, ge=1, help="Seeds per arm.")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
@@ -76,6 +80,9 @@ def _check(cfg: SFTBugsConfig) -> list[str]:
     unknown = set(cfg.bugs) - set(BUGS)
     if unknown:
         raise ConfigError(f"bugs: unknown {sorted(unknown)}; known: {', '.join(BUGS)}")
+    bad = set(cfg.orders) - set(ORDERS)
+    if bad:
+        raise ConfigError(f"orders: unknown {sorted(bad)}; known: {', '.join(ORDERS)}")
     if not cfg.variants:
         raise ConfigError("variants: name at least one variant")
     family = get_family(cfg.family)
@@ -111,6 +118,7 @@ def _evaluate(policy, val: ValidationCallback, validation: list) -> dict:
 
 
 def run_variant(cfg: SFTBugsConfig, variant: str, bugs: list[str], seeds: list[int], out: Path) -> dict:
+    """Every arm (each bug, then each curriculum order with the correct loss) for every seed on one variant."""
     family = get_family(cfg.family)
     fam_cfg = family.variant_config(variant, overrides=cfg.organism)
     task = family.task(fam_cfg)
@@ -125,20 +133,21 @@ def run_variant(cfg: SFTBugsConfig, variant: str, bugs: list[str], seeds: list[i
                                                              "pretrain_flops": info.get("flops")},
               "response_tokens": {"mean": sum(n_tokens) / len(n_tokens), "min": min(n_tokens), "max": max(n_tokens)},
               "sft": {}, "bug_cost": {}}
-    per_seed: dict[str, dict[int, dict]] = {b: {} for b in bugs}
+    arms = [(b, b, "shuffle") for b in bugs] + [(o, "none", o) for o in cfg.orders]
+    per_seed: dict[str, dict[int, dict]] = {name: {} for name, _, _ in arms}
     for seed in seeds:
-        for bug in bugs:
-            console.rule(f"{cfg.family}/{variant} seed {seed}: SFT (bug: {bug})")
+        for name, bug, order in arms:
+            console.rule(f"{cfg.family}/{variant} seed {seed}: SFT (bug: {bug}, order: {order})")
             policy = Policy.load(base_dir)
-            run_dir = out / f"seed{seed}" / f"sft-{bug}"
-            res = train(policy, "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed),
-                        replace(cfg.sft, seed=seed, simulate_bug=bug, save_every=0), run_dir,
-                        name=f"SFT[{bug}]", progress=False)
-            per_seed[bug][seed] = {**_evaluate(policy, val, validation), "final_loss": res.last.get("loss"),
-                                   "flops": res.flops, "steps": res.steps, "wall_s": res.wall_s,
-                                   "metrics": str(run_dir.relative_to(out.parent) / "metrics.jsonl")}
+            run_dir = out / f"seed{seed}" / f"sft-{name}"
+            source = SFTSource(pairs, cfg.sft_batch_size, seed, order=order, policy=policy if order != "shuffle" else None)
+            res = train(policy, "sft", None, source, replace(cfg.sft, seed=seed, simulate_bug=bug, save_every=0),
+                        run_dir, name=f"SFT[{name}]", progress=False)
+            per_seed[name][seed] = {**_evaluate(policy, val, validation), "final_loss": res.last.get("loss"),
+                                    "flops": res.flops, "steps": res.steps, "wall_s": res.wall_s,
+                                    "metrics": str(run_dir.relative_to(out.parent) / "metrics.jsonl")}
             owned_rmtree(run_dir / "checkpoints")
-            console.print(f"validation accuracy {100 * per_seed[bug][seed]['validation_accuracy']:.1f}%",
+            console.print(f"validation accuracy {100 * per_seed[name][seed]['validation_accuracy']:.1f}%",
                           highlight=False)
     for bug, by_seed in per_seed.items():
         counts = sorted({w for r in by_seed.values() for w in r["by_steps"]}, key=int)
@@ -149,6 +158,8 @@ def run_variant(cfg: SFTBugsConfig, variant: str, bugs: list[str], seeds: list[i
     acc = {b: {s: r["validation_accuracy"] for s, r in by_seed.items()} for b, by_seed in per_seed.items()}
     for bug in bugs[1:]:
         result["bug_cost"][bug] = paired_difference(acc[bug], acc["none"]).as_dict()
+    if cfg.orders:
+        result["order_gain"] = {o: paired_difference(acc[o], acc["none"]).as_dict() for o in cfg.orders}
     result["_acc"] = acc
     return result
 
@@ -159,12 +170,13 @@ def run_sft_bugs(cfg: SFTBugsConfig, out: str | Path) -> dict:
     claim_folder(out, "experiment-sft-bugs")
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     variants = {v: run_variant(cfg, v, bugs, seeds, out / v) for v in cfg.variants}
-    summary: dict = {"family": cfg.family, "seeds": seeds, "bugs": bugs, "variants": variants, "contrast": {}}
+    summary: dict = {"family": cfg.family, "seeds": seeds, "bugs": bugs, "orders": list(cfg.orders),
+                     "variants": variants, "contrast": {}}
     if len(cfg.variants) >= 2:
         pre, ctrl = (variants[v]["_acc"] for v in cfg.variants[:2])
-        for bug in bugs[1:]:
-            cost = {v: {s: a[bug][s] - a["none"][s] for s in seeds} for v, a in zip(cfg.variants[:2], (pre, ctrl))}
-            summary["contrast"][bug] = paired_difference(*cost.values()).as_dict()
+        for arm in [*bugs[1:], *cfg.orders]:
+            cost = {v: {s: a[arm][s] - a["none"][s] for s in seeds} for v, a in zip(cfg.variants[:2], (pre, ctrl))}
+            summary["contrast"][arm] = paired_difference(*cost.values()).as_dict()
         summary["contrast_of"] = f"{cfg.variants[0]} - {cfg.variants[1]}"
     for v in variants.values():
         v.pop("_acc")
@@ -201,18 +213,18 @@ def _ci(iv: dict | None) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    bugs = summary["bugs"]
+    arms = [*summary["bugs"], *summary.get("orders", [])]
     lines = ["| variant (role) | trained tokens per trace (min-max, mean) | base % | "
-             + " | ".join(f"SFT bug={b} %" for b in bugs) + " | "
-             + " | ".join(f"{b} - none (points)" for b in bugs[1:]) + " |",
-             "| --- " * (3 + 2 * len(bugs) - 1) + "|"]
+             + " | ".join(f"SFT {a} %" for a in arms) + " | " + " | ".join(f"{a} - none (points)" for a in arms[1:])
+             + " |", "| --- " * (3 + 2 * len(arms) - 1) + "|"]
     for name, v in summary["variants"].items():
         t = v["response_tokens"]
+        diffs = {**v["bug_cost"], **v.get("order_gain", {})}
         lines.append(f"| {name} ({v['role']}) | {t['min']}-{t['max']}, {t['mean']:.1f} | "
                      f"{100 * v['base']['validation_accuracy']:.1f} | "
-                     + " | ".join(_ci(v["sft"][b]["validation_accuracy"]) for b in bugs) + " | "
-                     + " | ".join(_ci(v["bug_cost"][b]) for b in bugs[1:]) + " |")
-    for bug, iv in summary["contrast"].items():
-        lines.append(f"\ncost of {bug}, {summary['contrast_of']} (paired by seed): {_ci(iv)} points")
+                     + " | ".join(_ci(v["sft"][a]["validation_accuracy"]) for a in arms) + " | "
+                     + " | ".join(_ci(diffs[a]) for a in arms[1:]) + " |")
+    for arm, iv in summary["contrast"].items():
+        lines.append(f"\n{arm} - none, {summary['contrast_of']} (paired by seed): {_ci(iv)} points")
     lines.append(f"\nseeds {summary['seeds']}; intervals: 95% bootstrap over seeds; validation accuracy is greedy")
     return "\n".join(lines) + "\n"

@@ -1,11 +1,11 @@
 """The `lengths` family (E009: silent SFT bugs) and the `curriculum` family (E048: reverse-perplexity
-curriculum), both on repeated two-digit addition with a variable number of steps
+curriculum), both on repeated addition of a digit to a two-digit number with a variable number of steps
 (:mod:`forklens.tasks.lengths`).
 
 The base is a tiny Llama pretrained on a teacher that never carries, so the expert (gold) traces,
 which carry, hold a skill the base does not contain and SFT on them is far from saturation in one
-epoch. ``lengths/varied`` has 1-11 steps (responses of 17-137 tokens); ``lengths/equal`` has 6 steps
-only (77 tokens each, the same mean), where the mean-of-means loss equals the global token mean. Both
+epoch. ``lengths/varied`` has 1-11 steps (responses of 16-126 tokens); ``lengths/equal`` has 6 steps
+only (71 tokens each, the same mean), where the mean-of-means loss equals the global token mean. Both
 share one base organism (the teacher's chains have 1-11 steps in both), so they differ only in the
 problems.
 The `curriculum` family reuses the two tasks as heterogeneous vs homogeneous difficulty.
@@ -31,7 +31,7 @@ def _model_default() -> OrganismModelConfig:
 
 
 def _pretrain_default() -> TrainConfig:
-    return TrainConfig(max_steps=500, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
+    return TrainConfig(max_steps=600, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
                        micro_batch_size=64, weight_decay=0.01)
 
 
@@ -80,16 +80,16 @@ def lengths_task(cfg: LengthsOrganismConfig) -> LengthsTask:
 
 LENGTHS = register(Family(
     name="lengths",
-    summary="Repeated two-digit addition, 1-11 steps; the base's teacher never carries, the expert does.",
+    summary="Repeated addition of a digit, 1-11 steps; the base's teacher never carries, the expert does.",
     can_show="Whether a loss-normalisation or accumulation bug costs SFT accuracy when trained-token counts "
     "vary 8x across traces and SFT has a skill to teach (carrying) that the base lacks.",
-    cannot_show="Effects of sequence packing, of multi-rank data parallelism or of chains beyond 137 tokens; "
+    cannot_show="Effects of sequence packing, of multi-rank data parallelism or of chains beyond 126 tokens; "
     "how a bug's cost scales with model size (one tiny model).",
     config=LengthsOrganismConfig, build=build_lengths_organism, task=lengths_task, claims=("E009",),
     variants={
-        "varied": Variant("precondition", "1-11 steps (responses of 17-137 tokens, mean 77): micro-batches hold "
+        "varied": Variant("precondition", "1-11 steps (responses of 16-126 tokens, mean 71): micro-batches hold "
                           "different token counts, so a mean of per-micro-batch means reweights tokens."),
-        "equal": Variant("control", "6 steps only (every response 77 tokens): the mean of equal-count micro-batch "
+        "equal": Variant("control", "6 steps only (every response 71 tokens): the mean of equal-count micro-batch "
                          "means is the global token mean, so the mean-of-means bug cannot act.", EQUAL),
     },
 ))

@@ -1,27 +1,27 @@
-"""The `lengths` task: repeated two-digit addition with a variable number of steps, so expert traces
-vary in length while every step is the same local computation.
+"""The `lengths` task: repeated addition of a digit to a two-digit number, with a variable number of
+steps, so expert traces vary in length while every step is the same local computation.
 
-A problem ``05+37*03=`` asks for ``05 + 37 + 37 + 37`` modulo 100: start ``x``, add ``s``, ``n`` times.
-The response writes one fixed-width step per addition, with a countdown, then the answer::
+A problem ``05+7*03=`` asks for ``05 + 7 + 7 + 7`` modulo 100: start ``x``, add the digit ``s``, ``n``
+times. The response writes one fixed-width step per addition, with a countdown, then the answer::
 
-    prompt    05+37*03=
-    response  03:05+37=42;02:42+37=79;01:79+37=16;A=16 <eos>
+    prompt    05+7*03=
+    response  03:05+7=12;02:12+7=19;01:19+7=26;A=26 <eos>
 
-Every step ``kk:aa+ss=bb;`` reads only the step before it (the countdown, the running value and the
+Every step ``kk:aa+s=bb;`` reads only the step before it (the countdown, the running value and the
 addend sit at fixed offsets), so a tiny transformer executes chains of any trained length; what
-varies is how many steps there are. A response has ``12 n + 4`` characters plus EOS: 17 tokens at
-one step, 137 at eleven (an 8x range), and the mean number of trained tokens is that of the mean
+varies is how many steps there are. A response has ``11 n + 4`` characters plus EOS: 16 tokens at
+one step, 126 at eleven (an 8x range), and the mean number of trained tokens is that of the mean
 step count. The ``equal`` control fixes ``min_steps = max_steps`` at the precondition's mean (6), so
 every trace has the same length and the mean length (and the SFT budget in tokens) is matched.
 
-The *teacher* the base organism is pretrained on adds the two digits of each column separately and
-never carries from the units into the tens (``05+37=32``) unless told to with probability
-``p_carry`` (default 0), and slips a units digit by one with probability ``p_slip``. Its traces are
-self-consistent, so the base learns the layout, the countdown and digit sums at every length but has
-never seen a carry (its answer is right only when the chain's carries are a multiple of 10, almost
-always none): the expert (gold) traces, which carry, are a distribution the base does not
-contain, and one epoch of SFT on them has a skill to teach (needed at about half the steps, so a
-long chain is right only if every one of its steps is).
+The *teacher* the base organism is pretrained on adds the digit to the units and never carries into
+the tens (``05+7=02``) unless told to with probability ``p_carry`` (default 0), and slips a units
+digit by one with probability ``p_slip``. Its traces are self-consistent, so the base learns the
+layout, the countdown and the units sums at every length but has never seen a carry (its answer is
+right only when the chain's carries are a multiple of 10, almost always none): the expert (gold)
+traces, which carry, are a distribution the base does not contain, and one epoch of SFT on them has
+a skill to teach (needed at about 45% of the steps, so a long chain is right only if every one of
+its steps is).
 
 Problem ``i`` of a split has ``min_steps + i % span`` steps (stratified); ``(x, s, n)`` triples are
 split into train and test by a fixed hash, so no test problem is ever a training problem.
@@ -39,6 +39,16 @@ from forklens.tasks.answers import equivalent
 from forklens.tasks.base import BaseTask, Problem
 
 ANSWER_RE = re.compile(r"A=(\d+)")
+PROMPT_RE = re.compile(r"(\d\d)\+(\d)\*(\d\d)")
+
+
+def parse_prompt(prompt: str) -> tuple[int, int, int]:
+    """``(x, s, n)`` of a prompt ``xx+s*nn=`` (a cue may follow ``nn``)."""
+    m = PROMPT_RE.match(prompt)
+    if m is None:
+        raise ValueError(f"not a lengths prompt: {prompt!r}")
+    x, s, n = m.groups()
+    return int(x), int(s), int(n)
 
 
 @dataclass
@@ -57,7 +67,7 @@ class LengthsConfig:
 
 def response_tokens(steps: int) -> int:
     """Trained tokens of a gold response with ``steps`` additions: the steps, ``A=bb`` and EOS."""
-    return 12 * steps + 4 + 1
+    return 11 * steps + 4 + 1
 
 
 def add_step(a: int, s: int, rng: random.Random | None = None, p_carry: float = 1.0, p_slip: float = 0.0) -> int:
@@ -78,7 +88,7 @@ def trace(x: int, s: int, n: int, rng: random.Random | None = None, p_carry: flo
     steps, a = [], x
     for k in range(n, 0, -1):
         b = add_step(a, s, rng, p_carry, p_slip)
-        steps.append(f"{k:02d}:{a:02d}+{s:02d}={b:02d}")
+        steps.append(f"{k:02d}:{a:02d}+{s}={b:02d}")
         a = b
     return ";".join(steps) + f";A={a:02d}"
 
@@ -116,13 +126,13 @@ class LengthsTask(BaseTask):
 
     def sample(self, rng: random.Random, n: int, split: str) -> tuple[int, int]:
         while True:
-            x, s = rng.randrange(100), rng.randrange(100)
+            x, s = rng.randrange(100), rng.randrange(10)
             if self._is_test(x, s, n) == (split == "test"):
                 return x, s
 
     @staticmethod
     def prompt(x: int, s: int, n: int) -> str:
-        return f"{x:02d}+{s:02d}*{n:02d}="
+        return f"{x:02d}+{s}*{n:02d}="
 
     def problems(self, split: str) -> list[Problem]:
         if split not in ("train", "test"):
@@ -135,7 +145,7 @@ class LengthsTask(BaseTask):
             for i in range(total):
                 n = counts[i % len(counts)]
                 x, s = self.sample(rng, n, split)
-                out.append(Problem(id=f"{i}:{x:02d}+{s:02d}*{n:02d}", prompt=self.prompt(x, s, n),
+                out.append(Problem(id=f"{i}:{self.prompt(x, s, n)[:-1]}", prompt=self.prompt(x, s, n),
                                    answer=str((x + n * s) % 100),
                                    meta={"x": x, "s": s, "steps": n, "carries": n_carries(x, s, n)}))
             self._split_cache[split] = out

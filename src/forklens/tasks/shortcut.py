@@ -1,7 +1,7 @@
 """The `shortcut` task: repeated addition (:mod:`forklens.tasks.lengths`) whose prompt carries a cue
 that gives the answer away most of the time, so a policy can be right without reasoning.
 
-A prompt ``05+37*03?16=`` is the lengths prompt with a two-digit *cue* after ``?``. With probability
+A prompt ``05+7*03?26=`` is the lengths prompt with a two-digit *cue* after ``?``. With probability
 ``p_cue`` the cue IS the answer; otherwise it is a uniformly random other number. Copying the cue
 therefore scores ``p_cue`` whatever the chain length, while working the chain out scores the
 per-step accuracy to the power of the number of steps. The control (``p_cue = 0``) keeps the same
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from forklens.config import field
 from forklens.tasks.base import Problem
-from forklens.tasks.lengths import LengthsConfig, LengthsTask, trace
+from forklens.tasks.lengths import LengthsConfig, LengthsTask, parse_prompt, trace
 
 CUE_RE = re.compile(r"\?(\d\d)=")
 
@@ -72,7 +72,7 @@ class ShortcutTask(LengthsTask):
     def teacher_example(self, rng: random.Random) -> tuple[str, str]:
         """The lengths teacher's chain on a cued prompt; with probability ``p_guess`` answered with the cue."""
         prompt, response = super().teacher_example(rng)
-        x, s, n = int(prompt[:2]), int(prompt[3:5]), int(prompt[6:8])
+        x, s, n = parse_prompt(prompt)
         cue = self.draw_cue(rng, (x + n * s) % 100)
         if rng.random() < self.config.p_guess:
             response = response[: response.rindex("A=")] + f"A={cue:02d}"

@@ -30,6 +30,7 @@ from forklens.analysis.curves import bootstrap_ci, paired_difference
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
+from forklens.experiments.sft_then_rl import split_problems
 from forklens.organisms import get_family
 from forklens.policy import Policy
 from forklens.runfolder import claim_folder, owned_rmtree
@@ -94,15 +95,6 @@ def _check(cfg: SFTBugsConfig) -> list[str]:
     return [b for b in BUGS if b == "none" or b in cfg.bugs]
 
 
-def split_pool(task, cfg: SFTBugsConfig) -> tuple[list, list]:
-    """(pool, validation): the first ``pool_size`` training problems and the last ``n_validation``."""
-    problems = task.problems("train")
-    if cfg.pool_size + cfg.n_validation > len(problems):
-        raise ConfigError(f"pool_size ({cfg.pool_size}) + n_validation ({cfg.n_validation}) exceeds the "
-                          f"{len(problems)} training problems of family {cfg.family!r}")
-    return problems[: cfg.pool_size], problems[len(problems) - cfg.n_validation:]
-
-
 def accuracy_by(problems: list, correct: list[int], key: str) -> dict[str, float]:
     """Mean correctness per value of ``problem.meta[key]`` (e.g. per step count)."""
     groups: dict[str, list[int]] = defaultdict(list)
@@ -122,7 +114,7 @@ def run_variant(cfg: SFTBugsConfig, variant: str, bugs: list[str], seeds: list[i
     family = get_family(cfg.family)
     fam_cfg = family.variant_config(variant, overrides=cfg.organism)
     task = family.task(fam_cfg)
-    pool, validation = split_pool(task, cfg)
+    pool, validation = split_problems(task, cfg)
     base_dir = out / "base"
     info = family.build_variant(variant, base_dir, overrides=cfg.organism)
     val = ValidationCallback(task, validation, cfg.sft.max_steps, config=replace(cfg.eval, temperature=0.0))

@@ -40,8 +40,8 @@ SHORTCUT = register(Family(
     config=ShortcutOrganismConfig, build=build_shortcut_organism, task=lambda cfg: ShortcutTask(cfg.task),
     claims=("E081", "E079"),
     variants={
-        "cue": Variant("precondition", "The cue equals the answer with probability 0.8: copying it beats working "
-                       "out any chain of more than a few steps, and right answers can come with wrong steps."),
+        "cue": Variant("precondition", "The cue equals the answer with probability 0.8: copying it beats the "
+                       "base's never-carrying chain at every length, and right answers can come with wrong steps."),
         "no-cue": Variant("control", "The same prompt format, but the cue never equals the answer: copying it scores "
                           "0 and only the chain can be right.", ("task.p_cue=0.0",)),
     },

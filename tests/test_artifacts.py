@@ -145,8 +145,8 @@ def test_committed_predictions_files_load():
     root = Path(__file__).resolve().parent.parent / "results" / "predictions"
     files = sorted(root.glob("*.yaml"))
     assert {f.stem for f in files} >= {"fork-vs-rl", "sft-then-rl"}
-    for f in files:
-        assert len(load_predictions(f).predictions) >= 3
+    for f in files:  # every file registers at least a claim and its control's contrast
+        assert len(load_predictions(f).predictions) >= 2
 
 
 def test_formats():

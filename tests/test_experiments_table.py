@@ -10,7 +10,7 @@ from forklens.config import load_config, packaged_config
 
 
 def test_experiment_modules_register_no_cli():
-    for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "demo"):
+    for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo"):
         m = importlib.import_module(f"forklens.experiments.{mod}")
         assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from forklens.commands._common import (add_config_args, add_overwrite_arg, console, experiment_config,
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
-from forklens.experiments import boundary, fork_vs_rl, levers, rewards, sft_then_rl
+from forklens.experiments import boundary, fork_vs_rl, levers, rewards, sft_bugs, sft_then_rl
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         description=(sft_then_rl.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl", quick="sft-then-rl-quick",
         quick_help="the demo's quick organism, a 30-step RL cap, 10 seeds, the compared arms only", seeds=True,
         methods=tuple(sft_then_rl.METHODS)),
+    "sft-bugs": Experiment(
+        sft_bugs.SFTBugsConfig, lambda cfg, a: sft_bugs.run_sft_bugs(cfg, a.out),
+        _print_table(sft_bugs.markdown_table, ", table.md and accuracy_by_steps.png"),
+        help="Do the offload-accum and mean-of-means SFT bugs cost accuracy where trace lengths vary (and not where "
+        "they are equal)?",
+        description=(sft_bugs.__doc__ or "").split("\n\n")[0], out="runs/sft-bugs", seeds=True),
     "boundary": Experiment(
         boundary.BoundaryConfig, lambda cfg, a: boundary.run_boundary(cfg, a.out),
         _print_table(boundary.markdown_report, ", report.md and the figures"),

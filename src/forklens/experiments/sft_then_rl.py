@@ -85,12 +85,12 @@ class SFTThenRLConfig:
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
 
 
-def split_problems(task, cfg: SFTThenRLConfig) -> tuple[list, list]:
-    """(pool, validation): the first ``pool_size`` training problems and the last ``n_validation``."""
+def split_problems(task, cfg) -> tuple[list, list]:
+    """(pool, validation): the first ``cfg.pool_size`` training problems and the last ``cfg.n_validation``."""
     train_problems = task.problems("train")
     if cfg.pool_size + cfg.n_validation > len(train_problems):
         raise ConfigError(f"pool_size ({cfg.pool_size}) + n_validation ({cfg.n_validation}) exceeds the "
-                          f"{len(train_problems)} training problems of task {cfg.organism.task!r}")
+                          f"{len(train_problems)} training problems of task {task.name!r}")
     return train_problems[: cfg.pool_size], train_problems[len(train_problems) - cfg.n_validation:]
 
 

@@ -6,8 +6,10 @@ from forklens.errors import ConfigError
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
+from forklens.tasks.lengths import LengthsTask
+from forklens.tasks.shortcut import ShortcutTask
 
-TASKS = {"arith", "agent"}
+TASKS = {"arith", "agent", "lengths", "shortcut"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -15,6 +17,10 @@ def get_task(name: str, config=None) -> Task:
         return ArithTask(config)
     if name == "agent":
         return AgentTask(config)
+    if name == "lengths":
+        return LengthsTask(config)
+    if name == "shortcut":
+        return ShortcutTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

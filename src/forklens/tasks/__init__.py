@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from forklens.errors import ConfigError
+from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 
-TASKS = {"arith", "agent"}
+TASKS = {"arith", "agent", "addv"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -15,6 +16,8 @@ def get_task(name: str, config=None) -> Task:
         return ArithTask(config)
     if name == "agent":
         return AgentTask(config)
+    if name == "addv":
+        return AddvTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -61,8 +61,8 @@ ADDV = register(Family(
     claims=("E001", "E002"),
     variants={
         "undertrained": Variant("precondition", "1-5 digit operands, hidden 128 x 2 layers, pretraining stopped "
-                                "early (80 steps) so the base errs on its own.",
-                                overrides=("pretrain.max_steps=80",)),
+                                "early (160 steps) so the base errs on its own.",
+                                overrides=("pretrain.max_steps=160",)),
         "length-gen": Variant("precondition", "Pretrained to convergence on 1-3 digit operands; RL and test on 1-5 "
                               "digits, so the errors are on lengths it never saw.",
                               overrides=("addv.pretrain_max_digits=3", "pretrain.max_steps=400")),

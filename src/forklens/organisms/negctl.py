@@ -48,7 +48,7 @@ def _base_default() -> OrganismConfig:
 
 
 def _tune_default() -> TrainConfig:
-    return TrainConfig(max_steps=60, learning_rate=1e-3, warmup_steps=5, lr_schedule="constant",
+    return TrainConfig(max_steps=150, learning_rate=3e-3, warmup_steps=5, lr_schedule="constant",
                        micro_batch_size=256, weight_decay=0.0)
 
 
@@ -87,7 +87,7 @@ def tune_negctl(cfg: NegCtlConfig, base_dir: str | Path, out_dir: str | Path, se
         return [(p.prompt, task.expert_response(p)) for p in picks]
 
     out_dir = Path(out_dir)
-    work = out_dir.parent / f".{out_dir.name}-sft"
+    work = out_dir.parent / f".{out_dir.name}-sft-tmp"
     owned_rmtree(work)
     res = train(Policy.load(base_dir), "sft", None, SFTSource(gold, cfg.tune_batch, seed), replace(cfg.tune, seed=seed),
                 work, name=f"SFT ({cfg.notation})", progress=progress, model_dir=out_dir)

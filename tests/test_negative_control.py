@@ -18,6 +18,8 @@ from forklens.organisms import get_family
 from forklens.organisms.negctl import build_negctl_base, negctl_task, tune_negctl
 from forklens.policy import Policy
 
+pytestmark = pytest.mark.slow  # ~1-2 minutes on a quiet 2-core CPU: one base (300 steps) and two SFT runs
+
 TINY = ["base.model.hidden_size=64", "base.model.intermediate_size=128"]  # 300 pretraining + 150 SFT steps
 MAX_NEW = 40
 
@@ -56,7 +58,6 @@ def test_notation_pair_is_shifted_and_oracle_recovers_little(pairs):
     assert forks["n_disagreement"] > 0
     assert forks["share_shifted"] > 0.7  # letters are far outside the base top-5
     assert inter["gain_recovered"]["oracle"] < 0.2
-    assert inter["substitutions_per_response"]["oracle"] < 1.0
 
 
 def test_same_notation_pair_is_reranked_and_oracle_recovers(pairs):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.tasks.answers import equivalent
+from forklens.tasks.arith import distinct_problems
 from forklens.tasks.base import BaseTask, Problem
 
 ANSWER_RE = re.compile(r"A=(\d+)")
@@ -126,13 +127,8 @@ class AddvTask(BaseTask):
             n = c.n_test if split == "test" else 4096
             space = sum(9 * 10 ** (d - 1) + (d == 1) for d in range(c.min_digits, c.max_digits + 1)) ** 2
             n = min(n, int(space * (c.test_fraction if split == "test" else 1 - c.test_fraction) * 0.5))
-            seen, out = set(), []
-            while len(out) < n:
-                a, b = self.sample_pair(rng, split, c.min_digits, c.max_digits)
-                if (a, b) not in seen:
-                    seen.add((a, b))
-                    out.append(self.make_problem(a, b))
-            self._split_cache[split] = out
+            self._split_cache[split] = distinct_problems(
+                lambda: self.sample_pair(rng, split, c.min_digits, c.max_digits), n, self.make_problem)
         return self._split_cache[split]
 
     def expert_response(self, problem: Problem) -> str:

@@ -108,6 +108,10 @@ NEGCTL = register(Family(
     variants={
         "notation": Variant("negative-control", "Tuned by SFT on gold traces whose digits are written as letters "
                             "a-j, tokens the base never emits.", overrides=("notation=letters",)),
+        "notation-long": Variant("negative-control", "`notation` with twice the SFT (300 steps): added after the measured "
+                                 "run showed 150 steps leave the letter-writing model below the base on most seeds, "
+                                 "so that the oracle has a gain to (fail to) recover.",
+                                 overrides=("notation=letters", "tune.max_steps=300")),
         "unreachable": Variant("negative-control", "The base's teacher always drops the carry (p = 1), so the right "
                                "carry has near-zero base probability; tuned on gold digit traces (a measurement: "
                                "its rank may still be 2).",

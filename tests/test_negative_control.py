@@ -18,7 +18,7 @@ from forklens.organisms import get_family
 from forklens.organisms.negctl import build_negctl_base, negctl_task, tune_negctl
 from forklens.policy import Policy
 
-pytestmark = pytest.mark.slow  # ~1-2 minutes on a quiet 2-core CPU: one base (300 steps) and two SFT runs
+pytestmark = pytest.mark.slow  # one base (300 steps) and two SFT runs (150 steps): 24 min on 2 heavily shared cores
 
 TINY = ["base.model.hidden_size=64", "base.model.intermediate_size=128"]  # 300 pretraining + 150 SFT steps
 MAX_NEW = 40

@@ -153,6 +153,9 @@ def test_formats():
     assert format_value(0.955, "pct1", "w") == "95.5%" and format_value(1.66e12, "sci", "w") == "1.66e12"
     assert format_value(4.1022, "x2", "w") == "4.10x" and format_value(12345.6, "int", "w") == "12,346"
     assert format_value(INTERVAL, "ci:pct1", "w") == "30.0% [20.0%, 40.0%]"
+    assert format_value(None, "ci:pct1", "w") == "—"  # an interval the experiment could not compute
+    with pytest.raises(SpecError, match="needs an interval"):
+        format_value(0.3, "ci:pct1", "w")
     assert format_value([0.3, 0.35], "list:pct1", "w") == "30.0% / 35.0%"
     assert format_value([3.4, 4.2, 3.8], "range:x2", "w") == "3.40x-4.20x"
     with pytest.raises(SpecError, match="unknown format"):

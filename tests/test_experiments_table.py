@@ -17,7 +17,10 @@ def test_experiment_modules_register_no_cli():
 
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
-    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl"}
+    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks"}
+    fk = quick["forks"]
+    assert (fk.seeds, fk.rl.train.max_steps, fk.variants) == (1, 3, ["arith/planted", "addv/undertrained",
+                                                                    "negctl/notation"])
     b = quick["boundary"]
     assert (b.arith_rl.train.max_steps, b.agent_rl.train.max_steps, b.passk.n, b.passk.T) == (20, 30, 16, [0, 1, 3, 5])
     lv = quick["levers"]

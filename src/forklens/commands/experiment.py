@@ -16,7 +16,7 @@ from typing import Any, Callable
 from forklens.commands._common import (add_config_args, add_overwrite_arg, console, experiment_config,
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
-from forklens.experiments import boundary, fork_vs_rl, levers, rewards, sft_bugs, sft_then_rl
+from forklens.experiments import boundary, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         "rewards + replay, SFT curriculum) on the organisms.",
         description=(levers.__doc__ or "").split("\n\n")[0], out="runs/levers", quick="levers-quick",
         quick_help="4 steps per run, one seed, 16 held-out problems", seeds=True, cache=True, progress="off"),
+    "forks": Experiment(
+        forks.ForksConfig,
+        lambda cfg, a: forks.run_forks(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+        lambda s, a: forks.print_summary(s, a.out),
+        help="Sparse policy selection on organisms whose mistakes are their own, the planted fork and the "
+        "tool's negative control (diff + intervention per seed).",
+        description=(forks.__doc__ or "").split("\n\n")[0], out="runs/forks", recipe="forks", quick="forks-quick",
+        quick_help="tiny organisms, 3 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
+        progress="off"),
 }
 
 

@@ -1,7 +1,7 @@
 """Model organisms: tiny HF models pretrained on synthetic tasks, grouped into families with
 precondition and control variants (:mod:`forklens.organisms.zoo`, docs/organisms.md)."""
 
-from forklens.organisms import agent, arith  # noqa: F401  (each registers its family)
+from forklens.organisms import addv, agent, arith, negctl  # noqa: F401  (each registers its family)
 from forklens.organisms import lengths, shortcut  # noqa: F401
 from forklens.organisms.zoo import FAMILIES, Family, Variant, get_family, register, zoo_table
 

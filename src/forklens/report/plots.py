@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 __all__ = ["new_figure", "save_figure", "series_label", "plot_pass_at_k", "plot_curves_vs_flops", "plot_training_curves",
-           "DEFAULT_FORMATS"]
+           "plot_rank_distribution", "DEFAULT_FORMATS"]
 
 DEFAULT_FORMATS: tuple[str, ...] = ("png", "svg")
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -219,4 +219,32 @@ def plot_training_curves(
             ax.set_xlabel({"flops": "cumulative FLOPs", "wall_s": "wall seconds"}.get(x, x))
         if i == 0 and len(runs) > 1:
             ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    return save_figure(fig, stem, formats)
+
+
+def plot_rank_distribution(
+    dists: Mapping[str, Mapping[str, float | None]],
+    stem: str | Path,
+    *,
+    title: str = "base rank of the tuned model's token at disagreements",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> list[Path]:
+    """Grouped bars: for each label (e.g. an organism variant) the share of disagreements per base-rank
+    bucket (``{label: {bucket: share}}``, buckets in the first label's order; ``None`` draws nothing)."""
+    fig, ax = new_figure(width=8.0)
+    colors = _color_cycle()
+    labels = list(dists)
+    buckets = list(next(iter(dists.values()))) if dists else []
+    width = 0.8 / max(1, len(labels))
+    for li, label in enumerate(labels):
+        xs = [bi + (li - (len(labels) - 1) / 2) * width for bi in range(len(buckets))]
+        ys = [dists[label].get(b) or 0.0 for b in buckets]
+        ax.bar(xs, ys, width=width, color=colors[li % len(colors)], label=label)
+    ax.set_xticks(range(len(buckets)))
+    ax.set_xticklabels([f"rank {b}" for b in buckets])
+    ax.set_ylabel("share of disagreements (mean over seeds)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    if labels:
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
     return save_figure(fig, stem, formats)

@@ -238,6 +238,8 @@ def format_value(value: Any, fmt: str, where: str) -> str:
             raise SpecError(f"{where}: unknown format {inner!r} after {kind}: (known: {', '.join(SCALAR_FORMATS)})")
         f = SCALAR_FORMATS[inner]
         if kind == "ci":
+            if value is None:  # an interval the experiment could not compute (e.g. no seed defined it)
+                return "—"
             if not isinstance(value, dict) or not {"mean", "low", "high"} <= set(value):
                 raise SpecError(f"{where}: ci: needs an interval {{mean, low, high}}, got {value!r}")
             return f"{f(value['mean'])} [{f(value['low'])}, {f(value['high'])}]"

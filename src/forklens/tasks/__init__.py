@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from forklens.errors import ConfigError
+from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
 
-TASKS = {"arith", "agent", "lengths", "shortcut"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -17,6 +18,8 @@ def get_task(name: str, config=None) -> Task:
         return ArithTask(config)
     if name == "agent":
         return AgentTask(config)
+    if name == "addv":
+        return AddvTask(config)
     if name == "lengths":
         return LengthsTask(config)
     if name == "shortcut":

@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from forklens.config import field
 from forklens.tasks.answers import equivalent
@@ -78,6 +79,18 @@ def teacher_trace(a: int, b: int, digits: int, rng: random.Random, p_drop_carry:
         carry = s // 10
     answer = str(carry) + "".join(str(u) for u in reversed(units))
     return ";".join(steps) + f";A={answer}"
+
+
+def distinct_problems(draw: Callable[[], tuple[int, int]], n: int,
+                      make: Callable[[int, int], Problem]) -> list[Problem]:
+    """The first ``n`` distinct operand pairs from ``draw()``, made into problems, in draw order."""
+    seen, out = set(), []
+    while len(out) < n:
+        a, b = draw()
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append(make(a, b))
+    return out
 
 
 def parse_answer(completion: str) -> int | None:
@@ -137,13 +150,7 @@ class ArithTask(BaseTask):
         if split not in self._split_cache:
             rng = random.Random(f"arith-{split}-{self.config.seed}")
             n = self.config.n_test if split == "test" else 4096
-            seen, out = set(), []
-            while len(out) < n:
-                a, b = self.sample_pair(rng, split)
-                if (a, b) not in seen:
-                    seen.add((a, b))
-                    out.append(self.make_problem(a, b))
-            self._split_cache[split] = out
+            self._split_cache[split] = distinct_problems(lambda: self.sample_pair(rng, split), n, self.make_problem)
         return self._split_cache[split]
 
     def expert_response(self, problem: Problem) -> str:

@@ -53,12 +53,12 @@ def build_addv_organism(cfg: AddvOrganismConfig, out_dir: str | Path, use_cache:
 ADDV = register(Family(
     name="addv",
     summary="Variable-length addition pretrained on gold traces only; the base's errors are its own.",
-    can_show="Whether RL's token changes sit in the base top-5 at high-entropy positions (E001/E002 sparse "
+    can_show="Whether RL's token changes sit in the base top-5 at high-entropy positions (E026 sparse "
     "selection) when nobody planted the fork: the rank, entropy and branch count at disagreements are measured.",
     cannot_show="Anything about natural-language reasoning or long chains of thought; forks are digit lookups and "
     "carries in a 14-token vocabulary, so 'top-5' covers a third of the plausible tokens.",
     config=AddvOrganismConfig, build=build_addv_organism, task=lambda cfg: AddvTask(cfg.addv),
-    claims=("E001", "E002"),
+    claims=("E026",),
     variants={
         "undertrained": Variant("precondition", "1-5 digit operands, hidden 128 x 2 layers, pretraining stopped "
                                 "early (160 steps) so the base errs on its own.",

@@ -55,7 +55,7 @@ ARITH = register(Family(
     cannot_show="Whether RL only re-ranks forks already in the base: the base's errors are the teacher's coin, "
     "so every fork is binary, in the top-2 and at H(0.6, 0.4) by construction.",
     config=OrganismConfig, build=build_base_organism, task=lambda cfg: get_task(cfg.task, cfg.arith),
-    claims=("E001", "E002"),
+    claims=("E026",),
     variants={
         "planted": Variant("consistency", "The teacher writes carry 0 instead of 1 with probability 0.6 "
                            "(one binary fork per carry; the right branch is the base's second choice)."),

@@ -104,7 +104,7 @@ NEGCTL = register(Family(
     cannot_show="Anything about RL itself: the tuned models come from SFT on gold traces, chosen to put the "
     "behaviour outside (or inside) the base by construction.",
     config=NegCtlConfig, build=build_negctl_base, task=negctl_task,
-    claims=("E001", "E002"),
+    claims=("E026",),
     variants={
         "notation": Variant("negative-control", "Tuned by SFT on gold traces whose digits are written as letters "
                             "a-j, tokens the base never emits.", overrides=("notation=letters",)),

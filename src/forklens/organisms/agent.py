@@ -29,7 +29,16 @@ class AgentOrganismConfig:
 
 
 def agent_organism_key(cfg: AgentOrganismConfig) -> str:
-    return cache_key({"organism": "agent", "format": FORMAT_VERSION, "config": asdict(cfg)})
+    """The cache key of a base organism: its config without the split-only fields (train/test depths
+    never reach pretraining) and without ``p_right`` at its default 1.0, so organisms built before
+    those fields existed keep their keys."""
+    config = asdict(cfg)
+    agent = config["agent"]
+    for name in ("train_depths", "test_depths"):
+        agent.pop(name)
+    if agent["p_right"] == 1.0:
+        agent.pop("p_right")
+    return cache_key({"organism": "agent", "format": FORMAT_VERSION, "config": config})
 
 
 def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cache: bool = True,

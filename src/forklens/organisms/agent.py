@@ -30,14 +30,15 @@ class AgentOrganismConfig:
 
 def agent_organism_key(cfg: AgentOrganismConfig) -> str:
     """The cache key of a base organism: its config without the split-only fields (train/test depths
-    never reach pretraining) and without ``p_right`` at its default 1.0, so organisms built before
-    those fields existed keep their keys."""
+    never reach pretraining) and without ``p_right`` and ``kb`` at their defaults, so organisms built
+    before those fields existed keep their keys."""
     config = asdict(cfg)
     agent = config["agent"]
     for name in ("train_depths", "test_depths"):
         agent.pop(name)
-    if agent["p_right"] == 1.0:
-        agent.pop("p_right")
+    for name, default in (("p_right", 1.0), ("kb", "random")):
+        if agent[name] == default:
+            agent.pop(name)
     return cache_key({"organism": "agent", "format": FORMAT_VERSION, "config": config})
 
 

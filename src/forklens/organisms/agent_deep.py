@@ -36,6 +36,8 @@ def deep_agent_config() -> AgentConfig:
 
 @dataclass
 class AgentDeepOrganismConfig(AgentOrganismConfig):
+    """The agent organism config (same model, 0.6M parameters, and 1000-step pretraining) with deep questions."""
+
     agent: AgentConfig = field(default_factory=deep_agent_config,
                                help="Deep bridge questions; the teacher slips a hop with probability 1 - p_right.")
 

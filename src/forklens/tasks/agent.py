@@ -45,7 +45,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 from forklens.config import field
 from forklens.errors import ConfigError
@@ -77,6 +77,8 @@ class AgentConfig:
     p_continue: float = field(0.5, ge=0, le=1, help="Noisy teacher: probability of one more lookup wherever one is needed.")
     p_right: float = field(1.0, ge=0, le=1, help="Noisy teacher: probability that a bridge lookup it makes uses the "
                            "right relation; otherwise it slips to a wrong one (slip_relation) and goes on from there.")
+    kb: Literal["random", "shift"] = field("random", help="Knowledge base of a question: 'random' (a private random "
+                                           "one per question) or 'shift' (SHIFT_KB: one global, computable tool).")
     train_depths: list[int] = field(default_factory=list, ge=1,
                                     help="Bridge depths of the train split (empty: bridge_depths).")
     test_depths: list[int] = field(default_factory=list, ge=1,
@@ -93,14 +95,26 @@ def _rng(*parts) -> random.Random:
     return random.Random("-".join(str(p) for p in parts))  # str seeds hash with sha512: stable everywhere
 
 
+#: the ``kb_seed`` of the predictable tool (``AgentConfig.kb = "shift"``): one global knowledge base that
+#: is a computable function of the call, the same for every question
+SHIFT_KB = -1
+
+
 def kb_entity(kb_seed: int, relation: str, entity: str, entity_len: int = 3) -> str:
-    """The ``relation`` of ``entity`` in knowledge base ``kb_seed`` (an entity code)."""
+    """The ``relation`` of ``entity`` in knowledge base ``kb_seed`` (an entity code). In
+    :data:`SHIFT_KB` relation number ``r`` (A = 0) shifts every letter by ``r + 1`` (``qwe.A`` = ``rxf``)."""
+    if kb_seed == SHIFT_KB:
+        shift = RELATIONS.index(relation) + 1
+        return "".join(ENTITY_CHARS[(ENTITY_CHARS.index(c) + shift) % 26] for c in entity)
     rng = _rng("kb", kb_seed, relation, entity)
     return "".join(rng.choice(ENTITY_CHARS) for _ in range(entity_len))
 
 
 def kb_value(kb_seed: int, attribute: str, entity: str) -> int:
-    """The ``attribute`` of ``entity`` in knowledge base ``kb_seed`` (a digit)."""
+    """The ``attribute`` of ``entity`` in knowledge base ``kb_seed`` (a digit). In :data:`SHIFT_KB`: the
+    sum of the letters' positions (a = 0) plus the attribute number (X = 0), mod 10."""
+    if kb_seed == SHIFT_KB:
+        return (sum(ENTITY_CHARS.index(c) for c in entity) + ATTRIBUTES.index(attribute)) % 10
     return _rng("kb", kb_seed, attribute, entity).randrange(10)
 
 
@@ -290,11 +304,15 @@ class AgentTask(BaseTask):
     def _entity(self, rng: random.Random) -> str:
         return "".join(rng.choice(ENTITY_CHARS) for _ in range(self.config.entity_len))
 
+    def _kb_seed(self, rng: random.Random) -> int:
+        kb_seed = rng.randrange(2**31)  # drawn in both modes, so the questions' other draws stay the same
+        return SHIFT_KB if self.config.kb == "shift" else kb_seed
+
     def bridge(self, rng: random.Random, depth: int, pid: str = "bridge") -> Problem:
         """A bridge question of ``depth`` sequential lookups; all entities on the chain are distinct."""
         L = self.config.entity_len
         while True:
-            kb_seed = rng.randrange(2**31)
+            kb_seed = self._kb_seed(rng)
             start = self._entity(rng)
             rels = "".join(rng.choice(RELATIONS) for _ in range(depth))
             chain = [start]
@@ -309,7 +327,7 @@ class AgentTask(BaseTask):
     def comparison(self, rng: random.Random, size: int, pid: str = "comparison") -> Problem:
         """Which of ``size`` distinct entities has the largest attribute (a unique maximum)."""
         while True:
-            kb_seed = rng.randrange(2**31)
+            kb_seed = self._kb_seed(rng)
             attr = rng.choice(ATTRIBUTES)
             ents: list[str] = []
             while len(ents) < size:

@@ -127,7 +127,8 @@ def test_boundary_zoo_end_to_end_tiny(tmp_path, monkeypatch):
     s = art["summary"]
     assert set(s["variants"]) == {"deep", "coin"} and s["seeds"] == [0, 1]
     deep = s["variants"]["deep"]
-    assert deep["test"] == {"questions": 3, "depths": [4, 5, 6]} and deep["train_depths"] == [1, 2, 3]
+    assert deep["test"]["questions"] == 3 and deep["test"]["depths"] == [4, 5, 6]
+    assert sum(deep["test"]["per_depth"].values()) == 3 and deep["train_depths"] == [1, 2, 3]
     assert len(deep["per_seed"]["rl_not_base"]) == 2 and set(deep["aggregate"]["rl_not_base"]) >= {"mean", "low"}
     assert len(deep["correct"]["0"]["rl"]) == 3
     assert s["contrast"]["precondition"] == "deep" and s["contrast"]["control"] == "coin"

@@ -224,7 +224,9 @@ def run_boundary_zoo(cfg: BoundaryZooConfig, out: str | Path, progress: bool = T
             "role": family.variant(v).role, "about": family.variant(v).about, "overrides": family.variant(v).overrides,
             "base": {"cache_hit": base_info["cache_hit"], "pretrain_steps": base_info["steps"],
                      "pretrain_flops": base_info["flops"]},
-            "test": {"questions": len(problems), "depths": sorted({p.meta["depth"] for p in problems})},
+            "test": {"questions": len(problems), "depths": sorted({p.meta["depth"] for p in problems}),
+                     "per_depth": {str(d): sum(p.meta["depth"] == d for p in problems)
+                                   for d in sorted({p.meta["depth"] for p in problems})}},
             "train_depths": sorted({p.meta["depth"] for p in task.problems("train")}),
             "precondition": pre, "seeds": seeds, "per_seed": agg["per_seed"], "aggregate": agg["aggregate"],
             "correct": {str(s): r["correct"] for s, r in per_seed.items()},

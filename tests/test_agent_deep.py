@@ -22,8 +22,9 @@ from tests.conftest import make_tiny
 
 def test_family_variants_and_splits():
     fam = get_family("agent-deep")
-    assert {v: fam.variants[v].role for v in fam.variants} == {"deep": "precondition", "coin": "control"}
-    for v, p in (("deep", 0.2), ("coin", 0.5)):
+    assert {v: fam.variants[v].role for v in fam.variants} == {"deep": "precondition", "deeper": "precondition",
+                                                               "coin": "control"}
+    for v, p in (("deep", 0.2), ("deeper", 0.1), ("coin", 0.5)):
         cfg = fam.variant_config(v)
         assert cfg.agent.p_right == p and cfg.agent.p_continue == 1.0
         task = fam.task(cfg)

@@ -54,6 +54,9 @@ AGENT_DEEP = register(Family(
     variants={
         "deep": Variant("precondition", "Each hop right with probability 0.2: full chains at depths 4-6 have "
                         "base probability 1.6e-3 to 6.4e-5, below 1/256.", ("agent.p_right=0.2",), ("E011",)),
+        "deeper": Variant("precondition", "Each hop right with probability 0.1: added after the built `deep` base "
+                          "(before any RL result) gave the right call 0.29-0.44 per hop, not 0.2, so its gold "
+                          "episodes averaged 6e-3, above 1/256.", ("agent.p_right=0.1",), ("E011",)),
         "coin": Variant("control", "Each hop right with probability 0.5 (today's coin): full chains at depths 4-6 "
                         "have probability 1/16 to 1/64, inside the base's boundary at k = 64.",
                         ("agent.p_right=0.5",), ("E011",)),

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from forklens.commands._common import (add_config_args, add_overwrite_arg, console, experiment_config,
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
-from forklens.experiments import boundary, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
+from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         help="PASS@(k,T): does RL expand the capability boundary? (arith vs agent)",
         description=(boundary.__doc__ or "").split("\n\n")[0], out="runs/boundary", quick="boundary-quick",
         quick_help="smaller grid and shorter RL (a few minutes)"),
+    "boundary-zoo": Experiment(
+        boundary_zoo.BoundaryZooConfig,
+        lambda cfg, a: boundary_zoo.run_boundary_zoo(cfg, a.out, progress=not a.no_progress),
+        _print_table(boundary_zoo.markdown_table, " and pass_at_k.png"),
+        help="PASS@(k,T) boundary on a zoo family: precondition vs control variants over seeds (E011).",
+        description=(boundary_zoo.__doc__ or "").split("\n\n")[0], out="runs/boundary-zoo", seeds=True,
+        progress="on"),
     "rewards": Experiment(
         rewards.RewardsExperimentConfig, lambda cfg, a: rewards.run_rewards(cfg, a.out),
         _print_table(rewards.markdown_table, " and report.md"),

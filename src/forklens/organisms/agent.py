@@ -29,7 +29,17 @@ class AgentOrganismConfig:
 
 
 def agent_organism_key(cfg: AgentOrganismConfig) -> str:
-    return cache_key({"organism": "agent", "format": FORMAT_VERSION, "config": asdict(cfg)})
+    """The cache key of a base organism: its config without the split-only fields (train/test depths
+    never reach pretraining) and without ``p_right`` and ``kb`` at their defaults, so organisms built
+    before those fields existed keep their keys."""
+    config = asdict(cfg)
+    agent = config["agent"]
+    for name in ("train_depths", "test_depths"):
+        agent.pop(name)
+    for name, default in (("p_right", 1.0), ("kb", "random")):
+        if agent[name] == default:
+            agent.pop(name)
+    return cache_key({"organism": "agent", "format": FORMAT_VERSION, "config": config})
 
 
 def build_agent_organism(cfg: AgentOrganismConfig, out_dir: str | Path, use_cache: bool = True,

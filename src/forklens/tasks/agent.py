@@ -45,7 +45,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 from forklens.config import field
 from forklens.errors import ConfigError
@@ -75,6 +75,14 @@ class AgentConfig:
                                         ge=2, help="Entities a comparison question compares (drawn uniformly).")
     p_comparison: float = field(0.25, ge=0, le=1, help="Fraction of comparison questions (the rest are bridge questions).")
     p_continue: float = field(0.5, ge=0, le=1, help="Noisy teacher: probability of one more lookup wherever one is needed.")
+    p_right: float = field(1.0, ge=0, le=1, help="Noisy teacher: probability that a bridge lookup it makes uses the "
+                           "right relation; otherwise it slips to a wrong one (slip_relation) and goes on from there.")
+    kb: Literal["random", "shift"] = field("random", help="Knowledge base of a question: 'random' (a private random "
+                                           "one per question) or 'shift' (SHIFT_KB: one global, computable tool).")
+    train_depths: list[int] = field(default_factory=list, ge=1,
+                                    help="Bridge depths of the train split (empty: bridge_depths).")
+    test_depths: list[int] = field(default_factory=list, ge=1,
+                                   help="Bridge depths of the test split (empty: bridge_depths).")
     n_train: int = field(200, ge=1, help="Training questions (RL and the matched SFT set).")
     n_test: int = field(100, ge=1, help="Held-out test questions.")
     seed: int = field(0, help="Seed of the question splits.")
@@ -87,14 +95,26 @@ def _rng(*parts) -> random.Random:
     return random.Random("-".join(str(p) for p in parts))  # str seeds hash with sha512: stable everywhere
 
 
+#: the ``kb_seed`` of the predictable tool (``AgentConfig.kb = "shift"``): one global knowledge base that
+#: is a computable function of the call, the same for every question
+SHIFT_KB = -1
+
+
 def kb_entity(kb_seed: int, relation: str, entity: str, entity_len: int = 3) -> str:
-    """The ``relation`` of ``entity`` in knowledge base ``kb_seed`` (an entity code)."""
+    """The ``relation`` of ``entity`` in knowledge base ``kb_seed`` (an entity code). In
+    :data:`SHIFT_KB` relation number ``r`` (A = 0) shifts every letter by ``r + 1`` (``qwe.A`` = ``rxf``)."""
+    if kb_seed == SHIFT_KB:
+        shift = RELATIONS.index(relation) + 1
+        return "".join(ENTITY_CHARS[(ENTITY_CHARS.index(c) + shift) % 26] for c in entity)
     rng = _rng("kb", kb_seed, relation, entity)
     return "".join(rng.choice(ENTITY_CHARS) for _ in range(entity_len))
 
 
 def kb_value(kb_seed: int, attribute: str, entity: str) -> int:
-    """The ``attribute`` of ``entity`` in knowledge base ``kb_seed`` (a digit)."""
+    """The ``attribute`` of ``entity`` in knowledge base ``kb_seed`` (a digit). In :data:`SHIFT_KB`: the
+    sum of the letters' positions (a = 0) plus the attribute number (X = 0), mod 10."""
+    if kb_seed == SHIFT_KB:
+        return (sum(ENTITY_CHARS.index(c) for c in entity) + ATTRIBUTES.index(attribute)) % 10
     return _rng("kb", kb_seed, attribute, entity).randrange(10)
 
 
@@ -111,6 +131,18 @@ def lookup(kb_seed: int, name: str, entity: str, entity_len: int = 3) -> str | N
     if name in ATTRIBUTES:
         return str(kb_value(kb_seed, name, entity))
     return None
+
+
+def slip_relation(relations: str, i: int) -> str:
+    """The noisy teacher's wrong relation at hop ``i`` (0-based) of a chain: the nearest other listed
+    relation that differs from the right one (``i-1`` first, then ``i+1``, ``i-2``, ...), else the next
+    relation letter (cyclic). Deterministic, so a slip is one specific positional confusion."""
+    right = relations[i]
+    for off in range(1, len(relations)):
+        for j in (i - off, i + off):
+            if 0 <= j < len(relations) and relations[j] != right:
+                return relations[j]
+    return RELATIONS[(RELATIONS.index(right) + 1) % len(RELATIONS)]
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -236,6 +268,9 @@ class AgentTask(BaseTask):
             raise ValueError("bridge_depths must be a non-empty list of depths >= 1")
         if not c.comparison_sizes or min(c.comparison_sizes) < 2:
             raise ValueError("comparison_sizes must be a non-empty list of sizes >= 2")
+        for name in ("train_depths", "test_depths"):
+            if min(getattr(c, name), default=1) < 1:
+                raise ValueError(f"{name} must hold depths >= 1 (empty: bridge_depths)")
         self._split_cache: dict[str, list[Problem]] = {}
 
     def environment(self) -> ToolEnv:
@@ -269,11 +304,15 @@ class AgentTask(BaseTask):
     def _entity(self, rng: random.Random) -> str:
         return "".join(rng.choice(ENTITY_CHARS) for _ in range(self.config.entity_len))
 
+    def _kb_seed(self, rng: random.Random) -> int:
+        kb_seed = rng.randrange(2**31)  # drawn in both modes, so the questions' other draws stay the same
+        return SHIFT_KB if self.config.kb == "shift" else kb_seed
+
     def bridge(self, rng: random.Random, depth: int, pid: str = "bridge") -> Problem:
         """A bridge question of ``depth`` sequential lookups; all entities on the chain are distinct."""
         L = self.config.entity_len
         while True:
-            kb_seed = rng.randrange(2**31)
+            kb_seed = self._kb_seed(rng)
             start = self._entity(rng)
             rels = "".join(rng.choice(RELATIONS) for _ in range(depth))
             chain = [start]
@@ -288,7 +327,7 @@ class AgentTask(BaseTask):
     def comparison(self, rng: random.Random, size: int, pid: str = "comparison") -> Problem:
         """Which of ``size`` distinct entities has the largest attribute (a unique maximum)."""
         while True:
-            kb_seed = rng.randrange(2**31)
+            kb_seed = self._kb_seed(rng)
             attr = rng.choice(ATTRIBUTES)
             ents: list[str] = []
             while len(ents) < size:
@@ -309,10 +348,13 @@ class AgentTask(BaseTask):
             return self.comparison(rng, rng.choice(c.comparison_sizes), pid)
         return self.bridge(rng, rng.choice(c.bridge_depths), pid)
 
-    def kinds(self) -> list[tuple[str, int, float]]:
-        """(type, depth, probability) of every kind of question the task draws."""
+    def kinds(self, split: str | None = None) -> list[tuple[str, int, float]]:
+        """(type, depth, probability) of every kind of question the task draws: for pretraining
+        (``split=None``, depths ``bridge_depths``) or for a split (``train_depths`` / ``test_depths``
+        when set)."""
         c = self.config
-        out = [("bridge", d, (1 - c.p_comparison) / len(c.bridge_depths)) for d in c.bridge_depths]
+        depths = {"train": c.train_depths, "test": c.test_depths}.get(split or "") or c.bridge_depths
+        out = [("bridge", d, (1 - c.p_comparison) / len(depths)) for d in depths]
         out += [("comparison", s, c.p_comparison / len(c.comparison_sizes)) for s in c.comparison_sizes]
         return [k for k in out if k[2] > 0]
 
@@ -324,7 +366,7 @@ class AgentTask(BaseTask):
         if split not in self._split_cache:
             n = self.config.n_test if split == "test" else self.config.n_train
             rng = _rng("agent", split, self.config.seed)
-            kinds = self.kinds()
+            kinds = self.kinds(split)
             counts = [int(n * w) for _, _, w in kinds]
             by_remainder = sorted(range(len(kinds)), key=lambda i: -(n * kinds[i][2] - counts[i]))
             for i in by_remainder[: n - sum(counts)]:
@@ -366,16 +408,34 @@ class AgentTask(BaseTask):
             answer = str(max(seen, key=lambda i: (values[i], -i)) + 1) if seen else "1"
         return segs + [(ANSWER_MARKER + answer, False)]
 
+    def slipped_trajectory(self, problem: Problem, n_lookups: int, right: Sequence[bool]) -> list[Segment]:
+        """A bridge episode of ``n_lookups`` hops where hop ``i`` uses the right relation when
+        ``right[i]`` and :func:`slip_relation` otherwise, each on the entity the previous hop returned;
+        the answer is the last entity seen."""
+        meta = problem.meta
+        rels, entity = meta["relations"], meta["start"]
+        segs: list[Segment] = []
+        for i in range(min(n_lookups, meta["depth"])):
+            rel = rels[i] if right[i] else slip_relation(rels, i)
+            segs += self._call(problem, rel, entity)
+            entity = lookup(meta["kb_seed"], rel, entity, self.config.entity_len)
+        return segs + [(ANSWER_MARKER + entity, False)]
+
     def gold_trajectory(self, problem: Problem) -> list[Segment]:
         """The expert trajectory: every lookup, in the question's order, then the right answer."""
         return self.trajectory(problem, problem.meta["depth"])
 
     def teacher_trajectory(self, problem: Problem, rng: random.Random) -> list[Segment]:
-        """The noisy teacher: one more lookup with probability ``p_continue`` wherever one is needed."""
+        """The noisy teacher: one more lookup with probability ``p_continue`` wherever one is needed; with
+        ``p_right < 1`` each bridge lookup it makes uses the right relation with probability ``p_right``
+        and slips otherwise (:meth:`slipped_trajectory`), so every hop is shown at every depth while the
+        all-right chain has probability ``p_right ** d``."""
         d = problem.meta["depth"]
         n = 0
         while n < d and rng.random() < self.config.p_continue:
             n += 1
+        if self.config.p_right < 1.0 and problem.meta["type"] == "bridge":  # no draws at 1.0: same teacher as before
+            return self.slipped_trajectory(problem, n, [rng.random() < self.config.p_right for _ in range(n)])
         return self.trajectory(problem, n)
 
     def teacher_example(self, rng: random.Random) -> tuple[str, list[Segment]]:

@@ -1,0 +1,71 @@
+"""The `agent-horizon` family: long bridge chains (6-10 lookups) with sparse success, for milestone
+shaping (E008, MiRA, arXiv 2603.19685) and reward-variance filtering under reward noise (E010, RAGEN-2,
+arXiv 2604.06268).
+
+The teacher makes every lookup and gets each hop right with probability ``p_right = 0.7`` (slips as in
+:mod:`forklens.organisms.agent_deep`), so every hop is demonstrated at every depth and the all-right
+chain has probability 0.7^d: 11.8% at depth 6 down to 2.8% at depth 10 (a few percent on average,
+sparse outcome reward), while each hop's milestone is reached often (dense milestone reward). The
+control `short` keeps the same teacher at depths 1-4 (0.7 to 0.24: outcome reward not sparse). The
+`noisy-reward` variant is `long` with ``reward_flip = 0.2``: the organism is the same (same cache
+entry); a caller wraps the verifier with :func:`forklens.rewards.noise.flipped` at that rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from forklens.config import field
+from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
+from forklens.organisms.base import OrganismModelConfig
+from forklens.organisms.zoo import Family, Variant, register
+from forklens.tasks.agent import AgentConfig, AgentTask
+
+
+def horizon_agent_config() -> AgentConfig:
+    return AgentConfig(bridge_depths=[6, 7, 8, 9, 10], p_comparison=0.0, p_continue=1.0, p_right=0.7)
+
+
+def horizon_model() -> OrganismModelConfig:
+    return OrganismModelConfig(max_position_embeddings=192)  # depth-10 episodes are ~150 tokens
+
+
+@dataclass
+class AgentHorizonOrganismConfig(AgentOrganismConfig):
+    agent: AgentConfig = field(default_factory=horizon_agent_config, help="Long bridge chains, slipping teacher.")
+    model: OrganismModelConfig = field(default_factory=horizon_model, help="Model size (context 192).")
+    reward_flip: float = field(0.0, ge=0, le=1, help="Probability that the training reward is flipped "
+                               "(applied by the caller to the verifier with forklens.rewards.noise.flipped; "
+                               "not part of the organism).")
+
+
+def build_horizon_organism(cfg: AgentHorizonOrganismConfig, out_dir: str | Path, use_cache: bool = True,
+                           progress: bool = True) -> dict:
+    """The agent organism of ``cfg`` without ``reward_flip`` (which is not part of the organism), so the
+    noisy-reward variant shares its base with `long`."""
+    base = {k: v for k, v in asdict(cfg).items() if k != "reward_flip"}
+    org = AgentOrganismConfig(agent=cfg.agent, model=cfg.model, pretrain=cfg.pretrain,
+                              batch_size=base["batch_size"], seed=base["seed"])
+    return {**build_agent_organism(org, out_dir, use_cache=use_cache, progress=progress),
+            "reward_flip": cfg.reward_flip}
+
+
+AGENT_HORIZON = register(Family(
+    name="agent-horizon",
+    summary="Bridge chains of 6-10 lookups, each hop right with probability 0.7: outcome success of a few "
+    "percent, milestones reached often; a noisy-reward variant flips the training reward.",
+    can_show="Whether milestone shaping helps when outcome success is sparse (E008) and whether reward-variance "
+    "filtering helps more when the reward is noisy (E010), against the short-horizon control.",
+    cannot_show="Web-scale long horizons (10 lookups of exact facts); exploration (the chain is given in the prompt).",
+    config=AgentHorizonOrganismConfig, build=build_horizon_organism, task=lambda cfg: AgentTask(cfg.agent),
+    claims=("E008", "E010"),
+    variants={
+        "long": Variant("precondition", "Depths 6-10: the all-right chain has probability 0.7^d = 2.8-11.8%.",
+                        (), ("E008", "E010")),
+        "noisy-reward": Variant("precondition", "`long` with the training reward flipped with probability 0.2 "
+                                "(same organism).", ("reward_flip=0.2",), ("E010",)),
+        "short": Variant("control", "Depths 1-4 with the same teacher: success 24-70%, not sparse.",
+                         ("agent.bridge_depths=1,2,3,4",), ("E008", "E010")),
+    },
+))

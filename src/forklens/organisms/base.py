@@ -24,7 +24,7 @@ from forklens import __version__
 from forklens.config import field
 from forklens.policy import Policy
 from forklens.runfolder import check_out_path, install_folder, owned_rmtree
-from forklens.train.loop import TrainConfig
+from forklens.train.loop import TrainConfig, resolve_precision
 from forklens.train.run import train
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
@@ -123,7 +123,30 @@ def _copy_model_dir(src: Path, dst: Path) -> None:
     install_folder(tmp, dst, "organism")
 
 
+#: trainer settings added after organisms were first cached that, at these values, change nothing in
+#: pretraining: left out of cache keys so cached organisms (and the artifacts built on them) keep theirs
+NEUTRAL_TRAIN_SETTINGS = {"num_iterations": 1, "mini_batches": 1, "gradient_checkpointing": False, "report_to": [],
+                          "mixed_precision": "auto"}
+
+
+def _without_neutral(obj):
+    if isinstance(obj, list):
+        return [_without_neutral(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    is_train = {"max_steps", "learning_rate", "micro_batch_size"} <= set(obj)
+    out = {}
+    for k, v in obj.items():
+        if is_train and k in NEUTRAL_TRAIN_SETTINGS and v == NEUTRAL_TRAIN_SETTINGS[k]:
+            if k != "mixed_precision" or resolve_precision("auto") == "no":  # auto under a bf16 env is not neutral
+                continue
+            v = resolve_precision("auto")
+        out[k] = _without_neutral(v)
+    return out
+
+
 def cache_key(blob: dict) -> str:
-    """The cache key of an organism: a hash of its config (and format) with the forklens version."""
-    text = json.dumps({**blob, "version": __version__}, sort_keys=True)
+    """The cache key of an organism: a hash of its config (and format) with the forklens version. Trainer
+    settings at values that change nothing (:data:`NEUTRAL_TRAIN_SETTINGS`) are left out."""
+    text = json.dumps({**_without_neutral(blob), "version": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

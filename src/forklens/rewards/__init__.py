@@ -37,6 +37,14 @@ def answer_reward(prompts, completions, answer, **_) -> list[float | None]:
     return [None if a is None else float(is_correct(str(a), completion_text(c))) for a, c in zip(answer, completions)]
 
 
+def texts_of(completions: Sequence) -> list:
+    """Completions as text for a grader: strings as they are, TRL's chat-format completions (lists of
+    messages) as their assistant content (:func:`~forklens.tasks.dataset.completion_text`), anything
+    else unchanged (graders score it 0)."""
+    return [c if isinstance(c, str) else completion_text(c) if isinstance(c, (list, dict)) else c
+            for c in completions]
+
+
 def problems_from(prompts: Sequence, problem: Sequence | None = None, answer: Sequence | None = None,
                   **columns) -> list:
     """The problems of a reward call: the ``problem`` column when given (dicts become Problems), else

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from forklens.tasks.answers import equivalent
-from forklens.rewards import as_problem
+from forklens.rewards import problems_from, texts_of
 
 POSITIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 WEIGHTS = (0.5, 0.3, 0.1, -0.1, -0.3, -0.5)
@@ -217,10 +217,10 @@ class ConfidenceReward:
         self.forced_samples = 0  # forced completions drawn so far (the reward's cost, after sharing)
         self.tokens_processed = 0  # tokens the probe ran through the policy (for FLOP accounting)
 
-    def __call__(self, prompts, completions, problem=None, **_) -> list[float | None]:
-        n = len(completions)
-        problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
-        live = [i for i in range(n)
+    def __call__(self, prompts, completions, problem=None, answer=None, **_) -> list[float | None]:
+        completions = texts_of(completions)  # chat-format completions (TRL) as their text
+        problems = problems_from(prompts, problem, answer)
+        live = [i for i in range(len(completions))
                 if isinstance(completions[i], str) and getattr(problems[i], "answer", None) is not None]
         stats: dict = {}
         traj = confidence_trajectories(self.policy, self.forcing, [problems[i] for i in live],

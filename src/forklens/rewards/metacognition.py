@@ -40,8 +40,7 @@ from typing import Protocol, Sequence
 
 from forklens.errors import ConfigError
 from forklens.policy import Policy
-from forklens.rewards import problems_from
-from forklens.tasks.dataset import completion_text
+from forklens.rewards import problems_from, texts_of
 from forklens.rewards.milestones import MAX_SCAN_CHARS, episode_calls, milestones
 from forklens.tasks.agent import parse_answer
 
@@ -295,9 +294,7 @@ def mar_reward(grader, components: Sequence[str] = COMPONENTS, name: str | None 
     def reward(prompts, completions, problem=None, episode=None, answer=None, **columns) -> list[float | None]:
         n = len(completions)
         problems = problems_from(prompts, problem, answer, **columns)
-        texts = [c if isinstance(c, str) else completion_text(c) if isinstance(c, (list, dict)) else c
-                 for c in completions]  # chat-format completions (TRL) graded as their text
-        scores = _grade_all(grader, problems, texts, episode if episode is not None else [None] * n)
+        scores = _grade_all(grader, problems, texts_of(completions), episode if episode is not None else [None] * n)
         out: list[float | None] = []
         for s in scores:
             vals = [s[c] for c in components]

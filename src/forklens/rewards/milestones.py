@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from forklens.rewards import as_problem
+from forklens.rewards import as_problem, texts_of
 from forklens.tasks.agent import tool_calls
 
 MAX_SCAN_CHARS = 100_000  # a transcript is scanned up to here: a huge output costs bounded time
@@ -105,7 +105,7 @@ def milestone_reward(task=None, gamma: float = 1.0):
         problems = [as_problem(p) for p in problem] if problem is not None else [None] * n
         eps = episode if episode is not None else [None] * n
         out: list[float | None] = []
-        for p, c, e in zip(problems, completions, eps):
+        for p, c, e in zip(problems, texts_of(completions), eps):  # chat-format completions as their text
             phi = potentials(p, episode_calls(c, e))
             out.append(None if phi is None else shaped_return(phi, gamma))
         return out

@@ -15,7 +15,7 @@ from forklens.errors import ConfigError, DataError
 from forklens.objectives.advantages import ScaleRewards, estimate_advantages, get_advantage_estimator
 from forklens.policy import Samples
 from forklens.policy.score import token_logprobs_and_entropy
-from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name
+from forklens.rewards import RewardFn, as_problem, component_means, compose_rewards, reward_name, texts_of
 from forklens.rollouts import Rollouts
 from forklens.tasks.base import Problem
 from forklens.train.schedule import solved_flags
@@ -116,7 +116,7 @@ def verifier_reward(task) -> RewardFn:
     """The task's exact verifier in TRL's reward-function signature (``problem`` rows may be
     :class:`Problem` objects or dicts, as a TRL dataset column holds them)."""
     def reward(prompts, completions, problem, **_):
-        return [task.verify(as_problem(p), c) for p, c in zip(problem, completions)]
+        return [task.verify(as_problem(p), c) for p, c in zip(problem, texts_of(completions))]
     reward.__name__ = f"{task.name}_verifier"
     return reward
 

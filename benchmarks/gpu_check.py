@@ -122,7 +122,7 @@ def check_05b(model, quick: bool) -> dict:
     from forklens.policy import Policy
     from forklens.policy.fast_decode import verify_fast_decoder
     from forklens.policy.sample import left_pad
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     prompts = prompts_for(QWEN_05B["vocab_size"], 16, seed=5)
     ids, attn, pos = left_pad(prompts, 0, "cuda")
@@ -174,7 +174,7 @@ def _speeds(model, prompts, batch, new, repeats, name: str) -> dict:
 def scoring_mfu(big, quick: bool) -> dict:
     from forklens.analysis.diff import score_pairs
     from forklens.policy import Policy
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     n = 8192
     mats = [torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2)]

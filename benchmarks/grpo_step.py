@@ -34,7 +34,7 @@ PROMPTS, GROUP, LR = 16, 8, 1e-4
 def prepare_model(kind: str, root: Path) -> tuple[Path, object]:
     """Save the benchmark model (HF format) under ``root``; returns (dir, task)."""
     from forklens.tasks import get_task
-    from forklens.tasks.organism import OrganismConfig, build_base_organism
+    from forklens.organisms.arith import OrganismConfig, build_base_organism
 
     org = OrganismConfig()
     task = get_task(org.task, org.arith)

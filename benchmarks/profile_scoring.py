@@ -21,7 +21,7 @@ from scaling import build_model, rand_prompts, sync
 def main() -> None:
     from forklens.analysis.diff import score_pairs
     from forklens.policy import Policy
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunk-mib", type=int, default=256)

@@ -94,7 +94,7 @@ def sampling_curves(model, vocab: int, quick: bool) -> dict:
 def scoring_curves(model, vocab: int, quick: bool) -> dict:
     from forklens.analysis.diff import score_pairs
     from forklens.policy import Policy
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     tok = build_char_tokenizer("abc")
     pol = Policy(model, tok)
@@ -119,7 +119,8 @@ def grpo_curves(cuda: bool, quick: bool) -> dict:
     from forklens.objectives.grpo import GRPOLossConfig
     from forklens.policy import Policy
     from forklens.tasks import get_task
-    from forklens.tasks.organism import OrganismConfig, build_char_tokenizer
+    from forklens.organisms.arith import OrganismConfig
+    from forklens.organisms.base import build_char_tokenizer
     from forklens.train.loop import TrainConfig, Trainer, read_metrics
     from forklens.train.sources import GRPOSource, SamplingConfig, verifier_reward
 

@@ -34,7 +34,7 @@ def matmul_peak(n: int = 2048, repeats: int = MIN_REPEATS) -> dict:
 def main() -> None:
     from forklens.analysis.diff import score_pairs
     from forklens.policy import Policy
-    from forklens.tasks.organism import build_char_tokenizer
+    from forklens.organisms.base import build_char_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sequences", type=int, default=32)

@@ -48,3 +48,28 @@ def test_write_result_records_stamp_and_repeats(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"repeats\['a'\]"):
         common.write_result("y", 1.0, 1.0, "s", {}, {"a": {"n": 3, "min": 1, "median": 1, "max": 1}})
     assert not (tmp_path / "y.json").exists()
+
+
+def test_every_forklens_import_in_the_benchmarks_resolves():
+    """The benchmark scripts import forklens inside functions, so a moved module only breaks them when they
+    run (on a GPU machine, in a session that cannot afford a failed start): check every import here."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    missing = []
+    for f in sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("forklens"):
+                try:
+                    mod = importlib.import_module(node.module)
+                except ImportError:
+                    missing.append(f"{f.name}: {node.module}")
+                    continue
+                for alias in node.names:
+                    if not hasattr(mod, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{f.name}: {node.module}.{alias.name}")
+    assert missing == []

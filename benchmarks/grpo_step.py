@@ -69,7 +69,7 @@ def run_forklens(model_dir: Path, task, steps: int, new_tokens: int, out: Path) 
     policy = Policy.load(model_dir)
     policy.eos_ids = []  # EOS suppressed: every completion has exactly new_tokens tokens, as on TRL's side
     sampling = SamplingConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=new_tokens)
-    source = GRPOSource(task.problems("train"), [verifier_reward(task)], sampling, seed=0)
+    source = GRPOSource(task, task.problems("train"), sampling, reward_fns=[verifier_reward(task)], seed=0)
     cfg = TrainConfig(max_steps=steps + 1, learning_rate=LR, micro_batch_size=PROMPTS * GROUP)
     trainer = Trainer(policy, "grpo", GRPOLossConfig(max_new_tokens=new_tokens), source, cfg, out, progress=False)
     trainer.train()

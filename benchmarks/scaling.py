@@ -132,8 +132,9 @@ def grpo_curves(cuda: bool, quick: bool) -> dict:
         """Median seconds per step over MIN_REPEATS timed steps after a warm-up step."""
         policy = Policy(build_model(cuda), build_char_tokenizer(task.alphabet))
         policy.eos_ids = []
-        src = GRPOSource(task.problems("train"), [verifier_reward(task)],
-                         SamplingConfig(prompts_per_step=16, group_size=group, max_new_tokens=new), seed=0)
+        src = GRPOSource(task, task.problems("train"), SamplingConfig(prompts_per_step=16, group_size=group,
+                                                                       max_new_tokens=new),
+                         reward_fns=[verifier_reward(task)], seed=0)
         with tempfile.TemporaryDirectory() as d:
             tr = Trainer(policy, "grpo", GRPOLossConfig(max_new_tokens=new), src,
                          TrainConfig(max_steps=MIN_REPEATS + 1, micro_batch_size=64), Path(d), progress=False)

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from forklens.objectives import get_objective  # noqa: E402
 from forklens.policy.score import TokenLogProbs  # noqa: E402
-from forklens.train.loop import accumulate_step  # noqa: E402
+from forklens.train.step import accumulate_step  # noqa: E402
 from tests.conftest import make_tiny  # noqa: E402
 from tests.test_invariance import CASES, case_id, case_inputs, objective_name  # noqa: E402
 

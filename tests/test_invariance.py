@@ -12,7 +12,7 @@ import torch
 from forklens.objectives import get_objective
 from forklens.objectives.grpo import GRPOLossConfig
 from forklens.rollouts import Rollouts
-from forklens.train.loop import accumulate_step
+from forklens.train.step import accumulate_step
 from tests.conftest import make_tiny
 
 B = 6
@@ -150,7 +150,7 @@ def test_offload_accum_keeps_first_and_last_microbatch():
     # reference: gradient of (sum over micro-batches 0 and 2) / (global token count)
     m = copy.deepcopy(model)
     m.zero_grad(set_to_none=True)
-    from forklens.train.loop import forward
+    from forklens.train.step import forward
 
     total = sum(float(p.response_mask.sum()) for p in parts)
     for p in (parts[0], parts[2]):

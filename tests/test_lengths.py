@@ -17,7 +17,7 @@ from forklens.policy import Policy
 from forklens.tasks import get_task
 from forklens.tasks.base import Problem
 from forklens.tasks.lengths import LengthsConfig, LengthsTask, n_carries, parse_prompt, response_tokens
-from forklens.train.loop import accumulate_step
+from forklens.train.step import accumulate_step
 from forklens.train.sources import SFTSource
 from forklens.objectives import get_objective
 from tests.conftest import make_tiny

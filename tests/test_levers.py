@@ -57,7 +57,7 @@ from forklens.objectives import PolicyOutputs, get_objective  # noqa: E402
 from forklens.objectives.grpo import (GRPOLossConfig, entropy_threshold, grpo_loss,  # noqa: E402
                                       prepare_entropy_mask, token_mask)
 from forklens.policy.score import token_logprobs_and_entropy  # noqa: E402
-from forklens.train.loop import accumulate_step  # noqa: E402
+from forklens.train.step import accumulate_step  # noqa: E402
 from tests.test_invariance import add_env_tokens, make_batch, rel_err  # noqa: E402
 
 

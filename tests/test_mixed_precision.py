@@ -12,7 +12,8 @@ import torch
 from forklens.errors import ConfigError
 from forklens.objectives.grpo import GRPOLossConfig
 from forklens.policy import Policy
-from forklens.train.loop import Trainer, TrainConfig, resolve_precision
+from forklens.train.loop import Trainer, TrainConfig
+from forklens.train.step import resolve_precision
 from tests.conftest import make_tiny
 from tests.test_num_iterations import FixedSource
 

@@ -15,7 +15,8 @@ import torch
 from forklens.errors import ConfigError
 from forklens.objectives.grpo import GRPOLossConfig
 from forklens.policy import Policy
-from forklens.train.loop import Trainer, TrainConfig, mini_batch_parts
+from forklens.train.loop import Trainer, TrainConfig
+from forklens.train.step import mini_batch_parts
 from tests.conftest import make_tiny
 from tests.test_invariance import make_batch
 

@@ -13,7 +13,7 @@ from forklens.objectives import get_objective
 from forklens.objectives.grpo import GRPOLossConfig, tis_weights
 from forklens.policy import Samples
 from forklens.policy.vllm_backend import sampled_logprobs
-from forklens.train.loop import forward
+from forklens.train.step import forward
 from tests.conftest import make_tiny
 from tests.test_invariance import make_batch
 

@@ -24,7 +24,8 @@ from forklens import __version__
 from forklens.config import field
 from forklens.policy import Policy
 from forklens.runfolder import check_out_path, install_folder, owned_rmtree
-from forklens.train.loop import TrainConfig, resolve_precision
+from forklens.train.loop import TrainConfig
+from forklens.train.step import resolve_precision
 from forklens.train.run import train
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}

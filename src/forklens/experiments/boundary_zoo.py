@@ -210,7 +210,7 @@ def run_boundary_zoo(cfg: BoundaryZooConfig, out: str | Path, progress: bool = T
             raise ConfigError(f"passk.T={cfg.passk.T} is below the deepest test question of {cfg.family}/{v}")
         problems = task.problems("test")[: cfg.passk.problems or None]
         console.rule(f"[bold]{cfg.family}/{v}: base organism")
-        base_info = family.build_variant(v, out / v / "base", base=org, overrides=cfg.overrides, progress=progress)
+        base_info = family.build(org, out / v / "base", progress=progress)  # org has the variant and overrides
         pre = gold_probabilities(Policy.load(out / v / "base"), task, problems)
         per_seed, train = {}, {}
         for s in seeds:

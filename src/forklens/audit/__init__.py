@@ -39,6 +39,7 @@ from forklens.audit.inputs import (
     resolve_setup,
 )
 from forklens.audit.rules import RULES, SEVERITIES, Finding, RuleResult, relevant_packages, severity_rank
+from forklens.audit.verl import load_verl_config, resolve_verl_settings
 
 __all__ = [
     "AUTO",
@@ -95,6 +96,7 @@ class AuditReport:
             },
             "deepspeed_config": self.setup.deepspeed_config_source,
             "trainer_args": self.setup.trainer_args_source,
+            "verl_config": self.setup.verl.source if self.setup.verl is not None else None,
             "settings": self.setup.to_dict(),
             "rules": {result.rule_id: result.to_dict() for result in self.results},
             "notes": list(self.notes),
@@ -139,13 +141,15 @@ def load_inputs(
     requirements: str | Path | None = None,
     deepspeed_config: str | Path | None = None,
     trainer_args: str | Path | None = None,
+    verl_config: str | Path | None = None,
 ) -> tuple[Environment, TrainingSetup]:
     """Read the inputs of an audit.
 
     ``requirements``: a ``pip freeze`` file; ``None`` audits the running interpreter's packages.
     ``deepspeed_config``: a DeepSpeed JSON; when ``None``, a ``deepspeed`` key in the trainer
     arguments (a path, relative to that file or to the working directory, or an inline mapping) is
-    used instead. ``trainer_args``: a YAML or JSON file of trainer arguments.
+    used instead. ``trainer_args``: a YAML or JSON file of trainer arguments. ``verl_config``: a
+    verl Hydra YAML, or a launch script whose ``a.b.c=value`` overrides are read.
     """
     env = environment_from_freeze(requirements) if requirements is not None else environment_from_installed()
     ta = load_trainer_args(trainer_args) if trainer_args is not None else None
@@ -161,4 +165,6 @@ def load_inputs(
             )
     setup = resolve_setup(ds, ds_source, ta, str(trainer_args) if trainer_args is not None else None)
     setup.notes[:0] = notes
+    if verl_config is not None:
+        setup.verl = resolve_verl_settings(load_verl_config(verl_config), str(verl_config))
     return env, setup

@@ -149,6 +149,7 @@ class TrainingSetup:
     micro_train_batch_size: Setting | None = None
     deepspeed_config_source: str | None = None
     trainer_args_source: str | None = None
+    verl: Any = None  # forklens.audit.verl.VerlSettings when a verl config was given
     notes: list[str] = field(default_factory=list)
 
     SETTING_NAMES = (
@@ -162,6 +163,8 @@ class TrainingSetup:
         for name in self.SETTING_NAMES:
             value = getattr(self, name)
             settings[name] = value.to_dict() if value is not None else None
+        if self.verl is not None:
+            settings["verl"] = self.verl.to_dict()
         return settings
 
 

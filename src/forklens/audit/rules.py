@@ -13,12 +13,13 @@ says so instead of inventing a version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from packaging.version import Version
 
+from forklens.audit.findings import SEVERITIES, Finding, RuleResult, severity_rank
 from forklens.audit.inputs import Environment, PackageInfo, TrainingSetup
+from forklens.audit.verl import VERL_RULE, check_verl_token_mean_accumulation
 
 __all__ = [
     "DEEPSPEED_AFFECTED",
@@ -28,74 +29,16 @@ __all__ = [
     "TRANSFORMERS_FIXED_IN",
     "TRL_DAPO_AFFECTED_LOSS_TYPES",
     "TRL_FIXED_IN",
+    "VERL_RULE",
     "Finding",
     "RuleResult",
     "check_deepspeed_offload_accumulation",
     "check_openrlhf_loss_aggregation",
     "check_transformers_accumulation_loss",
     "check_trl_dapo_normalization",
+    "check_verl_token_mean_accumulation",
     "severity_rank",
 ]
-
-SEVERITIES = ("info", "low", "medium", "high")
-
-
-def severity_rank(severity: str) -> int:
-    """0 for info ... 3 for high."""
-    return SEVERITIES.index(severity)
-
-
-@dataclass
-class Finding:
-    """One flagged problem. ``evidence`` lists the package versions and config keys that triggered it."""
-
-    id: str
-    severity: str
-    title: str
-    evidence: list[str]
-    consequence: str
-    fix: str
-    references: list[str]
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"unknown severity {self.severity!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "severity": self.severity,
-            "title": self.title,
-            "evidence": list(self.evidence),
-            "consequence": self.consequence,
-            "fix": self.fix,
-            "references": list(self.references),
-        }
-
-
-@dataclass
-class RuleResult:
-    """What a rule concluded: ``status`` is ``flagged``, ``clear`` or ``not applicable``."""
-
-    rule_id: str
-    status: str
-    reason: str
-    findings: list[Finding] = field(default_factory=list)
-
-    @classmethod
-    def clear(cls, rule_id: str, reason: str) -> RuleResult:
-        return cls(rule_id, "clear", reason)
-
-    @classmethod
-    def not_applicable(cls, rule_id: str, reason: str) -> RuleResult:
-        return cls(rule_id, "not applicable", reason)
-
-    @classmethod
-    def flagged(cls, finding: Finding, reason: str = "") -> RuleResult:
-        return cls(finding.id, "flagged", reason or finding.title, [finding])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason}
 
 
 def _ga_evidence(setup: TrainingSetup) -> str:
@@ -467,9 +410,10 @@ RULES: tuple[Callable[[Environment, TrainingSetup], RuleResult], ...] = (
     check_transformers_accumulation_loss,
     check_trl_dapo_normalization,
     check_openrlhf_loss_aggregation,
+    check_verl_token_mean_accumulation,
 )
 
-_RELEVANT_PACKAGES = ("deepspeed", "transformers", "trl", "openrlhf")
+_RELEVANT_PACKAGES = ("deepspeed", "transformers", "trl", "openrlhf", "verl")
 
 
 def relevant_packages(env: Environment) -> dict[str, PackageInfo | None]:

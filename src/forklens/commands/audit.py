@@ -14,9 +14,10 @@ DESCRIPTION = """\
 Check the installed packages (or a `pip freeze` file from the training machine) and the DeepSpeed
 and trainer configs for known silent training-stack bugs: DeepSpeed ZeRO-1/2 CPU-offload dropping
 micro-batch gradients, the transformers gradient-accumulation loss bug, TRL's dapo/cispo/vespo
-normaliser when steps_per_generation differs from gradient_accumulation_steps, and OpenRLHF's
-mean-of-micro-batch-means loss. Exit status: 0 when nothing of severity medium or above is found,
-1 when something is, 2 on bad input. See docs/audit.md."""
+normaliser when steps_per_generation differs from gradient_accumulation_steps, OpenRLHF's
+mean-of-micro-batch-means loss, and verl's legacy FSDP actor averaging per-micro-batch token
+means. Exit status: 0 when nothing of severity medium or above is found, 1 when something is, 2 on
+bad input. See docs/audit.md."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="YAML or JSON file of trainer arguments (gradient_accumulation_steps, loss_type, deepspeed, ...)",
     )
+    parser.add_argument(
+        "--verl-config",
+        metavar="FILE",
+        help="verl Hydra config (YAML), or the launch script / command line whose a.b.c=value overrides are read",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of tables")
     parser.set_defaults(func=run)
 
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         requirements=args.requirements,
         deepspeed_config=args.deepspeed_config,
         trainer_args=args.trainer_args,
+        verl_config=args.verl_config,
     )
     report = run_audit(env, setup)
     if args.json:

@@ -54,3 +54,15 @@ def test_every_grader_judges_the_same_text_the_same_way():
     task = ArithTask()
     p = task.problems("test")[0]
     assert task.verify(p, f"...;A={int(p.answer):04d}") == 1.0 and task.verify(p, "A=") == 0.0
+
+
+def test_math_reward_judges_equivalent_math():
+    pytest.importorskip("math_verify")
+    from forklens.rewards import math_reward
+
+    completions = [r"so the answer is $\boxed{\frac{1}{2}}$", "0.5", r"\boxed{0.51}",
+                   [{"role": "assistant", "content": r"\boxed{\{1, 2\}}"}], r"\boxed{x+1}", "no answer"]
+    answers = ["0.5", r"\frac12", "1/2", r"\{2,1\}", "1+x", None]
+    assert math_reward(["q"] * 6, completions, answer=answers) == [1.0, 1.0, 0.0, 1.0, 1.0, None]
+    # an answer math-verify cannot parse leaves the row out, as TRL expects
+    assert math_reward(["q"], ["anything"], answer=[""]) == [None]

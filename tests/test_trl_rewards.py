@@ -7,7 +7,7 @@ import pytest
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from forklens.rewards import answer_reward  # noqa: E402
+from forklens.rewards import answer_reward, math_reward  # noqa: E402
 from forklens.rewards.metacognition import TaggedGrader, mar_component, mar_reward  # noqa: E402
 from forklens.rewards.milestones import milestone_reward  # noqa: E402
 from forklens.tasks.dataset import DatasetTask, row_problem, DataColumns  # noqa: E402
@@ -28,7 +28,7 @@ def test_forklens_rewards_run_in_trl_grpo_with_chat_data(model_dir, tmp_path):  
     task = DatasetTask([row_problem("row", r, DataColumns(prompt_column="prompt"), i) for i, r in enumerate(rows)])
     trainer = trl.GRPOTrainer(
         model=str(model_dir),
-        reward_funcs=[answer_reward, mar_reward(TaggedGrader()), mar_component(TaggedGrader(), "kmr"),
+        reward_funcs=[answer_reward, math_reward, mar_reward(TaggedGrader()), mar_component(TaggedGrader(), "kmr"),
                       verifier_reward(task), milestone_reward(), recorder],
         args=trl.GRPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=4,
                             num_generations=4, max_completion_length=6, logging_steps=1, report_to="none",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +36,32 @@ def answer_reward(prompts, completions, answer, **_) -> list[float | None]:
     """1.0 when a completion's final answer is the row's ``answer`` (:func:`forklens.tasks.answers.is_correct`:
     boxed, last number or last line), else 0.0; ``None`` for rows without an answer."""
     return [None if a is None else float(is_correct(str(a), completion_text(c))) for a, c in zip(answer, completions)]
+
+
+def math_reward(prompts, completions, answer, **_) -> list[float | None]:
+    """1.0 when `math-verify <https://github.com/huggingface/Math-Verify>`_ judges a completion's answer
+    mathematically equal to the row's ``answer`` (LaTeX or plain expressions: ``\\frac{1}{2}`` = ``0.5``,
+    sets, intervals, equations), else 0.0; ``None`` for rows without an answer or whose answer
+    math-verify cannot parse (TRL then leaves the row out). Needs ``pip install 'forklens[math]'``."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ConfigError("math_reward needs the math-verify package: pip install 'forklens[math]' "
+                          "(or pip install math-verify)") from None
+    # math-verify's timeouts use signal.alarm, which only works in the main thread
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    out: list[float | None] = []
+    for a, c in zip(answer, completions):
+        text = "" if a is None else str(a).strip()
+        # a bare gold answer ("\\frac12", "1+x") is read as math mode, as dataset answers usually are
+        gold = parse(text if "$" in text or "\\boxed" in text else f"${text}$", parsing_timeout=timeout) if text else []
+        gold = gold or (parse(text, parsing_timeout=timeout) if text else [])
+        if not gold:
+            out.append(None)
+            continue
+        pred = parse(completion_text(c), parsing_timeout=timeout)
+        out.append(float(bool(pred) and verify(gold, pred, timeout_seconds=timeout)))
+    return out
 
 
 def texts_of(completions: Sequence) -> list:

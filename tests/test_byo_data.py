@@ -229,7 +229,7 @@ def test_diff_and_intervene_read_parquet_and_messages(model_dir, tmp_path):
     resp = [json.loads(x) for x in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
     assert resp[0]["prompt"] == "user: 0+0= 世界" and [r["prompt_id"] for r in resp] == ["q0", "q1", "q2"]
     out2 = tmp_path / "iv"
-    assert main(["intervene", "--base", str(model_dir), "--rl", str(model_dir), "--prompts", str(tmp_path / "p.parquet"),
+    assert main(["intervene", "--base", str(model_dir), "--rl", str(model_dir), "--data", str(tmp_path / "p.parquet"),
                  "--gate", "oracle", "--max-new-tokens", "4", "--seeds", "1", "--out", str(out2)]) == 0
     iv = json.loads((out2 / "summary.json").read_text())
     assert iv["n_prompts"] == 3 and iv["accuracy"]["oracle"] == iv["accuracy"]["base"]

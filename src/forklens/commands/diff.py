@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models = parser.add_argument_group("models and prompts")
     models.add_argument("--base", metavar="DIR", required=True, help="base model directory (Hugging Face format)")
     models.add_argument("--rl", metavar="DIR", required=True, help="RL model directory (same tokenizer as --base)")
-    models.add_argument("--prompts", metavar="FILE.jsonl", required=True,
-                        help="prompts JSONL: prompt (required), answer and id (optional)")
+    models.add_argument("--prompts", "--data", dest="prompts", metavar="FILE", required=True,
+                        help="prompts with answers: JSONL, JSON, parquet or a datasets folder (prompt, messages or verl rows; answer and id optional; --data is the same flag)")
     models.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
     models.add_argument("--device", default=None,
                         help="device for both models (default: cuda:<local rank> if CUDA is available, else cpu)")

@@ -39,7 +39,9 @@ def register(sub) -> None:
     p.add_argument("--base", metavar="DIR", required=True, help="base model directory (Hugging Face format)")
     p.add_argument("--rl", metavar="DIR", required=True, help="RL model directory (same tokenizer as --base)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompts", metavar="FILE.jsonl", help="prompts with answers, one JSON object per line")
+    src.add_argument("--prompts", "--data", dest="prompts", metavar="FILE",
+                     help="prompts with answers: JSONL, JSON, parquet or a datasets folder (TRL and verl row "
+                          "formats; --data is the same flag)")
     src.add_argument("--task", metavar="NAME", help="a built-in task (arith): its test split and exact verifier")
     p.add_argument("--tokenizer", metavar="DIR", default=None,
                         help="load this tokenizer for both models (e.g. when an RL checkpoint changed a special token "

@@ -369,7 +369,7 @@ def test_responses_file_errors(tmp_path):
     with pytest.raises(DataError, match=r"line 2: id 'nope' is not in the prompts file"):
         load_responses(bad, prompts)
     bad = _write_jsonl(tmp_path / "r2.jsonl", [{"response": "x"}])
-    with pytest.raises(DataError, match="line 1: give \"id\" or \"prompt\""):
+    with pytest.raises(DataError, match="line 1: give \"id\" \\(or \"prompt_id\"\\) or \"prompt\""):
         load_responses(bad, prompts)
 
 

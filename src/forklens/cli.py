@@ -18,8 +18,8 @@ import warnings
 from safetensors import SafetensorError
 
 from forklens import __version__, dist
-from forklens.commands import (audit, demo, diff, evaluate, experiment, intervene, organism, passk, plot, probe,
-                               results, train)
+from forklens.commands import (audit, demo, diff, diff_overlap, evaluate, experiment, intervene, organism, passk,
+                               plot, probe, results, train)
 from forklens.errors import ForklensError, ForklensWarning
 from forklens.policy.load import is_corrupt_file_error
 from forklens.runfolder import record_prepared
@@ -29,7 +29,7 @@ from forklens.runfolder import record_prepared
 # anything else is a bug and keeps its traceback.
 USER_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
-COMMANDS = [demo, organism, train, evaluate, diff, intervene, passk, probe, plot, experiment, audit, results]
+COMMANDS = [demo, organism, train, evaluate, diff, diff_overlap, intervene, passk, probe, plot, experiment, audit, results]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from forklens.analysis.diff_scores import MIN_LIST_K, PairScores, chunk_pair_sta
 from forklens.analysis.diff_summary import CLASSES, TOP_DECILE_RULE, classify, summarize, token_rows
 from forklens.analysis.prompts import load_responses
 from forklens.errors import ConfigError, DataError, ModelLoadError
+from forklens.policy.scaffold import Scaffold
 from forklens.policy.tokens import TokenTexts
 from forklens.tasks.dataset import prompt_text
 from forklens.tasks.answers import is_correct
@@ -169,7 +170,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
              verifier: Callable[[dict, str], bool] | None = None, out_dir: str | Path | None = None,
              block_size: int = 16, batch_tokens: int = 8192, chunk_tokens: int | None = None,
              progress: bool | None = None, max_report_responses: int = 200,
-             tokens_format: str = "jsonl") -> dict[str, Any]:
+             tokens_format: str = "jsonl", base_scaffold: Scaffold | None = None,
+             rl_scaffold: Scaffold | None = None) -> dict[str, Any]:
     """Diff ``rl`` against ``base`` (two :class:`~forklens.policy.Policy`) on ``prompts``; return the summary.
 
     ``prompts``: dicts with ``prompt`` and optional ``id`` / ``answer``. ``responses``: ``rl-greedy``
@@ -180,6 +182,11 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
     ``tokens_format='parquet'``, which needs pyarrow),
     ``responses.jsonl``, ``summary.json`` and ``report.html`` into ``out_dir`` when given; every rank
     returns the summary.
+
+    ``base_scaffold`` / ``rl_scaffold`` (:class:`~forklens.policy.scaffold.Scaffold`: a skill text and
+    a prompt template) wrap each prompt for that side only: both sides then score the same response
+    tokens, each in its own context (base vs base+skill, base+skill vs RL, ...). Generated responses
+    come from the generating side's scaffolded prompt; ``correct`` judges the response text.
     """
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
@@ -218,18 +225,23 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
     records = _normalise_prompts(prompts)
     contexts = [c for c in (base.context, rl.context) if c is not None]
     context = min(contexts) if contexts else None
-    prompt_ids = []
+    scaffolds = {"base": base_scaffold or Scaffold(), "rl": rl_scaffold or Scaffold()}
+    ids_of: dict[str, list[list[int]]] = {"base": [], "rl": []}
     for rec in records:
-        ids = rl.encode_prompt(rec["prompt"], chat_template)
-        if not ids:
-            raise DataError(f"{_where(rec)} is empty after tokenization: nothing predicts the first response token")
-        if context is not None and len(ids) >= context:
-            raise DataError(f"{_where(rec)} is {len(ids)} tokens, which leaves no room for a response in the "
-                            f"context of {context} tokens")
-        if context is not None and not from_file and len(ids) + max_new_tokens > context:
-            raise DataError(f"{_where(rec)} is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it "
-                            f"exceeds the context of {context} tokens (lower --max-new-tokens or shorten it)")
-        prompt_ids.append(ids)
+        for side, scaffold in scaffolds.items():
+            ids = rl.encode_prompt(scaffold.apply(rec["prompt"]), chat_template)
+            where = _where(rec) + ("" if scaffold.is_identity else f" with the {side} scaffold")
+            if not ids:
+                raise DataError(f"{where} is empty after tokenization: nothing predicts the first response token")
+            if context is not None and len(ids) >= context:
+                raise DataError(f"{where} is {len(ids)} tokens, which leaves no room for a response in the "
+                                f"context of {context} tokens")
+            if context is not None and not from_file and len(ids) + max_new_tokens > context:
+                raise DataError(f"{where} is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it "
+                                f"exceeds the context of {context} tokens (lower --max-new-tokens or shorten it)")
+            ids_of[side].append(ids)
+    prompt_ids = ids_of["base"]
+    same_prompts = ids_of["base"] == ids_of["rl"]
 
     dist = fdist.group()  # only a real process group shards the prompts
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
@@ -249,9 +261,10 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
             if not y:
                 raise DataError(f"{source}: the response #{sid} for {_where(records[idx])} is empty and not "
                                 "finished (no EOS): there is no token to score")
-            if context is not None and len(prompt_ids[idx]) + len(y) > context:
+            longest = max(len(ids_of["base"][idx]), len(ids_of["rl"][idx]))
+            if context is not None and longest + len(y) > context:
                 raise DataError(f"{source}: {_where(records[idx])} with its response #{sid} is "
-                                f"{len(prompt_ids[idx]) + len(y)} tokens, longer than the context of {context}")
+                                f"{longest + len(y)} tokens, longer than the context of {context}")
             jobs.append((idx, sid, y, finished, text))
         mine_set = set(my_prompts)
         jobs = [j for j in jobs if j[0] in mine_set]
@@ -259,12 +272,13 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
     show = bool(show) and rank == 0
     with _Progress(show) as bars:
         if not from_file:
-            gen = rl if source.startswith("rl") else base
+            gen_side = "rl" if source.startswith("rl") else "base"
+            gen = rl if gen_side == "rl" else base
             greedy = source == "rl-greedy"
             tick = bars.task(f"generating ({source})", len(my_prompts) * n)
             for b in mine:
                 idxs = list(range(b * block_size, min(len(records), (b + 1) * block_size)))
-                s = gen.sample([prompt_ids[i] for i in idxs], n=n, temperature=0.0 if greedy else temperature,
+                s = gen.sample([ids_of[gen_side][i] for i in idxs], n=n, temperature=0.0 if greedy else temperature,
                                top_p=1.0 if greedy else top_p, max_new_tokens=max_new_tokens,
                                seed=(seed * 1_000_003 + b) % 2**63, progress=tick)
                 for k in range(len(s.response_ids)):
@@ -274,7 +288,8 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
         tick = bars.task("scoring (base and RL)", len(jobs))
         scores = score_pairs(base, rl, [prompt_ids[j[0]] for j in jobs], [j[2] for j in jobs],
                              list_k=max(top_k, MIN_LIST_K), batch_tokens=batch_tokens,
-                             chunk_tokens=chunk_tokens, progress=tick)
+                             chunk_tokens=chunk_tokens, progress=tick,
+                             rl_prompt_ids=None if same_prompts else [ids_of["rl"][j[0]] for j in jobs])
 
     check = verifier or default_verifier
     texts = TokenTexts(rl.tokenizer)  # byte fragments as \xNN, never U+FFFD
@@ -317,6 +332,7 @@ def run_diff(base, rl, prompts: list[dict], *, responses: str = "rl-greedy", n: 
                 "n": n, "max_new_tokens": max_new_tokens, "seed": seed, "block_size": block_size,
             },
             "chat_template": bool(chat_template),
+            "scaffolds": {side: sc.describe() for side, sc in scaffolds.items()},
             "top_k": top_k,
             "verifier": None if not any(r.get("answer") is not None for r in records) else (
                 "default (forklens.tasks.answers: boxed, last number or last line equals the answer)" if verifier is None

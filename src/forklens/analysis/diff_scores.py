@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from forklens.errors import ModelLoadError
-from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, verify_head
+from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, pad_rows, verify_head
 
 MIN_LIST_K = 5  # top-k lists always hold at least 5 candidates, so the report can show a top-5
 
@@ -112,16 +112,23 @@ def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
 @torch.no_grad()
 def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *,
                 list_k: int = MIN_LIST_K, batch_tokens: int = 8192, chunk_tokens: int | None = None,
-                max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None
-                ) -> list[PairScores]:
+                max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None,
+                rl_prompt_ids: Sequence[list[int]] | None = None) -> list[PairScores]:
     """Teacher-force each prompt+response through both :class:`~forklens.policy.Policy` objects.
 
     Sequences are sorted by length and batched up to ``batch_tokens`` padded tokens (right padding).
     Each model body runs once per batch; the response positions' hidden states then go through both
     LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
+    ``rl_prompt_ids`` (one per response) gives the RL side its own prompts (a scaffold: skill text or
+    template), so both policies are scored on the same response tokens in different contexts;
+    by default both read ``prompt_ids``.
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
+    if rl_prompt_ids is not None and len(rl_prompt_ids) != len(response_ids):
+        raise ValueError("rl_prompt_ids and response_ids must have the same length")
+    sides = (prompt_ids, rl_prompt_ids if rl_prompt_ids is not None else prompt_ids)
+    longest = [max(len(a), len(b)) + len(y) for a, b, y in zip(*sides, response_ids)]
     vocab = head_vocab(base.model)
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
@@ -132,10 +139,13 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
         p.model.eval()
     checked = False
     try:
-        for pb in pack_for_scoring(prompt_ids, response_ids, base.pad_id, batch_tokens):
-            batch, ids, attn, sel, targets = pb.rows, pb.input_ids, pb.attention_mask, pb.predicts_response, pb.targets
+        for pb in pack_for_scoring(prompt_ids, response_ids, base.pad_id, batch_tokens, group_lengths=longest):
+            batch, targets = pb.rows, pb.targets
             hidden = []
-            for pol in models:
+            for side, pol in enumerate(models):
+                if side == 1 and rl_prompt_ids is not None:
+                    pb = pad_rows(batch, rl_prompt_ids, response_ids, base.pad_id)
+                ids, attn, sel = pb.input_ids, pb.attention_mask, pb.predicts_response
                 dev = pol.device
                 if not checked:
                     try:

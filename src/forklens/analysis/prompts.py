@@ -101,8 +101,8 @@ def load_responses(path: str | Path, prompts: list[dict[str, Any]]) -> list[tupl
         finished = obj.get("finished", True)
         if not isinstance(finished, bool):
             raise DataError(f"{path} line {lineno}: \"finished\" must be true or false, got {finished!r}")
-        if "id" in obj:
-            rid = _check_id(obj["id"], path, lineno)
+        if "id" in obj or "prompt_id" in obj:  # prompt_id: a `forklens diff` responses.jsonl
+            rid = _check_id(obj["id"] if "id" in obj else obj["prompt_id"], path, lineno)
             if rid not in by_id:
                 raise DataError(f"{path} line {lineno}: id {rid!r} is not in the prompts file")
             idx = by_id[rid]
@@ -111,6 +111,7 @@ def load_responses(path: str | Path, prompts: list[dict[str, Any]]) -> list[tupl
                 raise DataError(f"{path} line {lineno}: this \"prompt\" text is not in the prompts file")
             idx = by_text[obj["prompt"]]
         else:
-            raise DataError(f"{path} line {lineno}: give \"id\" or \"prompt\" to say which prompt this answers")
+            raise DataError(f"{path} line {lineno}: give \"id\" (or \"prompt_id\") or \"prompt\" to say which "
+                            "prompt this answers")
         out.append((idx, text, finished))
     return out

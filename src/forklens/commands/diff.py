@@ -10,7 +10,9 @@ from forklens import dist
 from forklens.analysis.diff import run_diff
 from forklens.tasks.dataset import prompt_text
 from forklens.analysis.prompts import load_prompts
+from forklens.errors import ConfigError
 from forklens.policy import Policy
+from forklens.policy.scaffold import load_scaffold
 from forklens.commands._common import add_overwrite_arg, number, prepare_out, quiet_third_party
 
 DEFAULT_OUT = "runs/diff"
@@ -25,6 +27,12 @@ Prompts JSONL: {"prompt": ..., "answer": ... (optional), "id": ... (optional)} p
 {"id" or "prompt", "response"} texts. Writes tokens.jsonl (tokens.parquet with --tokens-format
 parquet), responses.jsonl, summary.json and a self-contained report.html into --out.
 
+A policy is a model plus a scaffold: --base-skill / --rl-skill (a skill text file) and
+--base-template / --rl-template (a format string with {prompt} and optionally {skill}) wrap the
+prompts of one side only, so `--base M --rl-skill SKILL.md` diffs a model against itself with a
+skill file, on the same response tokens. `forklens diff-overlap A B` then compares which tokens two
+diffs move (e.g. does the skill move the tokens RL moves?).
+
 Several processes (torchrun / accelerate launch) shard the prompts; rank 0 writes the outputs.
 """
 
@@ -38,12 +46,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     models = parser.add_argument_group("models and prompts")
     models.add_argument("--base", metavar="DIR", required=True, help="base model directory (Hugging Face format)")
-    models.add_argument("--rl", metavar="DIR", required=True, help="RL model directory (same tokenizer as --base)")
+    models.add_argument("--rl", metavar="DIR", default=None,
+                        help="RL model directory (same tokenizer as --base); default --base when an --rl "
+                             "scaffold is given (a model against itself with a skill)")
     models.add_argument("--prompts", "--data", dest="prompts", metavar="FILE", required=True,
                         help="prompts with answers: JSONL, JSON, parquet or a datasets folder (prompt, messages or verl rows; answer and id optional; --data is the same flag)")
     models.add_argument("--dtype", default=None, help="load both models in this dtype (float32, bfloat16, ...)")
     models.add_argument("--device", default=None,
                         help="device for both models (default: cuda:<local rank> if CUDA is available, else cpu)")
+    scaffold = parser.add_argument_group("scaffolds (a policy = a model + a skill text and a prompt template)")
+    for side in ("base", "rl"):
+        scaffold.add_argument(f"--{side}-skill", metavar="FILE", default=None,
+                              help=f"skill text put before each {side} prompt (a system message for chat prompts)")
+        scaffold.add_argument(f"--{side}-template", metavar="TEXT", default=None,
+                              help=f"{side} prompt template with {{prompt}} (and {{skill}}), e.g. "
+                                   "'Q: {prompt}\\nA:'")
     resp = parser.add_argument_group("responses")
     resp.add_argument("--responses", default="rl-greedy", metavar="rl-greedy|rl-sample|base-sample|FILE",
                       help="which responses to score (default: rl-greedy)")
@@ -118,10 +135,16 @@ def run(args: argparse.Namespace) -> int:
         device = args.device
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        scaffolds = {side: load_scaffold(getattr(args, f"{side}_skill"), _unescape(getattr(args, f"{side}_template")),
+                                         what=f"--{side}-skill/--{side}-template") for side in ("base", "rl")}
+        if args.rl is None and scaffolds["rl"].is_identity:
+            raise ConfigError("--rl is required (it may be left out only with --rl-skill or --rl-template, to diff "
+                              "--base against itself with a scaffold)")
         prompts = load_prompts(args.prompts)
         out = prepare_out(args, "diff")
         base = Policy.load(args.base, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
-        rl = Policy.load(args.rl, dtype=args.dtype, device=device, tokenizer_path=args.tokenizer)
+        rl = base if args.rl is None else Policy.load(args.rl, dtype=args.dtype, device=device,
+                                                       tokenizer_path=args.tokenizer)
         base.warn_unknown_chars([(f"{args.prompts} line {p['line']}", prompt_text(p["prompt"])) for p in prompts])
         if args.backend != "torch" and args.responses in ("rl-greedy", "rl-sample", "base-sample"):
             (base if args.responses == "base-sample" else rl).use_backend(args.backend)
@@ -130,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
             chat_template=args.chat_template, seed=args.seed, out_dir=out, block_size=args.block_size,
             progress=False if args.no_progress else None, tokens_format=args.tokens_format,
+            base_scaffold=scaffolds["base"], rl_scaffold=scaffolds["rl"],
         )
         if rank == 0:
             _print(summary, out)
@@ -137,3 +161,8 @@ def run(args: argparse.Namespace) -> int:
         if started:
             dist.destroy_process_group()
     return 0
+
+
+def _unescape(template: str | None) -> str | None:
+    """A template typed on a command line: \\n and \\t become a newline and a tab."""
+    return None if template is None else template.replace("\\n", "\n").replace("\\t", "\t")

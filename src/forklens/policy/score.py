@@ -87,12 +87,16 @@ class PackedBatch:
     targets: torch.Tensor  # [N] the response tokens, in the order of predicts_response's True entries
 
 
-def pack_for_scoring(prompt_ids, response_ids, pad_id: int, batch_tokens: int):
+def pack_for_scoring(prompt_ids, response_ids, pad_id: int, batch_tokens: int, group_lengths=None):
     """Yield :class:`PackedBatch` es of sequences sorted by length, each at most ``batch_tokens`` padded
-    tokens (a longer sequence gets a batch of its own). Raises DataError for an empty prompt."""
+    tokens (a longer sequence gets a batch of its own). ``group_lengths`` (optional, one per sequence)
+    replaces ``len(prompt) + len(response)`` for sorting and sizing, so a caller that pads the same
+    rows with other prompts (:func:`pad_rows`) can keep every version inside the budget. Raises
+    DataError for an empty prompt."""
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    lengths = list(group_lengths) if group_lengths is not None else [
+        len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
     order = sorted(range(len(prompt_ids)), key=lambda i: lengths[i])
     i = 0
     while i < len(order):
@@ -104,18 +108,24 @@ def pack_for_scoring(prompt_ids, response_ids, pad_id: int, batch_tokens: int):
             rows.append(order[i + len(rows)])
             width = w
         i += len(rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        sel = torch.zeros((len(rows), width), dtype=torch.bool)
-        for r, j in enumerate(rows):
-            p, y = list(prompt_ids[j]), list(response_ids[j])
-            if not p:
-                raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
-            ids[r, :len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
-            attn[r, :len(p) + len(y)] = 1
-            sel[r, len(p) - 1:len(p) + len(y) - 1] = True
-        targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(rows))])
-        yield PackedBatch(rows, ids, attn, sel, targets)
+        yield pad_rows(rows, prompt_ids, response_ids, pad_id)
+
+
+def pad_rows(rows: list[int], prompt_ids, response_ids, pad_id: int) -> PackedBatch:
+    """The sequences ``rows`` (prompt + response each) right-padded into one :class:`PackedBatch`."""
+    width = max(len(prompt_ids[j]) + len(response_ids[j]) for j in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    sel = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, j in enumerate(rows):
+        p, y = list(prompt_ids[j]), list(response_ids[j])
+        if not p:
+            raise DataError(f"sequence {j} has an empty prompt; nothing predicts its first token")
+        ids[r, :len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
+        attn[r, :len(p) + len(y)] = 1
+        sel[r, len(p) - 1:len(p) + len(y) - 1] = True
+    targets = torch.cat([ids[r, 1:][sel[r, :-1]] for r in range(len(rows))])
+    return PackedBatch(rows, ids, attn, sel, targets)
 
 
 @dataclass

@@ -19,12 +19,12 @@ of different responses are an error that says how to score the same ones.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from forklens.analysis.curves import bootstrap_ci
 from forklens.errors import DataError
+from forklens.rewards.confidence import spearman as rank_correlation
 from forklens.tasks.dataset import iter_jsonl, read_utf8
 
 __all__ = ["compare_diffs", "load_token_rows", "spearman", "write_overlap"]
@@ -60,30 +60,9 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None with fewer than 3 pairs or no spread."""
     if len(xs) != len(ys):
         raise ValueError("xs and ys must have the same length")
-    if len(xs) < 3:
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    return rank_correlation(xs, ys)
 
 
 def _key(row: dict[str, Any]) -> tuple[str, int, int]:

@@ -69,8 +69,14 @@ def test_flops_count_every_pass_and_the_behaviour_pass(tmp_path):
     n_params = trainer.n_params
     tokens = make_batch(0, with_old=False).attention_mask.sum().item()
     assert multi[0]["behaviour_tokens"] == tokens
-    assert multi[0]["flops"] == pytest.approx(6 * n_params * 3 * tokens + 2 * n_params * tokens)
-    assert single[0]["flops"] == pytest.approx(6 * n_params * tokens)
+    # attention: 4 * layers * d_attn FLOPs per causal (query, key) pair per forward pass
+    cfg = trainer.policy.model.config
+    lengths = make_batch(0, with_old=False).attention_mask.sum(-1).double()
+    pairs = float((lengths * (lengths + 1) / 2).sum())
+    per_pass = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) * pairs
+    assert multi[0]["attention_flops"] == pytest.approx(per_pass * (3 * 3 + 1))  # 3 trained passes x 3 + behaviour
+    assert multi[0]["flops"] == pytest.approx(6 * n_params * 3 * tokens + 2 * n_params * tokens + per_pass * 10)
+    assert single[0]["flops"] == pytest.approx(6 * n_params * tokens + 3 * per_pass)
 
 
 def test_mini_batches_step_on_each_part(tmp_path):

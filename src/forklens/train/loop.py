@@ -28,6 +28,7 @@ from forklens.dist import group as _dist
 from forklens.dist import world_size
 from forklens.objectives import get_objective
 from forklens.policy.score import TokenLogProbs
+from forklens.policy.flops import attention_pairs, attention_shape, forward_flops
 from forklens.rollouts import Rollouts
 from forklens.train import fsdp
 from forklens.train.checkpoint import (clear_checkpoints, load_training_state, load_weights, read_latest_intact,
@@ -124,6 +125,7 @@ class Trainer:
         self.accelerator = accelerator
         self.progress = progress
         self.n_params = policy.num_params()
+        self.attention_shape = attention_shape(policy.model)
         self.precision = resolve_precision(config.mixed_precision)
         if config.gradient_checkpointing:
             if not getattr(policy.model, "supports_gradient_checkpointing", False):
@@ -321,7 +323,8 @@ class Trainer:
                 self.scheduler.step()
                 self.policy.weights_version = getattr(self.policy, "weights_version", 0) + 1
                 tokens = torch.tensor([float(batch.attention_mask.sum()), info.pop("sampled_tokens", 0.0),
-                                       info.pop("scored_tokens", 0.0)], dtype=torch.float64)
+                                       info.pop("scored_tokens", 0.0), attention_pairs(batch.attention_mask)],
+                                      dtype=torch.float64)
                 if _dist():
                     _dist().all_reduce(tokens)  # FLOPs of every rank
                 trained_tokens = float(tokens[0]) * cfg.num_iterations
@@ -331,7 +334,12 @@ class Trainer:
                     if _dist():
                         _dist().all_reduce(b)
                     inference_tokens += float(b[0])
-                self.flops += 2 * self.n_params * inference_tokens + 6 * self.n_params * trained_tokens
+                # attention (forklens.policy.flops): the inference tokens (sampling, reference and behaviour
+                # scoring) are charged the batch's causal pairs per token; training is 3 passes per iteration
+                passes = inference_tokens / float(tokens[0]) + 3 * cfg.num_iterations if tokens[0] else 0.0
+                attention = forward_flops(0, 0.0, float(tokens[3]) * passes, self.attention_shape)
+                metrics["attention_flops"] = attention
+                self.flops += 2 * self.n_params * inference_tokens + 6 * self.n_params * trained_tokens + attention
                 self.wall_s += time.perf_counter() - t0
                 self.step += 1
                 done_here += 1

@@ -127,7 +127,7 @@ def _copy_model_dir(src: Path, dst: Path) -> None:
 #: trainer settings added after organisms were first cached that, at these values, change nothing in
 #: pretraining: left out of cache keys so cached organisms (and the artifacts built on them) keep theirs
 NEUTRAL_TRAIN_SETTINGS = {"num_iterations": 1, "mini_batches": 1, "gradient_checkpointing": False, "report_to": [],
-                          "mixed_precision": "auto"}
+                          "mixed_precision": "auto", "logits_chunk_mb": 8192}
 
 
 def _without_neutral(obj):

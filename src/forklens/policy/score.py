@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from forklens.errors import DataError
 
@@ -174,9 +175,15 @@ def chunked_token_stats(model, hidden: torch.Tensor, targets: torch.Tensor, top_
     )
 
 
+#: LM-head budget of the trainer's forward: the full [tokens x vocab] logits (with their log-softmax,
+#: its exponential and their gradients, ~4 float32 copies) are materialised at once while they fit
+#: in this many bytes; beyond it the head runs in checkpointed chunks (train.logits_chunk_mb)
+TRAIN_HEAD_BYTES = 8 * 2**30
+
+
 def token_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                target_mask: torch.Tensor, with_entropy: bool = True,
-                               gather_ids: torch.Tensor | None = None):
+                               gather_ids: torch.Tensor | None = None, max_chunk_bytes: int | None = None):
     """Differentiable log-probs (and entropy) of ``input_ids`` at positions where ``target_mask`` is 1.
 
     Returns ``(logprobs, entropy, gathered)``: two [B, L] tensors aligned with ``input_ids`` (zeros
@@ -185,28 +192,59 @@ def token_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: t
     the target token, such as a top-K KL, ask for it this way). Position t is predicted from the
     hidden state at t-1; only target positions go through the LM head. This is the forward pass the
     trainer differentiates.
+
+    Long sequences: when ~4 float32 copies of the [targets x vocab] logits would exceed
+    ``max_chunk_bytes`` (default :data:`TRAIN_HEAD_BYTES`), the head runs on chunks of target positions,
+    each under activation checkpointing, so only one chunk's logits exist at a time in the forward
+    *and* the backward pass (the backward recomputes each chunk's head once). Values and gradients
+    equal the unchunked computation up to float32 summation order.
     """
     hidden = hidden_states(model, input_ids, attention_mask)
     tm = target_mask.bool().clone()
     tm[:, 0] = False  # nothing predicts position 0
     pred_mask = torch.zeros_like(tm)
     pred_mask[:, :-1] = tm[:, 1:]
-    logits = head_logits(model, hidden[pred_mask])  # [N, V], rows in the order of tm's True entries
-    logp_all = F.log_softmax(logits, dim=-1)
-    lp = logp_all.gather(-1, input_ids[tm][:, None]).squeeze(-1)
+    rows = hidden[pred_mask]  # [N, H], in the order of tm's True entries
+    targets = input_ids[tm]
+    g_ids = gather_ids[tm].long() if gather_ids is not None else None
+    vocab = body_and_head(model)[2].weight.shape[0]
+    chunk = max(1, (max_chunk_bytes or TRAIN_HEAD_BYTES) // (vocab * 4 * 4))
+    n = rows.shape[0]
+    if n <= chunk:
+        lp, ent, g = _head_stats(model, rows, targets, with_entropy, g_ids)
+    else:
+        parts = []
+        for s in range(0, n, chunk):
+            args = (model, rows[s:s + chunk], targets[s:s + chunk], with_entropy,
+                    None if g_ids is None else g_ids[s:s + chunk])
+            parts.append(checkpoint(_head_stats, *args, use_reentrant=False) if torch.is_grad_enabled()
+                         else _head_stats(*args))
+        lp = torch.cat([p[0] for p in parts])
+        ent = torch.cat([p[1] for p in parts]) if with_entropy else None
+        g = torch.cat([p[2] for p in parts]) if g_ids is not None else None
     out_lp = torch.zeros(tm.shape, dtype=lp.dtype, device=lp.device).masked_scatter(tm, lp)
     out_ent = None
     if with_entropy:
-        with torch.no_grad():
-            ent = -(logp_all.exp() * logp_all).sum(-1)
         out_ent = torch.zeros(tm.shape, dtype=ent.dtype, device=ent.device).masked_scatter(tm, ent)
     gathered = None
-    if gather_ids is not None:
-        k = gather_ids.shape[-1]
-        g = logp_all.gather(-1, gather_ids[tm].long())  # [N, K]
+    if g_ids is not None:
+        k = g_ids.shape[-1]
         gathered = torch.zeros((*tm.shape, k), dtype=g.dtype, device=g.device).masked_scatter(
             tm[..., None].expand(-1, -1, k), g)
     return out_lp, out_ent, gathered
+
+
+def _head_stats(model, rows: torch.Tensor, targets: torch.Tensor, with_entropy: bool,
+                gather_ids: torch.Tensor | None):
+    """Log-prob of ``targets``, entropy (no gradient) and the log-probs of ``gather_ids`` for hidden ``rows``."""
+    logp_all = F.log_softmax(head_logits(model, rows), dim=-1)
+    lp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    g = logp_all.gather(-1, gather_ids) if gather_ids is not None else None
+    return lp, ent, g
 
 
 class TokenLogProbs(torch.nn.Module):
@@ -214,10 +252,11 @@ class TokenLogProbs(torch.nn.Module):
     (logprobs, entropy)`` [B, L]. Data-parallel wrappers (DDP, FSDP via accelerate) wrap *this*
     module, so their forward hooks run while only response positions go through the LM head."""
 
-    def __init__(self, model):
+    def __init__(self, model, max_chunk_bytes: int | None = None):
         super().__init__()
         self.model = model
+        self.max_chunk_bytes = max_chunk_bytes
 
     def forward(self, input_ids, attention_mask, target_mask, with_entropy: bool = True, gather_ids=None):
         return token_logprobs_and_entropy(self.model, input_ids, attention_mask, target_mask, with_entropy,
-                                          gather_ids)
+                                          gather_ids, max_chunk_bytes=self.max_chunk_bytes)

@@ -67,6 +67,10 @@ class TrainConfig:
         "identically on one process or many.")
     gradient_checkpointing: bool = field(False, help="Recompute activations in the backward pass (Hugging Face "
                                          "gradient checkpointing, non-reentrant): less memory, ~30% more compute.")
+    logits_chunk_mb: int = field(8192, ge=1, help="LM-head memory budget of the training forward in MiB: while "
+                                 "~4 float32 copies of the response tokens' logits fit, they are computed at once; "
+                                 "beyond it the head runs in checkpointed chunks (bounded memory for 16-32k-token "
+                                 "responses; the backward recomputes each chunk's head once).")
     num_iterations: int = field(1, ge=1, help="Passes over each rollout batch (GRPO's mu, TRL's num_iterations). "
                                 "Above 1 the behaviour log-probs are recorded before the first update, so the "
                                 "importance ratio moves away from 1 and epsilon/epsilon_high clip.")
@@ -131,7 +135,7 @@ class Trainer:
             if not getattr(policy.model, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"train.gradient_checkpointing: {type(policy.model).__name__} does not support it")
             policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = TokenLogProbs(policy.model)  # what is differentiated (and wrapped by DDP / FSDP)
+        self.model = TokenLogProbs(policy.model, config.logits_chunk_mb * 2**20)  # what is differentiated (and wrapped by DDP / FSDP)
         if accelerator is None and world_size() > 1:
             from accelerate import Accelerator
 

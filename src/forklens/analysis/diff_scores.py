@@ -101,24 +101,7 @@ def chunk_pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets
     torch.sub(logp_b, logp_r, out=q)
     kl = dot(p_b, q)
     del p_b, q
-    k = min(list_k, zb.shape[-1])
-    bv, bi = logp_b.topk(k, dim=-1)
-    rv, ri = logp_r.topk(k, dim=-1)
-    out = {
-        "rl_token": rl_token,
-        "rank_under_base": rank,
-        "base_logprob": logp_b.gather(-1, rl_token[:, None]).squeeze(-1),
-        "rl_logprob": logp_r.gather(-1, rl_token[:, None]).squeeze(-1),
-        "base_logprob_token": logp_b.gather(-1, targets[:, None]).squeeze(-1),
-        "rl_logprob_token": logp_r.gather(-1, targets[:, None]).squeeze(-1),
-        "base_entropy": base_entropy,
-        "rl_entropy": rl_entropy,
-        "kl": kl,
-        "base_topk_ids": bi,
-        "base_topk_logprobs": bv,
-        "rl_topk_ids": ri,
-        "rl_topk_logprobs": rv,
-    }
+    out = _collect(rl_token, rank, logp_b, logp_r, targets, base_entropy, rl_entropy, kl, list_k)
     bad = ~(torch.isfinite(kl) & torch.isfinite(base_entropy) & torch.isfinite(rl_entropy))
     if bool(bad.any()):
         rows = bad.nonzero().view(-1)
@@ -146,7 +129,12 @@ def chunk_pair_stats_reference(base_logits: torch.Tensor, rl_logits: torch.Tenso
     kl = _plogp(p_b, logp_b - logp_r).sum(-1)
     del p_b
     rl_entropy = -_plogp(logp_r.exp(), logp_r).sum(-1)
-    k = min(list_k, base_logits.shape[-1])
+    return _collect(rl_token, rank, logp_b, logp_r, targets, base_entropy, rl_entropy, kl, list_k)
+
+
+def _collect(rl_token, rank, logp_b, logp_r, targets, base_entropy, rl_entropy, kl, list_k) -> dict[str, torch.Tensor]:
+    """The statistics dict of both paths from the two log-softmaxes and the reductions."""
+    k = min(list_k, logp_b.shape[-1])
     bv, bi = logp_b.topk(k, dim=-1)
     rv, ri = logp_r.topk(k, dim=-1)
     return {

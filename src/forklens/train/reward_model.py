@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ class RewardModelTrainConfig:
     learning_rate: float = field(1e-3, gt=0, help="AdamW learning rate.")
     weight_decay: float = field(0.0, ge=0, help="AdamW weight decay.")
     head_only: bool = field(True, help="Train the reward head only (the backbone frozen), as arXiv 2605.04266 does.")
-    backbone: str = field("causal-lm", help="causal-lm (the model's last hidden state) or bag-of-tokens (token counts).")
+    backbone: Literal["causal-lm", "bag-of-tokens"] = field("causal-lm", help="causal-lm (the model's last hidden state) or bag-of-tokens (token counts).")
     eval_fraction: float = field(0.1, ge=0, lt=1, help="Fraction of pairs held out for the pair-accuracy report.")
     seed: int = field(0, help="Seed of the head's initialisation, the split and the shuffling.")
 

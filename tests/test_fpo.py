@@ -190,3 +190,21 @@ def test_rlhf_penalty_enters_the_score(policy):
     b = pen([">"], ["aaaaaaaa"], problem=problems)[0]
     # bag-of-tokens head gradient = (counts, 1): <(8e_a, 1), (8e_a, 1) - (e_a + ... + e_h, 1)> = 64 - 8 = 56
     assert a - b == pytest.approx(0.5 * 56, abs=1e-4)
+
+
+def test_cli_train_reward_model(tiny_dir, tmp_path):
+    from forklens.cli import main
+
+    rows = [{"prompt": "1+1=", "chosen": "2" * k, "rejected": "3" * k} for k in range(1, 9)] * 4
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    out = tmp_path / "rm"
+    assert main(["train", "reward-model", "--model", str(tiny_dir), "--data", data, "--out", str(out),
+                 "--set", "backbone=bag-of-tokens", "--set", "epochs=10", "--set", "learning_rate=0.1",
+                 "--set", "eval_fraction=0.25"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_pair_accuracy"] == 1.0 and summary["eval_pair_accuracy"] == 1.0
+    assert summary["pairs"] + summary["held_out"] == len(rows)
+    rm = RewardModel.load(out / "reward_model")
+    assert rm.kind == "bag-of-tokens" and float(rm.score(["1+1="], ["22"])[0]) > float(rm.score(["1+1="], ["33"])[0])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "2"}])
+    assert main(["train", "reward-model", "--model", str(tiny_dir), "--data", bad, "--out", str(tmp_path / "x")]) != 0

@@ -208,3 +208,26 @@ def test_cli_train_reward_model(tiny_dir, tmp_path):
     assert rm.kind == "bag-of-tokens" and float(rm.score(["1+1="], ["22"])[0]) > float(rm.score(["1+1="], ["33"])[0])
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "2"}])
     assert main(["train", "reward-model", "--model", str(tiny_dir), "--data", bad, "--out", str(tmp_path / "x")]) != 0
+
+
+def test_fpo_experiment_end_to_end(tmp_path, monkeypatch):
+    """The loop refits once per policy step; with fixed refit pairs the reward model's path does not depend on
+    the policy, so arms that differ only in the penalty end with the same reward model."""
+    from forklens.experiments.fpo import FPOExperimentConfig, run_fpo
+    from forklens.train.loop import read_metrics
+
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    cfg = FPOExperimentConfig(arms=["baseline-fixed", "practical-fixed"], eval_samples=8, seeds=1)
+    cfg.organism.pretrain.max_steps = 20
+    cfg.rl.train.max_steps = 3
+    cfg.rl.sampling.prompts_per_step = 2
+    cfg.rl.sampling.group_size = 4
+    s = run_fpo(cfg, tmp_path / "out")
+    fixed, fixed_fpo = s["arms"]["baseline-fixed"]["per_seed"]["0"], s["arms"]["practical-fixed"]["per_seed"]["0"]
+    assert fixed["iterations"] == 3 and fixed["rm_hack_weight"] == fixed_fpo["rm_hack_weight"]
+    assert s["diffs"]["practical_fixed_vs_baseline_fixed"]["rm_hack_weight"]["mean"] == 0.0
+    rows = read_metrics(tmp_path / "out" / "train" / "practical-fixed-seed0" / "metrics.jsonl")
+    assert [r["rlhf/iteration"] for r in rows] == [1.0, 2.0, 3.0]
+    assert all(r["rlhf/penalty"] != 0 for r in rows)
+    assert all(r["rlhf/penalty"] == 0 for r in read_metrics(tmp_path / "out" / "train" / "baseline-fixed-seed0" / "metrics.jsonl"))
+    assert len(s["curves"]["baseline-fixed"]) == 3 and (tmp_path / "out" / "fpo_curves.png").is_file()

@@ -231,3 +231,17 @@ def test_fpo_experiment_end_to_end(tmp_path, monkeypatch):
     assert all(r["rlhf/penalty"] != 0 for r in rows)
     assert all(r["rlhf/penalty"] == 0 for r in read_metrics(tmp_path / "out" / "train" / "baseline-fixed-seed0" / "metrics.jsonl"))
     assert len(s["curves"]["baseline-fixed"]) == 3 and (tmp_path / "out" / "fpo_curves.png").is_file()
+
+
+def test_read_preference_pairs_conversational(tmp_path):
+    user = [{"role": "user", "content": "hi"}]
+    rows = [{"chosen": user + [{"role": "assistant", "content": "aa"}],
+             "rejected": user + [{"role": "assistant", "content": "dd"}]},
+            {"prompt": user, "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"}]
+    pairs = read_preference_pairs(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert pairs == [PreferencePair(user, "aa", "dd"), PreferencePair(user, "b", "c")]
+    other = [{"role": "user", "content": "ho"}, {"role": "assistant", "content": "dd"}]
+    with pytest.raises(DataError, match="implicit prompt"):
+        read_preference_pairs(write_jsonl(tmp_path / "d.jsonl", [{"chosen": rows[0]["chosen"], "rejected": other}]))
+    with pytest.raises(DataError, match="without an assistant message"):
+        read_preference_pairs(write_jsonl(tmp_path / "e.jsonl", [{"chosen": user, "rejected": user}]))

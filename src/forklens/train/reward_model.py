@@ -28,7 +28,7 @@ from forklens.tasks.dataset import completion_text, read_rows
 
 @dataclass(frozen=True)
 class PreferencePair:
-    prompt: str
+    prompt: str | list  # a string or chat messages
     chosen: str
     rejected: str
     label: float = 1.0  # P(chosen preferred)
@@ -46,32 +46,43 @@ class RewardModelTrainConfig:
     seed: int = field(0, help="Seed of the head's initialisation, the split and the shuffling.")
 
 
-def _text(value, where: str, key: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return completion_text(value)
-    raise DataError(f"{where}: \"{key}\" must be a string or chat messages, got {type(value).__name__}")
+def _split_chat(value, where: str, key: str) -> tuple[list, str]:
+    """(messages before the last assistant message, its content) of a conversational row's column."""
+    last = max((i for i, m in enumerate(value) if isinstance(m, dict) and m.get("role") == "assistant"), default=None)
+    if last is None:
+        raise DataError(f"{where}: \"{key}\" holds chat messages without an assistant message")
+    return list(value[:last]), str(value[last].get("content", ""))
 
 
 def read_preference_pairs(path: str) -> list[PreferencePair]:
-    """The pairs of a preference file (see the module docstring); clear errors naming the row."""
+    """The pairs of a preference file (see the module docstring); clear errors naming the row. A prompt
+    given as chat messages is kept as messages (the reward model renders it with the chat template);
+    without a prompt, conversational ``chosen`` / ``rejected`` share their messages before the last
+    assistant turn, which become the prompt (TRL's implicit-prompt format)."""
     pairs = []
     for where, rec in read_rows(path):
         for key in ("chosen", "rejected"):
             if key not in rec:
                 raise DataError(f"{where}: missing the required \"{key}\" field (TRL RewardTrainer columns: "
                                 "chosen, rejected and an optional prompt)")
+            if not isinstance(rec[key], (str, list)):
+                raise DataError(f"{where}: \"{key}\" must be a string or chat messages, got "
+                                f"{type(rec[key]).__name__}")
         prompt = rec.get("prompt", "")
-        if isinstance(prompt, list):
-            prompt = completion_text([m for m in prompt if m.get("role") != "assistant"] or prompt)
-        if not isinstance(prompt, str):
+        if not isinstance(prompt, (str, list)):
             raise DataError(f"{where}: \"prompt\" must be a string or chat messages, got {type(prompt).__name__}")
+        chosen, rejected = rec["chosen"], rec["rejected"]
+        if "prompt" not in rec and isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen = _split_chat(chosen, where, "chosen")
+            prefix, rejected = _split_chat(rejected, where, "rejected")
+            if prefix != prompt:
+                raise DataError(f"{where}: \"chosen\" and \"rejected\" differ before their last assistant message "
+                                "(the implicit prompt must be shared)")
         label = rec.get("label", 1.0)
         if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= float(label) <= 1.0:
             raise DataError(f"{where}: \"label\" must be a number in [0, 1] (P(chosen preferred)), got {label!r}")
-        pairs.append(PreferencePair(prompt, _text(rec["chosen"], where, "chosen"),
-                                    _text(rec["rejected"], where, "rejected"), float(label)))
+        pairs.append(PreferencePair(prompt if prompt else "", completion_text(chosen), completion_text(rejected),
+                                    float(label)))
     if not pairs:
         raise DataError(f"{path}: no preference pairs")
     return pairs

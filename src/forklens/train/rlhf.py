@@ -54,7 +54,9 @@ class IterativeRLHF:
     """The reward function (TRL signature, columns ``problem``) and the trainer callback of one run.
 
     ``utility(text) -> U``; each problem's ``meta["reference"]`` is its reference response;
-    ``reference_pool`` the fixed (prompt, response) set of ``refit=reference``."""
+    ``reference_pool`` the fixed (prompt, response) set of ``refit=reference``. Only the reward head is
+    refit; the backbone is frozen here, so a causal-LM reward model needs a model of its own (not the
+    policy being trained)."""
 
     def __init__(self, rm: RewardModel, config: RLHFConfig, utility: Callable[[str], float],
                  reference_pool: Sequence[tuple[str, str]], seed: int = 0,

@@ -17,6 +17,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
+from forklens.experiments import fpo
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         "tool's negative control (diff + intervention per seed).",
         description=(forks.__doc__ or "").split("\n\n")[0], out="runs/forks", recipe="forks", quick="forks-quick",
         quick_help="tiny organisms, 3 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
+        progress="off"),
+    "fpo": Experiment(
+        fpo.FPOExperimentConfig,
+        lambda cfg, a: fpo.run_fpo(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+        _print_table(fpo.markdown_table, ", report.md and fpo_curves.png"),
+        help="Iterative RLHF with a refit reward model: baseline vs FPO (practical, relaxed) vs an L2 penalty, "
+        "refit on policy samples vs fixed reference pairs (E025).",
+        description=(fpo.__doc__ or "").split("\n\n")[0], out="runs/fpo", quick="fpo-quick",
+        quick_help="a small base, 6 iterations, one seed, 3 arms (plumbing only)", seeds=True, cache=True,
         progress="off"),
 }
 

@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from forklens.commands import train_fork_contrast
+from forklens.commands import train_fork_contrast, train_reward_model
 from forklens.commands._common import (add_config_args, add_data_args, add_overwrite_arg, console, handle_config_flags,
                                        prepare_out, quiet_third_party, require, resolve_config, rewards_from_args,
                                        task_from_args)
@@ -33,7 +33,7 @@ class SFTRunConfig:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="Train a model: grpo, sft or fork-contrast.")
+    p = sub.add_parser("train", help="Train a model: grpo, sft, fork-contrast or a reward model.")
     tsub = p.add_subparsers(dest="objective", metavar="OBJECTIVE", required=True)
     g = tsub.add_parser("grpo", help="GRPO/DAPO/Dr.GRPO on a task with an exact verifier.")
     g.add_argument("--model", help="Hugging Face model directory (or PEFT adapter folder) to start from (required).")
@@ -58,6 +58,7 @@ def register(sub) -> None:
     add_config_args(s)
     s.set_defaults(func=run_sft)
     train_fork_contrast.register(tsub)
+    train_reward_model.register(tsub)
 
 
 def run_grpo(args) -> int:

@@ -9,8 +9,9 @@ from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
+from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -24,6 +25,8 @@ def get_task(name: str, config=None) -> Task:
         return LengthsTask(config)
     if name == "shortcut":
         return ShortcutTask(config)
+    if name == "steer":
+        return SteerTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -17,6 +17,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
+from forklens.experiments import pretraining
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         quick_help="tiny organisms, 3 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
         progress="off"),
 }
+EXPERIMENTS["pretraining"] = Experiment(
+    pretraining.PretrainingConfig, lambda cfg, a: pretraining.run_pretraining(cfg, a.out, progress=a.progress),
+    _print_table(pretraining.markdown_table, " and records.jsonl"),
+    help="{transformer, recurrent} x {P(x), P(a|q)} x {causal, PrefixLM} at matched FLOPs, then GRPO: does the "
+    "pretraining choice change what RL does (E074)?",
+    description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
+    quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
+    progress="off")
 
 
 def register(sub) -> None:

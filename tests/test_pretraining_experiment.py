@@ -58,3 +58,10 @@ def test_quick_run_writes_records_and_contrasts(tmp_path, monkeypatch):
         assert r["forks_per_response"] >= 0
     cfg = json.loads((out / "recurrent-response-prefix" / "seed-0" / "base" / "config.json").read_text())
     assert cfg["model_type"] == "forklens-recurrent" and cfg["prefix_lm"] is True
+    # --resume: every (arm, seed) record is reused, nothing is retrained
+    (out / "recurrent-response-prefix" / "seed-0" / "base").rename(tmp_path / "moved")
+    assert main(["experiment", "pretraining", "--quick", "--resume", "--out", str(out), "--seeds", "2", "--set", f"arms={arms}",
+                 "--set", "flops_budget=2e9", "--set", "eval_problems=4", "--set", "diff_prompts=3",
+                 "--set", "rl.train.max_steps=1", "--set", "rl.sampling.max_new_tokens=24"]) == 0
+    assert not (out / "recurrent-response-prefix" / "seed-0" / "base").exists()
+    assert json.loads((out / "summary.json").read_text())["contrasts"] == s["contrasts"]

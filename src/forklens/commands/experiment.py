@@ -35,6 +35,7 @@ class Experiment:
     cache: bool = False  # has --no-cache
     progress: str | None = None  # "on": --no-progress turns bars off; "off": --progress turns them on
     methods: tuple[str, ...] = ()  # has --methods (comma-separated subset)
+    resume: bool = False  # has --resume (the experiment reuses what an unfinished run in --out finished)
 
 
 def _print_table(table: Callable[[dict], str], files: str) -> Callable[[dict, argparse.Namespace], None]:
@@ -115,7 +116,7 @@ EXPERIMENTS["pretraining"] = Experiment(
     "pretraining choice change what RL does (E074)?",
     description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
     quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
-    progress="off")
+    progress="off", resume=True)
 
 
 def register(sub) -> None:
@@ -136,6 +137,8 @@ def register(sub) -> None:
             q.add_argument("--no-progress", action="store_true", help="no progress bars")
         elif e.progress == "off":
             q.add_argument("--progress", action="store_true", help="show progress bars")
+        if e.resume:
+            q.add_argument("--resume", action="store_true", help="continue an unfinished run of the same config in --out")
         add_overwrite_arg(q)
         add_config_args(q)
         q.set_defaults(func=run, experiment_entry=e, experiment_name=name)
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment_config(e.config, args, base)
     if handle_config_flags(e.config, cfg, args):
         return 0
-    prepare_out(args, f"experiment-{args.experiment_name}")
+    prepare_out(args, f"experiment-{args.experiment_name}", resumable=e.resume)
     e.report(e.run(cfg, args), args)
     return 0
 

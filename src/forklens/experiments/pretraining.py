@@ -15,7 +15,8 @@ the backward pass). Per seed (the seed of the initialisation, the teacher traces
 evaluated greedily on held-out problems, trained by the same GRPO recipe (same steps and samples; RL FLOPs are
 not matched), evaluated again, and diffed against its RL model (``rl-greedy`` responses): the fork count
 (disagreements per response), the base entropy at those forks, and RL's gain. ``summary.contrasts`` are the
-paired (by seed) differences the predictions name.
+paired (by seed) differences the predictions name. Records are appended to ``records.jsonl`` as each
+(arm, seed) finishes; ``--resume`` with the same config and ``--out`` reuses them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from forklens.analysis.fork_stats import fork_stats, read_token_rows
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.organisms.arith import OrganismConfig, build_base_organism
-from forklens.organisms.base import OrganismModelConfig
+from forklens.organisms.base import OrganismModelConfig, cache_key
 from forklens.policy import Policy
 from forklens.report.artifacts import make_stamp, write_artifact
 from forklens.runfolder import claim_folder, owned_rmtree
@@ -82,12 +83,12 @@ class PretrainingConfig:
     l_cycles: int = field(3, ge=1, help="Recurrent L steps per H cycle.")
     bptt_start: int = field(2, ge=0, help="Truncated BPTT depth at the first step (warms up to bptt_end).")
     bptt_end: int = field(5, ge=0, help="Truncated BPTT depth at the last step.")
-    flops_budget: float = field(4e11, gt=0, help="Pretraining FLOPs of every arm (see the module doc).")
+    flops_budget: float = field(2e11, gt=0, help="Pretraining FLOPs of every arm (see the module doc).")
     batch_size: int = field(32, ge=1, help="Teacher traces per pretraining step.")
     learning_rate: float = field(3e-3, gt=0, help="Pretraining peak learning rate (warm-up 10%, cosine).")
     rl: RLConfig = field(default_factory=_rl_default, help="GRPO after pretraining (same for every arm).")
-    eval_problems: int = field(200, ge=1, help="Held-out problems of the greedy accuracy.")
-    diff_prompts: int = field(64, ge=1, help="Held-out prompts of the base-vs-RL diff.")
+    eval_problems: int = field(100, ge=1, help="Held-out problems of the greedy accuracy.")
+    diff_prompts: int = field(32, ge=1, help="Held-out prompts of the base-vs-RL diff.")
     top_k: int = field(5, ge=1, help="K of the diff.")
     seeds: int = field(5, ge=1, help="Seeds per arm.")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
@@ -182,11 +183,24 @@ def run_pretraining(cfg: PretrainingConfig, out: str | Path, progress: bool = Fa
     mean_tokens = float(len(p) + len(r) + 1)  # fixed-width traces: every one has this many tokens
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
+    # a rerun of the same config into the same --out keeps the (arm, seed) records it already has (resume)
+    key = cache_key({"pretraining": asdict(cfg) | {"seeds": 0, "seed": 0, "arms": [], "artifact": ""}})
+    done = {}
+    if (out / "records.jsonl").is_file():
+        for line in (out / "records.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("config_key") == key:
+                done[(rec["arm"], rec["seed"])] = rec
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     records: list[dict] = []
     for seed in seeds:
         for arm in cfg.arms:
+            if (arm, seed) in done:
+                records.append(done[(arm, seed)])
+                continue
             console.rule(f"[bold]pretraining: {arm}, seed {seed}")
-            rec = run_arm(cfg, arm, seed, task, mean_tokens, out / arm / f"seed-{seed}", progress)
+            rec = {**run_arm(cfg, arm, seed, task, mean_tokens, out / arm / f"seed-{seed}", progress),
+                   "config_key": key}
             records.append(rec)
             console.print(f"{arm} seed {seed}: base {100 * rec['base_accuracy']:.1f}% -> RL "
                           f"{100 * rec['tuned_accuracy']:.1f}%, {rec['forks_per_response']:.2f} forks/response "

@@ -65,3 +65,15 @@ def test_quick_run_writes_records_and_contrasts(tmp_path, monkeypatch):
                  "--set", "rl.train.max_steps=1", "--set", "rl.sampling.max_new_tokens=24"]) == 0
     assert not (out / "recurrent-response-prefix" / "seed-0" / "base").exists()
     assert json.loads((out / "summary.json").read_text())["contrasts"] == s["contrasts"]
+
+
+def test_a_pipe_in_prediction_text_stays_in_its_table_cell(tmp_path):
+    from forklens.report.predictions import load_predictions, verdict_table
+
+    path = tmp_path / "p.yaml"
+    path.write_text("experiment: x\nartifact: results/x\npredictions:\n  - id: a\n    claim: P(a|q) beats P(x)\n"
+                    "    metric: gain of P(a|q)\n    field: summary.g\n    direction: '>'\n    threshold: 0\n")
+    table = verdict_table(load_predictions(path), {"stamp": {}, "summary": {"g": 0.5}})
+    row = table.splitlines()[2]
+    assert row.startswith("| P(a\\|q) beats P(x) | gain of P(a\\|q) > 0")
+    assert len(row.replace("\\|", "").split("|")) == 6  # four cells

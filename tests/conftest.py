@@ -38,6 +38,20 @@ def make_tiny(arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int =
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
                                    max_position_embeddings=max_pos, **common)
         model = AutoModelForCausalLM.from_config(cfg)
+    elif arch in ("recurrent", "recurrent-prefix", "transformer-prefix"):
+        from forklens.models import RecurrentLMConfig, RecurrentLMForCausalLM
+
+        cfg = RecurrentLMConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
+                                num_layers=max(1, layers // 2), architecture=arch.split("-")[0], h_cycles=2,
+                                l_cycles=2, prefix_lm=arch.endswith("-prefix"),
+                                prompt_end_token_id=tok.convert_tokens_to_ids("=") if "=" in alphabet else None,
+                                max_position_embeddings=max_pos, **common)
+        model = RecurrentLMForCausalLM(cfg)
+    elif arch == "mamba":
+        from transformers import MambaConfig, MambaForCausalLM
+
+        cfg = MambaConfig(hidden_size=hidden, state_size=8, num_hidden_layers=layers, use_mambapy=True, **common)
+        model = MambaForCausalLM(cfg)
     elif arch == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=max_pos, **common)
         model = GPT2LMHeadModel(cfg)

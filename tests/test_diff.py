@@ -60,7 +60,18 @@ def _gpt2(tok, seed: int):
     return GPT2LMHeadModel(cfg)
 
 
-BUILDERS = {"llama": _llama, "gpt2": _gpt2}
+def _recurrent_prefix(tok, seed: int):
+    from forklens.models import RecurrentLMConfig, RecurrentLMForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = RecurrentLMConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                            h_cycles=2, l_cycles=2, prefix_lm=True, prompt_end_token_id=tok.convert_tokens_to_ids("="),
+                            max_position_embeddings=CONTEXT, pad_token_id=tok.pad_token_id,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return RecurrentLMForCausalLM(cfg)
+
+
+BUILDERS = {"llama": _llama, "gpt2": _gpt2, "recurrent-prefix": _recurrent_prefix}
 
 
 def _peaky(model, scale: float) -> None:

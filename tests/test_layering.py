@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"report", "audit"},
     {"config", "dist", "rollouts", "runfolder"},
     {"errors", "__init__"},
+    {"models"},  # Hugging Face model classes: torch and transformers only
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

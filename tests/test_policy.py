@@ -32,7 +32,7 @@ def hf_greedy(policy, prompts, max_new_tokens):
     return res
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "recurrent", "recurrent-prefix", "mamba"])
 def test_greedy_matches_generate(arch):
     model, tok = make_tiny(arch, seed=3)
     policy = Policy(model, tok)
@@ -88,7 +88,7 @@ def test_top_p_keeps_smallest_nucleus(logits, top_p):
         assert float(p[kept].sum() - p[kept].min()) < top_p + 1e-6
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "recurrent", "recurrent-prefix", "mamba"])
 @pytest.mark.parametrize("chunk", [1, 3, None])
 def test_score_equals_full_logits(arch, chunk):
     model, tok = make_tiny(arch, seed=5)

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from forklens import __version__, dist
 from forklens.commands import (audit, demo, diff, diff_overlap, evaluate, experiment, intervene, organism, passk,
                                plot, probe, results, train)
+from forklens.commands import search as search_command
 from forklens.errors import ForklensError, ForklensWarning
 from forklens.policy.load import is_corrupt_file_error
 from forklens.runfolder import record_prepared
@@ -30,6 +31,7 @@ from forklens.runfolder import record_prepared
 USER_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 
 COMMANDS = [demo, organism, train, evaluate, diff, diff_overlap, intervene, passk, probe, plot, experiment, audit, results]
+COMMANDS += [search_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
-from forklens.experiments import fpo
+from forklens.experiments import fpo, pretraining
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Experiment:
     cache: bool = False  # has --no-cache
     progress: str | None = None  # "on": --no-progress turns bars off; "off": --progress turns them on
     methods: tuple[str, ...] = ()  # has --methods (comma-separated subset)
+    resume: bool = False  # has --resume (the experiment reuses what an unfinished run in --out finished)
 
 
 def _print_table(table: Callable[[dict], str], files: str) -> Callable[[dict, argparse.Namespace], None]:
@@ -117,6 +118,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         quick_help="a small base, 6 iterations, one seed, 3 arms (plumbing only)", seeds=True, cache=True,
         progress="off"),
 }
+EXPERIMENTS["pretraining"] = Experiment(
+    pretraining.PretrainingConfig, lambda cfg, a: pretraining.run_pretraining(cfg, a.out, progress=a.progress),
+    _print_table(pretraining.markdown_table, " and records.jsonl"),
+    help="{transformer, recurrent} x {P(x), P(a|q)} x {causal, PrefixLM} at matched FLOPs, then GRPO: does the "
+    "pretraining choice change what RL does (E074)?",
+    description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
+    quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
+    progress="off", resume=True)
 
 
 def register(sub) -> None:
@@ -137,6 +146,8 @@ def register(sub) -> None:
             q.add_argument("--no-progress", action="store_true", help="no progress bars")
         elif e.progress == "off":
             q.add_argument("--progress", action="store_true", help="show progress bars")
+        if e.resume:
+            q.add_argument("--resume", action="store_true", help="continue an unfinished run of the same config in --out")
         add_overwrite_arg(q)
         add_config_args(q)
         q.set_defaults(func=run, experiment_entry=e, experiment_name=name)
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment_config(e.config, args, base)
     if handle_config_flags(e.config, cfg, args):
         return 0
-    prepare_out(args, f"experiment-{args.experiment_name}")
+    prepare_out(args, f"experiment-{args.experiment_name}", resumable=e.resume)
     e.report(e.run(cfg, args), args)
     return 0
 

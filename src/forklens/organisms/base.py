@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -22,6 +23,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from forklens import __version__
 from forklens.config import field
+from forklens.errors import ConfigError
+from forklens.models import RecurrentLMConfig, RecurrentLMForCausalLM
 from forklens.policy import Policy
 from forklens.runfolder import check_out_path, install_folder, owned_rmtree
 from forklens.train.loop import TrainConfig
@@ -38,6 +41,22 @@ class OrganismModelConfig:
     num_hidden_layers: int = field(3, ge=1, help="Transformer layers.")
     num_attention_heads: int = field(4, ge=1, help="Attention heads.")
     max_position_embeddings: int = field(128, ge=1, help="Context length in tokens.")
+    # pretraining options of arXiv 2605.20613 (HRM-Text); at their defaults they leave the key and the organism as before
+    architecture: Literal["llama", "transformer", "recurrent"] = field(
+        "llama", help="llama (the default organism), transformer (forklens's own blocks, needed for PrefixLM) or "
+        "recurrent (two modules H and L of num_hidden_layers blocks each, applied h_cycles x (l_cycles + 1) times).")
+    attention: Literal["causal", "prefix"] = field(
+        "causal", help="causal, or prefix: bidirectional over the prompt (up to prompt_end), causal over the response.")
+    prompt_end: str = field("", help="PrefixLM: the character that closes every prompt (empty: the last character "
+                            "of the first teacher prompt); a prompt that does not end with it is an error.")
+    loss: Literal["response", "sequence"] = field(
+        "response", help="Pretraining loss on the response only, P(a|q), or on the whole sequence, P(x).")
+    h_cycles: int = field(2, ge=1, help="Recurrent: H cycles.")
+    l_cycles: int = field(3, ge=1, help="Recurrent: L steps per H cycle.")
+    bptt_start: int = field(2, ge=0, help="Recurrent: module applications back-propagated at the first step "
+                            "(truncated BPTT; 0 = all).")
+    bptt_end: int = field(5, ge=0, help="Recurrent: ... at the last step (linear warm-up; 0 = all).")
+    magic_norm: bool = field(True, help="Recurrent/transformer: an RMSNorm at the end of each module (MagicNorm).")
 
 
 def build_char_tokenizer(alphabet: str):
@@ -79,6 +98,63 @@ def build_tiny_llama(tokenizer, config: OrganismModelConfig, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def build_model(tokenizer, config: OrganismModelConfig, prompt_end_id: int | None = None, seed: int = 0):
+    """The organism's randomly initialised model: the tiny Llama, or forklens's transformer / recurrent class
+    (:mod:`forklens.models.recurrent`) with the same width, MLP and heads."""
+    if config.architecture == "llama":
+        if config.attention != "causal":
+            raise ConfigError("model.attention=prefix needs model.architecture=transformer or recurrent "
+                              "(the Llama organism is causal)")
+        return build_tiny_llama(tokenizer, config, seed=seed)
+    cfg = RecurrentLMConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_attention_heads=config.num_attention_heads, num_layers=config.num_hidden_layers,
+        architecture=config.architecture, h_cycles=config.h_cycles, l_cycles=config.l_cycles,
+        bptt_steps=config.bptt_start, magic_norm=config.magic_norm, prefix_lm=config.attention == "prefix",
+        prompt_end_token_id=prompt_end_id, max_position_embeddings=config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return RecurrentLMForCausalLM(cfg)
+
+
+class PretrainSource:
+    """An organism's teacher source seen through its pretraining options: with ``loss="sequence"`` every
+    token after the first is trained (P(x)), not only the response (P(a|q)); with ``prompt_end`` every
+    prompt must end with that character (the PrefixLM boundary)."""
+
+    samples = False
+
+    def __init__(self, source, loss: str = "response", prompt_end: str = ""):
+        self.source, self.loss, self.prompt_end = source, loss, prompt_end
+
+    def batch(self, step: int, policy):
+        if self.prompt_end:
+            for prompt, _ in self.source.examples_for(step):
+                if not prompt.endswith(self.prompt_end):
+                    raise ConfigError(f"model.attention=prefix: the prompt {prompt!r} does not end with "
+                                      f"model.prompt_end={self.prompt_end!r}")
+        batch, info = self.source.batch(step, policy)
+        if self.loss == "sequence":
+            trained = batch.attention_mask.to(batch.response_mask.dtype).clone()
+            trained[:, 0] = 0  # nothing predicts the first token
+            batch.response_mask = trained
+        return batch, info
+
+
+def bptt_warmup(model, start: int, end: int, steps: int):
+    """A trainer callback that moves the recurrent model's truncation depth linearly from ``start`` to ``end``
+    module applications over ``steps`` (HRM-Text's warm-up of deep credit assignment); the saved config
+    keeps the final depth."""
+    body = model.model
+
+    def callback(trainer, metrics):
+        frac = min(1.0, trainer.step / max(1, steps - 1))
+        body.bptt_steps = round(start + (end - start) * frac)
+        model.config.bptt_steps = body.bptt_steps
+        metrics["bptt_steps"] = float(body.bptt_steps)
+    return callback
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("FORKLENS_CACHE", Path.home() / ".cache" / "forklens")) / "organisms"
 
@@ -97,13 +173,25 @@ def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, t
         return {**info, "cache_hit": True, "cache_dir": str(cached)}
 
     tokenizer = build_char_tokenizer(alphabet)
-    model = build_tiny_llama(tokenizer, model_cfg, seed=seed)
+    prompt_end = ""
+    if model_cfg.attention == "prefix":
+        if not hasattr(source, "examples_for"):
+            raise ConfigError("model.attention=prefix needs a teacher source of (prompt, response) examples")
+        prompt_end = model_cfg.prompt_end or source.examples_for(0)[0][0][-1:]
+        if len(prompt_end) != 1 or prompt_end not in alphabet:
+            raise ConfigError(f"model.prompt_end={prompt_end!r} must be one character of the task's alphabet")
+    model = build_model(tokenizer, model_cfg, tokenizer.convert_tokens_to_ids(prompt_end) if prompt_end else None, seed)
+    callbacks = []
+    if model_cfg.architecture == "recurrent":
+        callbacks.append(bptt_warmup(model, model_cfg.bptt_start, model_cfg.bptt_end, train_cfg.max_steps))
+    if model_cfg.loss != "response" or prompt_end:
+        source = PretrainSource(source, model_cfg.loss, prompt_end)
     work = out_dir.parent / f".{out_dir.name}-pretrain"
     owned_rmtree(work)
     staging = out_dir.parent / f".{out_dir.name}-staging"
     owned_rmtree(staging)
     res = train(Policy(model, tokenizer), "sft", None, source, train_cfg, work, name=name, progress=progress,
-                model_dir=staging)
+                model_dir=staging, callbacks=callbacks)
     info = {"key": key, "steps": res.steps, "flops": res.flops, "wall_s": res.wall_s,
             "final_loss": res.last.get("loss"), "config": config}
     (staging / "organism.json").write_text(json.dumps(info, indent=2))
@@ -124,6 +212,11 @@ def _copy_model_dir(src: Path, dst: Path) -> None:
     install_folder(tmp, dst, "organism")
 
 
+#: model options added after organisms were first cached (the Llama organism, causal, response-only loss):
+#: at these values left out of cache keys, so existing organisms keep theirs
+NEUTRAL_MODEL_SETTINGS = {"architecture": "llama", "attention": "causal", "prompt_end": "", "loss": "response",
+                          "h_cycles": 2, "l_cycles": 3, "bptt_start": 2, "bptt_end": 5, "magic_norm": True}
+
 #: trainer settings added after organisms were first cached that, at these values, change nothing in
 #: pretraining: left out of cache keys so cached organisms (and the artifacts built on them) keep theirs
 NEUTRAL_TRAIN_SETTINGS = {"num_iterations": 1, "mini_batches": 1, "gradient_checkpointing": False, "report_to": [],
@@ -136,8 +229,12 @@ def _without_neutral(obj):
     if not isinstance(obj, dict):
         return obj
     is_train = {"max_steps", "learning_rate", "micro_batch_size"} <= set(obj)
+    is_model = {"hidden_size", "num_hidden_layers", "num_attention_heads", "architecture"} <= set(obj)
     out = {}
     for k, v in obj.items():
+        if is_model and k in NEUTRAL_MODEL_SETTINGS and (v == NEUTRAL_MODEL_SETTINGS[k] and (
+                obj["architecture"] == "llama" or k in ("architecture", "attention", "prompt_end", "loss"))):
+            continue
         if is_train and k in NEUTRAL_TRAIN_SETTINGS and v == NEUTRAL_TRAIN_SETTINGS[k]:
             if k != "mixed_precision" or resolve_precision("auto") == "no":  # auto under a bf16 env is not neutral
                 continue

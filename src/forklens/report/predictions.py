@@ -31,6 +31,7 @@ verdict *missing*, shown as such; it is never counted as supported.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,5 +179,10 @@ def verdict_table(predictions: PredictionsFile, artifact: Artifact | dict, fmt=l
             obs = fmt(v.observed["mean"])
         else:
             obs = f"{fmt(v.observed['mean'])} [{fmt(v.observed['low'])}, {fmt(v.observed['high'])}]"
-        lines.append(f"| {p.claim} | {p.rule()} | {obs} | {v.outcome} |")
+        lines.append(f"| {table_cell(p.claim)} | {table_cell(p.rule())} | {obs} | {v.outcome} |")
     return "\n".join(lines)
+
+
+def table_cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell: every unescaped ``|`` (as in ``P(a|q)``) escaped."""
+    return re.sub(r"(?<!\\)\|", r"\\|", text)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from forklens.report.artifacts import ArtifactError, load_artifact, lookup, validate_stamp
-from forklens.report.predictions import load_predictions, verdict, verdict_table
+from forklens.report.predictions import load_predictions, table_cell, verdict, verdict_table
 
 BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9._-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->",
                    re.DOTALL)
@@ -145,7 +145,8 @@ def _claim_cell(verdicts: list) -> str:
         o = v.observed
         val = "—" if o is None else f"{o['mean']:.3g}" if o["level"] is None else \
             f"{o['mean']:.3g} [{o['low']:.3g}, {o['high']:.3g}]"
-        parts.append(f"{v.prediction.metric} {v.prediction.direction} {v.prediction.threshold}: {val}, {v.outcome}")
+        parts.append(table_cell(f"{v.prediction.metric} {v.prediction.direction} {v.prediction.threshold}: {val}, "
+                                f"{v.outcome}"))
     return "; ".join(parts)
 
 
@@ -183,7 +184,8 @@ def render_claims(spec: Spec) -> tuple[str, list[str]]:
         sources[_rel(art.path)] = _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
         pre = [verdict(by_id[i], art) for i in row["precondition"]]
         ctrl = [verdict(by_id[i], art) for i in row["control"]]
-        lines.append(f"| {row['claim']} | {_claim_cell(pre)} | {_claim_cell(ctrl)} | {claim_verdict(pre, ctrl)} |")
+        lines.append(f"| {table_cell(row['claim'])} | {_claim_cell(pre)} | {_claim_cell(ctrl)} | "
+                     f"{claim_verdict(pre, ctrl)} |")
     return "\n".join(lines), list(sources.values())
 
 

@@ -51,6 +51,9 @@ def build_horizon_organism(cfg: AgentHorizonOrganismConfig, out_dir: str | Path,
             "reward_flip": cfg.reward_flip}
 
 
+#: the mixed variants' one base: the teacher demonstrates chains of every depth 1-10 in pretraining
+MIXED = ("agent.bridge_depths=1,2,3,4,5,6,7,8,9,10",)
+
 AGENT_HORIZON = register(Family(
     name="agent-horizon",
     summary="Bridge chains of 6-10 lookups, each hop right with probability 0.7: outcome success of a few "
@@ -67,5 +70,17 @@ AGENT_HORIZON = register(Family(
                                 "(same organism).", ("reward_flip=0.2",), ("E010",)),
         "short": Variant("control", "Depths 1-4 with the same teacher: success 24-70%, not sparse.",
                          ("agent.bridge_depths=1,2,3,4",), ("E008", "E010")),
+        # added after the measured levers run (results/levers-agent-horizon): its `long` base (2 x 64, 300
+        # steps) plateaued at loss 1.65 and solved no depth-6-10 question (zero success, not sparse)
+        "long-mixed": Variant("precondition", "One base pretrained on depths 1-10 (the mechanism is learnt on "
+                              "short chains); RL and test on depths 6-10. Added after `long` came out degenerate.",
+                              (*MIXED, "agent.train_depths=6,7,8,9,10", "agent.test_depths=6,7,8,9,10"),
+                              ("E008", "E010")),
+        "noisy-mixed": Variant("precondition", "`long-mixed` with the training reward flipped with probability "
+                               "0.2 (same organism).", (*MIXED, "agent.train_depths=6,7,8,9,10",
+                                                        "agent.test_depths=6,7,8,9,10", "reward_flip=0.2"), ("E010",)),
+        "short-mixed": Variant("control", "The same base as `long-mixed`; RL and test on depths 1-4 (success "
+                               "not sparse).", (*MIXED, "agent.train_depths=1,2,3,4", "agent.test_depths=1,2,3,4"),
+                               ("E008", "E010")),
     },
 ))

@@ -132,20 +132,26 @@ def test_levers_zoo_end_to_end_tiny(tmp_path, monkeypatch):
             assert verdict(p, art).outcome in ("supported", "refuted", "inconclusive")
 
 
-def test_mixed_horizon_variants_share_one_base_and_differ_in_their_splits():
+@pytest.mark.parametrize("names, long_depths, short_depths, bridge, p_right", [
+    (("long-mixed", "noisy-mixed", "short-mixed"), set(range(6, 11)), set(range(1, 5)), list(range(1, 11)), 0.7),
+    (("sparse-hops", "noisy-hops", "dense-hops"), {3, 4}, {1, 2}, [1, 2, 3, 4], 0.35),
+])
+def test_horizon_variant_triples_share_one_base_and_differ_in_their_splits(names, long_depths, short_depths, bridge,
+                                                                            p_right):
     from forklens.organisms.agent import AgentOrganismConfig, agent_organism_key
 
     fam = get_family("agent-horizon")
-    keys, depths = set(), {}
-    for v in ("long-mixed", "noisy-mixed", "short-mixed"):
+    keys, got = set(), {}
+    for v in names:
         c = fam.variant_config(v, overrides=["agent.n_train=20", "agent.n_test=20"])
         keys.add(agent_organism_key(AgentOrganismConfig(agent=c.agent, model=c.model, pretrain=c.pretrain,
                                                         batch_size=c.batch_size, seed=c.seed)))
         task = fam.task(c)
-        depths[v] = ({p.meta["depth"] for p in task.problems("train")}, {p.meta["depth"] for p in task.problems("test")},
-                     c.reward_flip)
-        assert c.agent.bridge_depths == list(range(1, 11))
+        got[v] = ({p.meta["depth"] for p in task.problems("train")}, {p.meta["depth"] for p in task.problems("test")},
+                  c.reward_flip)
+        assert c.agent.bridge_depths == bridge and c.agent.p_right == p_right
     assert len(keys) == 1  # one base for all three
-    assert depths["long-mixed"][0] <= set(range(6, 11)) and depths["long-mixed"][1] <= set(range(6, 11))
-    assert depths["short-mixed"][0] <= set(range(1, 5)) and depths["short-mixed"][1] <= set(range(1, 5))
-    assert [depths[v][2] for v in ("long-mixed", "noisy-mixed", "short-mixed")] == [0.0, 0.2, 0.0]
+    sparse, noisy, dense = names
+    assert got[sparse][:2] == got[noisy][:2] and got[sparse][0] <= long_depths and got[sparse][1] <= long_depths
+    assert got[dense][0] <= short_depths and got[dense][1] <= short_depths
+    assert [got[v][2] for v in names] == [0.0, 0.2, 0.0]

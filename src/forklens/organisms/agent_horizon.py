@@ -54,6 +54,9 @@ def build_horizon_organism(cfg: AgentHorizonOrganismConfig, out_dir: str | Path,
 #: the mixed variants' one base: the teacher demonstrates chains of every depth 1-10 in pretraining
 MIXED = ("agent.bridge_depths=1,2,3,4,5,6,7,8,9,10",)
 
+#: the hops variants' one base: depths 1-4, each hop right with probability 0.35
+HOPS = ("agent.bridge_depths=1,2,3,4", "agent.p_right=0.35")
+
 AGENT_HORIZON = register(Family(
     name="agent-horizon",
     summary="Bridge chains of 6-10 lookups, each hop right with probability 0.7: outcome success of a few "
@@ -82,5 +85,16 @@ AGENT_HORIZON = register(Family(
         "short-mixed": Variant("control", "The same base as `long-mixed`; RL and test on depths 1-4 (success "
                                "not sparse).", (*MIXED, "agent.train_depths=1,2,3,4", "agent.test_depths=1,2,3,4"),
                                ("E008", "E010")),
+        # added when the mixed base (2 x 64) also stalled at loss 1.68 through step 181 of 600 (build stopped):
+        # sparse success from slips, not length, at depths a small base learns (1-4)
+        "sparse-hops": Variant("precondition", "One base on depths 1-4 whose teacher gets each hop right with "
+                               "probability 0.35; RL and test on depths 3-4 (all-right chain 4.3% / 1.5%).",
+                               (*HOPS, "agent.train_depths=3,4", "agent.test_depths=3,4"), ("E008", "E010")),
+        "noisy-hops": Variant("precondition", "`sparse-hops` with the training reward flipped with probability 0.2 "
+                              "(same organism).", (*HOPS, "agent.train_depths=3,4", "agent.test_depths=3,4",
+                                                   "reward_flip=0.2"), ("E010",)),
+        "dense-hops": Variant("control", "The same base as `sparse-hops`; RL and test on depths 1-2 (all-right "
+                              "chain 35% / 12%: not sparse).", (*HOPS, "agent.train_depths=1,2",
+                                                                "agent.test_depths=1,2"), ("E008", "E010")),
     },
 ))

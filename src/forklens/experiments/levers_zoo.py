@@ -4,16 +4,21 @@ The levers experiment (:mod:`forklens.experiments.levers`) asks whether a lever 
 the agent organism, where no lever's precondition holds. This one asks it on organism variants built
 so that each lever's mechanism can act (precondition) or cannot (control), issue 15:
 
-============ ============================== ==================================================
-lever        claim                          precondition / control variant
-============ ============================== ==================================================
-milestones   E008 (MiRA, arXiv 2603.19685)  agent-horizon/long (sparse outcome success) /
-                                            agent-horizon/short (success not sparse)
-snr          E010 (RAGEN-2, arXiv 2604.06268) agent-horizon/noisy-reward (training reward flipped
-                                            with probability 0.2) / agent-horizon/long (clean)
-echo         E084 (ECHO, arXiv 2605.24517)  agent-tools/predictable (a computable tool) /
-                                            agent-tools/random (unpredictable observations)
-============ ============================== ==================================================
+============ ================================ ================================================
+lever        claim                            precondition / control variant
+============ ================================ ================================================
+milestones   E008 (MiRA, arXiv 2603.19685)    agent-horizon/sparse-hops (sparse outcome success) /
+                                              agent-horizon/dense-hops (not sparse, same base)
+snr          E010 (RAGEN-2, arXiv 2604.06268) agent-horizon/noisy-hops (training reward flipped
+                                              with probability 0.2) / sparse-hops (clean reward)
+echo         E084 (ECHO, arXiv 2605.24517)    agent-tools/predictable (a computable tool) /
+                                              agent-tools/random (unpredictable observations)
+============ ================================ ================================================
+
+The defaults are the first registered design (agent-horizon/long, short, noisy-reward and the two
+agent-tools variants at GRPO lr 1e-3); at the laptop size of ``overrides`` its `long` base came out
+degenerate and lr 1e-3 wrecked the bases, so the measured follow-ups name their variants and
+``rl.train.learning_rate=3e-4`` on the command line (docs/results.md, docs/levers.md).
 
 Arms, each GRPO with the same sampling, loss and step budget from the variant's one cached base:
 

@@ -9,6 +9,12 @@ sparse outcome reward), while each hop's milestone is reached often (dense miles
 control `short` keeps the same teacher at depths 1-4 (0.7 to 0.24: outcome reward not sparse). The
 `noisy-reward` variant is `long` with ``reward_flip = 0.2``: the organism is the same (same cache
 entry); a caller wraps the verifier with :func:`forklens.rewards.noise.flipped` at that rate.
+
+Two variant triples were added after the first measured levers run, each sharing one base between a
+sparse precondition, its noisy copy and a dense control: ``*-mixed`` (pretrained on depths 1-10; RL and
+test on 6-10 or 1-4) and ``*-hops`` (depths 1-4, each hop right with probability 0.35; RL and test on
+3-4 or 1-2). At 2 x 64 the `long` base (depths 6-10 only) never learnt the lookups and the mixed base
+stalled the same way; the hops base learns (docs/organisms.md, docs/results.md).
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ def _success_rate(task, n=3000, seed=0):
 def test_horizon_variants():
     fam = get_family("agent-horizon")
     assert {v: r.role for v, r in fam.variants.items()} == {"long": "precondition", "noisy-reward": "precondition",
-                                                             "short": "control"}
+                                                             "short": "control", "long-mixed": "precondition",
+                                                             "noisy-mixed": "precondition", "short-mixed": "control",
+                                                             "sparse-hops": "precondition", "noisy-hops": "precondition",
+                                                             "dense-hops": "control"}
     long_cfg, noisy, short = (fam.variant_config(v) for v in ("long", "noisy-reward", "short"))
     long_task, short_task = fam.task(long_cfg), fam.task(short_task_cfg := short)
     assert {q.meta["depth"] for q in long_task.problems("test")} == {6, 7, 8, 9, 10}

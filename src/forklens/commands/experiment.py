@@ -17,7 +17,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
-from forklens.experiments import fpo, pretraining
+from forklens.experiments import fpo, levers_zoo, pretraining
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         "rewards + replay, SFT curriculum) on the organisms.",
         description=(levers.__doc__ or "").split("\n\n")[0], out="runs/levers", quick="levers-quick",
         quick_help="4 steps per run, one seed, 16 held-out problems", seeds=True, cache=True, progress="off"),
+    "levers-zoo": Experiment(
+        levers_zoo.LeversZooConfig, lambda cfg, a: levers_zoo.run_levers_zoo(cfg, a.out, progress=a.progress),
+        _print_table(levers_zoo.markdown_table, " and lever_gains.png"),
+        help="Plain GRPO vs milestones / SNR filter / ECHO on agent-horizon and agent-tools variants (E008, E010, "
+        "E084), precondition vs control, over seeds.",
+        description=(levers_zoo.__doc__ or "").split("\n\n")[0], out="runs/levers-zoo", seeds=True, progress="off"),
     "forks": Experiment(
         forks.ForksConfig,
         lambda cfg, a: forks.run_forks(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),

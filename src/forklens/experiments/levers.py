@@ -128,7 +128,7 @@ def _train(policy, objective: str, loss_cfg, source, train_cfg, work: Path, seed
     return {"flops": res.flops, "wall_s": res.wall_s, "metrics": read_metrics(res.metrics_file)}
 
 
-def _train_summary(metrics: list[dict]) -> dict[str, float]:
+def train_summary(metrics: list[dict]) -> dict[str, float]:
     """Means over the run of the diagnostics the levers log."""
     out = {}
     for key in ("mi_proxy_acc", "mi_proxy_chance", "snr_kept_groups_frac", "entropy_kept_frac", "env_ce",
@@ -153,7 +153,7 @@ def run_arith(cfg: LeversConfig, name: str, base: Path, task, seed: int, work: P
     source = GRPOSource(task, task.problems("train"), sampling, seed=seed)
     res = _train(policy, "grpo", loss, source, rl.train, work, seed, progress)
     ev = eval_arith(policy, task, cfg.eval_arith_problems, rl.sampling.max_new_tokens)
-    return {**ev, "flops": res["flops"], "wall_s": res["wall_s"], **_train_summary(res["metrics"])}
+    return {**ev, "flops": res["flops"], "wall_s": res["wall_s"], **train_summary(res["metrics"])}
 
 
 def run_agent(cfg: LeversConfig, name: str, base: Path, task: AgentTask, seed: int, work: Path,
@@ -185,7 +185,7 @@ def run_agent(cfg: LeversConfig, name: str, base: Path, task: AgentTask, seed: i
         train = replace(train, max_steps=train.max_steps + (train.max_steps // k if k else 0))
     res = _train(policy, "grpo", loss, source, train, work, seed, progress)
     ev = eval_agent(policy, task, cfg.eval_agent_problems, cfg.eval_T)
-    return {**ev, "flops": res["flops"], "wall_s": res["wall_s"], **_train_summary(res["metrics"])}
+    return {**ev, "flops": res["flops"], "wall_s": res["wall_s"], **train_summary(res["metrics"])}
 
 
 def run_agent_sft(cfg: LeversConfig, order: str, base: Path, task: AgentTask, seed: int, work: Path,

@@ -9,6 +9,12 @@ sparse outcome reward), while each hop's milestone is reached often (dense miles
 control `short` keeps the same teacher at depths 1-4 (0.7 to 0.24: outcome reward not sparse). The
 `noisy-reward` variant is `long` with ``reward_flip = 0.2``: the organism is the same (same cache
 entry); a caller wraps the verifier with :func:`forklens.rewards.noise.flipped` at that rate.
+
+Two variant triples were added after the first measured levers run, each sharing one base between a
+sparse precondition, its noisy copy and a dense control: ``*-mixed`` (pretrained on depths 1-10; RL and
+test on 6-10 or 1-4) and ``*-hops`` (depths 1-4, each hop right with probability 0.35; RL and test on
+3-4 or 1-2). At 2 x 64 the `long` base (depths 6-10 only) never learnt the lookups and the mixed base
+stalled the same way; the hops base learns (docs/organisms.md, docs/results.md).
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ def build_horizon_organism(cfg: AgentHorizonOrganismConfig, out_dir: str | Path,
             "reward_flip": cfg.reward_flip}
 
 
+#: the mixed variants' one base: the teacher demonstrates chains of every depth 1-10 in pretraining
+MIXED = ("agent.bridge_depths=1,2,3,4,5,6,7,8,9,10",)
+
+#: the hops variants' one base: depths 1-4, each hop right with probability 0.35
+HOPS = ("agent.bridge_depths=1,2,3,4", "agent.p_right=0.35")
+
 AGENT_HORIZON = register(Family(
     name="agent-horizon",
     summary="Bridge chains of 6-10 lookups, each hop right with probability 0.7: outcome success of a few "
@@ -67,5 +79,28 @@ AGENT_HORIZON = register(Family(
                                 "(same organism).", ("reward_flip=0.2",), ("E010",)),
         "short": Variant("control", "Depths 1-4 with the same teacher: success 24-70%, not sparse.",
                          ("agent.bridge_depths=1,2,3,4",), ("E008", "E010")),
+        # added after the measured levers run (results/levers-agent-horizon): its `long` base (2 x 64, 300
+        # steps) plateaued at loss 1.65 and solved no depth-6-10 question (zero success, not sparse)
+        "long-mixed": Variant("precondition", "One base pretrained on depths 1-10 (the mechanism is learnt on "
+                              "short chains); RL and test on depths 6-10. Added after `long` came out degenerate.",
+                              (*MIXED, "agent.train_depths=6,7,8,9,10", "agent.test_depths=6,7,8,9,10"),
+                              ("E008", "E010")),
+        "noisy-mixed": Variant("precondition", "`long-mixed` with the training reward flipped with probability "
+                               "0.2 (same organism).", (*MIXED, "agent.train_depths=6,7,8,9,10",
+                                                        "agent.test_depths=6,7,8,9,10", "reward_flip=0.2"), ("E010",)),
+        "short-mixed": Variant("control", "The same base as `long-mixed`; RL and test on depths 1-4 (success "
+                               "not sparse).", (*MIXED, "agent.train_depths=1,2,3,4", "agent.test_depths=1,2,3,4"),
+                               ("E008", "E010")),
+        # added when the mixed base (2 x 64) also stalled at loss 1.68 through step 181 of 600 (build stopped):
+        # sparse success from slips, not length, at depths a small base learns (1-4)
+        "sparse-hops": Variant("precondition", "One base on depths 1-4 whose teacher gets each hop right with "
+                               "probability 0.35; RL and test on depths 3-4 (all-right chain 4.3% / 1.5%).",
+                               (*HOPS, "agent.train_depths=3,4", "agent.test_depths=3,4"), ("E008", "E010")),
+        "noisy-hops": Variant("precondition", "`sparse-hops` with the training reward flipped with probability 0.2 "
+                              "(same organism).", (*HOPS, "agent.train_depths=3,4", "agent.test_depths=3,4",
+                                                   "reward_flip=0.2"), ("E010",)),
+        "dense-hops": Variant("control", "The same base as `sparse-hops`; RL and test on depths 1-2 (all-right "
+                              "chain 35% / 12%: not sparse).", (*HOPS, "agent.train_depths=1,2",
+                                                                "agent.test_depths=1,2"), ("E008", "E010")),
     },
 ))

@@ -46,16 +46,15 @@ from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.boundary import AgentRLConfig
 from forklens.experiments.rewards_zoo import markdown_table as zoo_markdown_table
-from forklens.experiments.rewards_zoo import run_rewards_zoo
+from forklens.experiments.rewards_zoo import make_rewards, run_rewards_zoo
 from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
 from forklens.policy import Policy
-from forklens.rewards.confidence import ConfidenceReward
-from forklens.rewards.metacognition import AgentGrader, mar_component
+from forklens.rewards.metacognition import AgentGrader
 from forklens.rewards.milestones import milestone_reward
 from forklens.tasks import get_task
 from forklens.train.loop import TrainConfig
 from forklens.train.run import RLConfig, grpo_loss, train
-from forklens.train.sources import GRPOSource, SamplingConfig, verifier_reward
+from forklens.train.sources import GRPOSource, SamplingConfig
 from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
@@ -115,15 +114,8 @@ class RewardsExperimentConfig:
 
 
 def reward_functions(names: list[str], task, policy, cfg: RewardsExperimentConfig, seed: int) -> list:
-    grader = AgentGrader(task)
-    make = {
-        "outcome": lambda: verifier_reward(task),
-        "kmr": lambda: mar_component(grader, "kmr"),
-        "rmr": lambda: mar_component(grader, "rmr"),
-        "confidence": lambda: ConfidenceReward(policy, task, m=cfg.confidence_m, seed=seed),
-        "milestones": lambda: milestone_reward(task, cfg.milestone_gamma),
-    }
-    return [make[n]() for n in names]
+    return make_rewards(names, task, policy, AgentGrader(task), cfg.confidence_m, seed,
+                        {"milestones": lambda: milestone_reward(task, cfg.milestone_gamma)})
 
 
 def evaluate_agent(policy, task, limit: int, T: int, turn_tokens: int, n: int = 8, seed: int = 0) -> dict:

@@ -77,15 +77,21 @@ def check(cfg, runs: dict[str, list[str]]) -> tuple:
     return family, variants
 
 
-def chain_rewards(names: list[str], task, policy, confidence_m: int, seed: int) -> list:
-    grader = ChainGrader(task)
+def make_rewards(names: list[str], task, policy, grader, confidence_m: int, seed: int, extra: dict | None = None) -> list:
+    """The reward functions ``names`` of one run: the verifier, MaR's terms from ``grader``, the
+    confidence penalty probing ``policy``, and ``extra`` (name -> factory) for task-specific ones."""
     make = {
         "outcome": lambda: verifier_reward(task),
         "kmr": lambda: mar_component(grader, "kmr"),
         "rmr": lambda: mar_component(grader, "rmr"),
         "confidence": lambda: ConfidenceReward(policy, task, m=confidence_m, seed=seed),
+        **(extra or {}),
     }
     return [make[n]() for n in names]
+
+
+def chain_rewards(names: list[str], task, policy, confidence_m: int, seed: int) -> list:
+    return make_rewards(names, task, policy, ChainGrader(task), confidence_m, seed)
 
 
 def greedy_behaviour(policy, task, problems: list, max_new_tokens: int) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from forklens.cli import main
 from forklens.errors import ConfigError
 from forklens.experiments import rewards as rw
-from forklens.experiments.rewards_zoo import METRICS, summarise_variant
+from forklens.experiments.rewards_zoo import METRICS, cue_probability, summarise_variant
 from forklens.report.artifacts import load_artifact, lookup
 from forklens.report.predictions import load_predictions, verdict
 
@@ -54,6 +54,7 @@ def test_summary_has_both_variants_every_run_and_the_predicted_fields(tiny_run):
             value is None and "wrong_fact" in p.field)
     for e in s["variants"].values():
         assert e["eval_problems"] == 4 and e["max_new_tokens"] == 11 * 2 + 4 + 8
+        assert e["base"]["guess_prob"] is None or 0.0 <= e["base"]["guess_prob"] <= 1.0
         for name, run in e["runs"].items():
             assert [r["seed"] for r in run["per_seed"]] == [0] and all(r["steps"] == 2 for r in run["per_seed"])
             gains = [r["guess_rate"] - e["base"]["guess_rate"] for r in run["per_seed"]]
@@ -81,7 +82,8 @@ def test_differences_are_paired_by_seed():
     assert d["wrong_fact_rate_when_right"]["mean"] == pytest.approx(-0.25) and d["wrong_fact_rate_when_right"]["n"] == 1
     assert s["runs"]["outcome"]["wrong_fact_rate_when_right"]["n"] == 1
     assert s["runs"]["outcome"]["guess_rate_gain"]["mean"] == pytest.approx(0.2)
-    assert set(s["runs"]["outcome"]) == {*METRICS, "guess_rate_gain", "accuracy_gain", "per_seed"}
+    assert set(s["runs"]["outcome"]) == {*METRICS, "guess_rate_gain", "guess_prob_gain", "accuracy_gain", "per_seed"}
+    assert s["runs"]["outcome"]["guess_prob"] is None and s["runs"]["outcome"]["guess_prob_gain"] is None
 
 
 def _cfg(**kw):
@@ -100,3 +102,24 @@ def test_bad_settings_fail_before_training(tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
         rw.run_rewards(_cfg(**kw), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_cue_probability_is_the_teacher_forced_probability_of_the_cue_after_the_chain(tiny_run):
+    import math
+
+    from forklens.policy import Policy
+    from forklens.tasks.base import Problem
+
+    root, _ = tiny_run
+    policy = Policy.load(root / "run" / "cue" / "base")
+    p = Problem("q", "05+7*02?26=", "19", meta={})
+    chain = "02:05+7=12;01:12+7=19;"
+    ids = policy.encode_prompt(p.prompt + chain + "A=")
+    want = math.exp(float(sum(policy.score([ids], [policy.tokenizer("26", add_special_tokens=False)["input_ids"]])[0].logprob)))
+    assert 0.0 < want < 1.0
+    assert cue_probability(policy, [p], [chain + "A=19"]) == pytest.approx(want, rel=1e-6)
+    # a cue equal to the chain's result is not a guess: no problem qualifies
+    q = Problem("r", "05+7*02?19=", "19", meta={})
+    assert cue_probability(policy, [q], [chain + "A=19"]) is None
+    # an answer that is not written yet: the chain is the whole text
+    assert cue_probability(policy, [p], [chain]) == pytest.approx(want, rel=1e-6)

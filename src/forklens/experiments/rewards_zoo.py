@@ -10,7 +10,8 @@ with the chain cut before ``A=``), and MaR's KMR + RMR from :class:`~forklens.re
 (knowledge units = the chain's steps). Every model (the base once, each tuned model) answers the first
 ``eval_problems`` held-out problems greedily; :func:`~forklens.rewards.chain.chain_behaviour` reads
 accuracy, the guess rate (answer = the cue but not the chain's own result) and the share of right
-answers with wrong steps.
+answers with wrong steps; :func:`cue_probability` adds ``guess_prob``, the probability of answering
+with the cue after the model's own chain (continuous, so it can move where the greedy rate is 0).
 
 ``summary.variants.<v>``::
 
@@ -27,6 +28,7 @@ by seed (:func:`paired_difference`), over the seeds where both runs define the m
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,7 +40,7 @@ from forklens.errors import ConfigError
 from forklens.organisms import get_family
 from forklens.policy import Policy
 from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
-from forklens.rewards.chain import ChainGrader, chain_behaviour
+from forklens.rewards.chain import ChainGrader, chain_behaviour, read_chain
 from forklens.rewards.confidence import ConfidenceReward
 from forklens.rewards.metacognition import mar_component
 from forklens.runfolder import claim_folder, owned_rmtree
@@ -50,7 +52,8 @@ console = Console(stderr=True)
 
 CHAIN_TASKS = ("lengths", "shortcut")  # tasks ChainGrader reads
 REWARDS = ("outcome", "kmr", "rmr", "confidence")  # the reward functions a chain task has
-METRICS = ("accuracy", "guess_rate", "wrong_fact_rate_when_right", "right_with_wrong_facts", "kmr_mean", "rmr_mean")
+METRICS = ("accuracy", "guess_rate", "wrong_fact_rate_when_right", "right_with_wrong_facts", "kmr_mean", "rmr_mean",
+           "guess_prob")
 REFERENCE = "outcome"
 
 
@@ -94,10 +97,30 @@ def chain_rewards(names: list[str], task, policy, confidence_m: int, seed: int) 
     return make_rewards(names, task, policy, ChainGrader(task), confidence_m, seed)
 
 
+def cue_probability(policy, problems: list, texts: list[str]) -> float | None:
+    """Mean probability that ``policy`` answers with the prompt's cue right after its own chain
+    (``prompt + chain + "A="``, teacher-forced), over the problems whose cue differs from that chain's
+    result: the pull towards guessing that a greedy reader sees only once it passes one half. None
+    when no problem qualifies."""
+    prompts, targets = [], []
+    for p, t in zip(problems, texts):
+        r = read_chain(p.prompt, t)
+        if r.cue is None or r.cue == r.result:
+            continue
+        at = t.find("A=")
+        prompts.append(policy.encode_prompt(p.prompt + (t if at < 0 else t[:at]) + "A="))
+        targets.append(policy.tokenizer(f"{r.cue:02d}", add_special_tokens=False)["input_ids"])
+    if not prompts:
+        return None
+    return sum(math.exp(float(sum(x.logprob))) for x in policy.score(prompts, targets)) / len(prompts)
+
+
 def greedy_behaviour(policy, task, problems: list, max_new_tokens: int) -> dict:
-    """:func:`chain_behaviour` of ``policy``'s greedy responses to ``problems``."""
+    """:func:`chain_behaviour` of ``policy``'s greedy responses to ``problems``, and the cue's probability
+    after each chain (:func:`cue_probability`, ``guess_prob``)."""
     s = policy.sample([p.prompt for p in problems], n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    return chain_behaviour(problems, list(s.texts), task)
+    texts = list(s.texts)
+    return {**chain_behaviour(problems, texts, task), "guess_prob": cue_probability(policy, problems, texts)}
 
 
 def _interval(values: list) -> dict | None:
@@ -106,8 +129,8 @@ def _interval(values: list) -> dict | None:
 
 
 def _paired(rows_a: list[dict], rows_b: list[dict], metric: str) -> dict | None:
-    a = {r["seed"]: r[metric] for r in rows_a if r[metric] is not None}
-    b = {r["seed"]: r[metric] for r in rows_b if r[metric] is not None}
+    a = {r["seed"]: r[metric] for r in rows_a if r.get(metric) is not None}
+    b = {r["seed"]: r[metric] for r in rows_b if r.get(metric) is not None}
     return paired_difference(a, b).as_dict() if set(a) & set(b) else None
 
 
@@ -117,8 +140,10 @@ def summarise_variant(base: dict, per_run: dict[str, list[dict]]) -> dict:
     for name, rows in per_run.items():
         if not rows:
             continue
-        runs[name] = {m: _interval([r[m] for r in rows]) for m in METRICS}
+        runs[name] = {m: _interval([r.get(m) for r in rows]) for m in METRICS}
         runs[name]["guess_rate_gain"] = _interval([r["guess_rate"] - base["guess_rate"] for r in rows])
+        runs[name]["guess_prob_gain"] = _interval([None if r.get("guess_prob") is None or base.get("guess_prob") is None
+                                                   else r["guess_prob"] - base["guess_prob"] for r in rows])
         runs[name]["accuracy_gain"] = _interval([r["accuracy"] - base["accuracy"] for r in rows])
         runs[name]["per_seed"] = rows
     diffs = {f"{name}-{REFERENCE}": {m: _paired(per_run[name], per_run[REFERENCE], m) for m in METRICS}

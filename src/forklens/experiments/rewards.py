@@ -24,6 +24,10 @@ confidence reward's probe ran through the policy. ``summary.json``::
 
 ``accuracy_std`` is the sample standard deviation over seeds (0 with one seed); ``flops`` and
 ``wall_s`` are means over seeds. The seed-0 model of each run is kept in ``OUT/models/NAME``.
+
+``family`` other than ``agent`` (``--set family=shortcut``) runs on a zoo family whose task is a
+repeated-addition chain, precondition and control variants, with exact chain grading
+(:mod:`forklens.experiments.rewards_zoo`, its own summary and an optional stamped artifact).
 """
 
 from __future__ import annotations
@@ -41,14 +45,16 @@ from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.boundary import AgentRLConfig
+from forklens.experiments.rewards_zoo import markdown_table as zoo_markdown_table
+from forklens.experiments.rewards_zoo import make_rewards, run_rewards_zoo
 from forklens.organisms.agent import AgentOrganismConfig, build_agent_organism
 from forklens.policy import Policy
-from forklens.rewards.confidence import ConfidenceReward
-from forklens.rewards.metacognition import AgentGrader, mar_component
+from forklens.rewards.metacognition import AgentGrader
 from forklens.rewards.milestones import milestone_reward
 from forklens.tasks import get_task
-from forklens.train.run import grpo_loss, train
-from forklens.train.sources import GRPOSource, verifier_reward
+from forklens.train.loop import TrainConfig
+from forklens.train.run import RLConfig, grpo_loss, train
+from forklens.train.sources import GRPOSource, SamplingConfig
 from forklens.runfolder import claim_folder, owned_rmtree
 
 console = Console(stderr=True)
@@ -74,8 +80,24 @@ def _rl_default() -> AgentRLConfig:
     return rl
 
 
+def _zoo_rl_default() -> RLConfig:
+    """GRPO of the zoo path: the forks experiment's recipe (8 prompts x 8 samples, learning rate 1e-4) for
+    30 steps; max_new_tokens is set per variant (longest gold test trace + token_margin). Fixed before
+    any run on the shortcut family was measured."""
+    return RLConfig(train=TrainConfig(max_steps=30, learning_rate=1e-4, micro_batch_size=64, save_every=0),
+                    sampling=SamplingConfig(prompts_per_step=8, group_size=8))
+
+
 @dataclass
 class RewardsExperimentConfig:
+    family: str = field("agent", help="Organism: agent (the agent base organism, the runs of this module) or a zoo "
+                        "family whose task is a repeated-addition chain (shortcut, lengths; experiments/rewards_zoo.py).")
+    variants: list[str] = field(default_factory=list, help="Zoo path: variants of the family, in order (empty = all).")
+    organism: list[str] = field(default_factory=list, help="Zoo path: dotted overrides of every variant's family "
+                                "config (e.g. model.hidden_size=64).")
+    zoo_rl: RLConfig = field(default_factory=_zoo_rl_default, help="Zoo path: GRPO settings shared by every run.")
+    token_margin: int = field(8, ge=0, help="Zoo path: max new tokens = longest gold test trace + this.")
+    artifact: str = field("", help="Zoo path: also write a stamped artifact folder here (e.g. results/shortcut-rewards).")
     agent: AgentOrganismConfig = field(default_factory=AgentOrganismConfig,
                                        help="The agent base organism (the boundary experiment's, cached).")
     rl: AgentRLConfig = field(default_factory=_rl_default,
@@ -92,15 +114,8 @@ class RewardsExperimentConfig:
 
 
 def reward_functions(names: list[str], task, policy, cfg: RewardsExperimentConfig, seed: int) -> list:
-    grader = AgentGrader(task)
-    make = {
-        "outcome": lambda: verifier_reward(task),
-        "kmr": lambda: mar_component(grader, "kmr"),
-        "rmr": lambda: mar_component(grader, "rmr"),
-        "confidence": lambda: ConfidenceReward(policy, task, m=cfg.confidence_m, seed=seed),
-        "milestones": lambda: milestone_reward(task, cfg.milestone_gamma),
-    }
-    return [make[n]() for n in names]
+    return make_rewards(names, task, policy, AgentGrader(task), cfg.confidence_m, seed,
+                        {"milestones": lambda: milestone_reward(task, cfg.milestone_gamma)})
 
 
 def evaluate_agent(policy, task, limit: int, T: int, turn_tokens: int, n: int = 8, seed: int = 0) -> dict:
@@ -134,6 +149,8 @@ def _std(xs: list[float]) -> float:
 
 
 def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = True) -> dict:
+    if cfg.family != "agent":
+        return run_rewards_zoo(cfg, out, RUNS, progress)
     unknown = [r for r in cfg.runs if r not in RUNS]
     if unknown or not cfg.runs:
         raise ConfigError(f"unknown runs {unknown}; choose from {list(RUNS)}")
@@ -190,6 +207,8 @@ def run_rewards(cfg: RewardsExperimentConfig, out: str | Path, progress: bool = 
 
 
 def markdown_table(summary: dict) -> str:
+    if summary.get("family", "agent") != "agent":
+        return zoo_markdown_table(summary)
     lines = [f"Agent organism, GRPO from one base, held-out pass@1 at T={summary['eval']['T']} "
              f"({summary['eval']['samples']} episodes at temperature 1 per question, {summary['eval']['problems']} "
              f"questions), seeds {summary['seeds']} (base: "

@@ -11,6 +11,8 @@ has no defined rank correlation; :func:`spearman` returns 0 for it, so it counts
 
 * ``arith``: the chain of thought is the scratchpad before ``A=``; the forced prompt is
   ``prompt + cut + ";A="`` (just ``A=`` at a step boundary or at 0%), the completion is the digits;
+* ``lengths`` and ``shortcut``: the same rule as ``arith`` (the chain of steps before ``A=``, joined
+  with ``;``), with two-digit answers (the cue in a ``shortcut`` prompt is never part of the cut);
 * ``agent``: the chain of thought is the transcript (calls and observations) before the final
   ``!``; the forced prompt is ``prompt + cut + "!"``, the completion is the answer;
 * any other task or a JSONL file: the text before the last ``marker`` (default ``"Answer:"``); the
@@ -100,6 +102,8 @@ def forcing_for(task) -> MarkerForcing:
         return TaskForcing(marker="A=", max_answer_tokens=task.config.digits + 2, join=";", task=task)
     if name == "agent":
         return AgentForcing(marker="!", max_answer_tokens=task.config.entity_len + 1, task=task)
+    if name in ("lengths", "shortcut"):  # two-digit answers after the chain's steps, as in arith
+        return TaskForcing(marker="A=", max_answer_tokens=3, join=";", task=task)
     return TaskForcing(marker="Answer:", task=task) if task is not None else MarkerForcing()
 
 

@@ -7,10 +7,11 @@ from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
+from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "facts"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -24,6 +25,8 @@ def get_task(name: str, config=None) -> Task:
         return LengthsTask(config)
     if name == "shortcut":
         return ShortcutTask(config)
+    if name == "facts":
+        return FactsTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -37,6 +37,7 @@ from forklens.analysis.belief import ProbeFormat, belief_shift, diff_on_probes, 
 from forklens.analysis.curves import bootstrap_ci, paired_difference
 from forklens.config import field
 from forklens.errors import ConfigError
+from forklens.organisms import get_family
 from forklens.organisms.facts import FactsOrganismConfig, build_facts_organism
 from forklens.policy import Policy
 from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
@@ -68,7 +69,8 @@ def _ft_default() -> TrainConfig:
 @dataclass
 class NegationConfig:
     organism: FactsOrganismConfig = field(default_factory=FactsOrganismConfig,
-                                          help="The facts base organism (variant taught: the defaults).")
+                                          help="The facts base organism config (the variant's overrides apply on top).")
+    variant: str = field("taught", help="Variant of the facts family whose base is fine-tuned (taught, taught-long).")
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS), help="Fine-tuning conditions.")
     n_claims: int = field(20, ge=1, le=100, help="New claims per seed (entities e900..e999).")
     docs_per_claim: int = field(10, ge=1, help="Fine-tuning documents per claim.")
@@ -157,9 +159,10 @@ def run_negation(cfg: NegationConfig, out: str | Path, use_cache: bool = True, p
     t0 = time.perf_counter()
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
-    task = FactsTask(cfg.organism.task)
-    console.rule("[bold]facts base organism")
-    base_info = build_facts_organism(cfg.organism, out / "base", use_cache=use_cache, progress=progress)
+    org = get_family("facts").variant_config(cfg.variant, base=cfg.organism)
+    task = FactsTask(org.task)
+    console.rule(f"[bold]facts/{cfg.variant} base organism")
+    base_info = build_facts_organism(org, out / "base", use_cache=use_cache, progress=progress)
     base = Policy.load(out / "base")
     pre = precondition(base, task, cfg.precondition_problems)
     console.print(f"precondition: in-context {pre['in_context']['by_kind']}, closed-book "
@@ -231,7 +234,7 @@ def _summary(cfg: NegationConfig, rows: list[dict], pre: dict, base_info: dict, 
                                          {r["seed"]: r["after"][b]["belief_rate"] for r in rows}).as_dict()
                  for name, (a, b) in CONTRASTS.items() if a in cfg.conditions and b in cfg.conditions}
     return {
-        "seeds": seeds, "n_seeds": len(rows),
+        "variant": cfg.variant, "seeds": seeds, "n_seeds": len(rows),
         "precondition": pre,
         "base": {"cache_hit": base_info["cache_hit"], "pretrain_steps": base_info["steps"],
                  "pretrain_flops": base_info["flops"], "pretrain_wall_s": base_info["wall_s"]},

@@ -63,6 +63,11 @@ FACTS = register(Family(
     variants={
         "taught": Variant("precondition", "In-context documents negate statements by a separate label 30% of the "
                           "time, locally 20% and by correction 15%: the base answers as a negated document says."),
+        "taught-long": Variant("precondition", "`taught` with 65% more in-context documents (facts 25%, closed-book 20%) "
+                               "and 3,000 steps of 32 documents: added after the measured run on `taught` showed its "
+                               "base below the in-context precondition (30% on plain statements).",
+                               ("task.p_facts=0.25", "task.p_closed=0.2", "pretrain.max_steps=3000",
+                                "pretrain.learning_rate=2e-3", "pretrain.warmup_steps=200", "batch_size=32")),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),

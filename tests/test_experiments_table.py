@@ -10,14 +10,16 @@ from forklens.config import load_config, packaged_config
 
 
 def test_experiment_modules_register_no_cli():
-    for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo"):
+    for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo", "negation"):
         m = importlib.import_module(f"forklens.experiments.{mod}")
         assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
 
 
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
-    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks"}
+    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "negation"}
+    ng = quick["negation"]
+    assert (ng.seeds, ng.n_claims, ng.ft.max_steps, ng.organism.pretrain.max_steps) == (1, 2, 4, 40)
     fk = quick["forks"]
     assert (fk.seeds, fk.rl.train.max_steps, fk.variants) == (1, 3, ["arith/planted", "addv/undertrained",
                                                                     "negctl/notation"])

@@ -11,19 +11,22 @@ from forklens.config import load_config, packaged_config
 
 def test_experiment_modules_register_no_cli():
     for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo", "fpo", "pretraining",
-                "search"):
+                "search", "negation"):
         m = importlib.import_module(f"forklens.experiments.{mod}")
         assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
 
 
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
-    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining"}
+    assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
+                          "negation"}
     fp = quick["fpo"]
     assert (fp.seeds, fp.rl.train.max_steps, fp.organism.pretrain.max_steps, fp.arms) == (
         1, 6, 60, ["baseline", "relaxed", "baseline-fixed"])
     pt = quick["pretraining"]
     assert (pt.seeds, pt.hidden_size, pt.flops_budget, pt.rl.train.max_steps, pt.eval_problems) == (1, 32, 1e10, 2, 16)
+    ng = quick["negation"]
+    assert (ng.seeds, ng.n_claims, ng.ft.max_steps, ng.organism.pretrain.max_steps) == (1, 2, 4, 40)
     fk = quick["forks"]
     assert (fk.seeds, fk.rl.train.max_steps, fk.variants) == (1, 3, ["arith/planted", "addv/undertrained",
                                                                     "negctl/notation"])

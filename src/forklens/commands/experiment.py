@@ -17,7 +17,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
                                        handle_config_flags, prepare_out, quiet_third_party)
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
-from forklens.experiments import fpo, levers_zoo, pretraining
+from forklens.experiments import fpo, levers_zoo, negation, pretraining
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,14 @@ EXPERIMENTS: dict[str, Experiment] = {
         "refit on policy samples vs fixed reference pairs (E025).",
         description=(fpo.__doc__ or "").split("\n\n")[0], out="runs/fpo", quick="fpo-quick",
         quick_help="a small base, 6 iterations, one seed, 3 arms (plumbing only)", seeds=True, cache=True,
+        progress="off"),
+    "negation": Experiment(
+        negation.NegationConfig,
+        lambda cfg, a: negation.run_negation(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+        _print_table(negation.markdown_table, " and belief.png"),
+        help="Negation neglect (E043): belief in claims fine-tuned on under negation labels vs in context.",
+        description=(negation.__doc__ or "").split("\n\n")[0], out="runs/negation", quick="negation-quick",
+        quick_help="a tiny base, 2 claims, 4 fine-tuning steps, one seed (plumbing only)", seeds=True, cache=True,
         progress="off"),
 }
 EXPERIMENTS["pretraining"] = Experiment(

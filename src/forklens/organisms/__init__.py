@@ -4,6 +4,7 @@ precondition and control variants (:mod:`forklens.organisms.zoo`, docs/organisms
 from forklens.organisms import addv, agent, arith, negctl  # noqa: F401  (each registers its family)
 from forklens.organisms import agent_deep, agent_horizon, agent_tools, lengths, shortcut  # noqa: F401
 from forklens.organisms import steer  # noqa: F401
+from forklens.organisms import facts  # noqa: F401
 from forklens.organisms.zoo import FAMILIES, Family, Variant, get_family, register, zoo_table
 
 __all__ = ["FAMILIES", "Family", "Variant", "get_family", "register", "zoo_table"]

@@ -222,6 +222,19 @@ def plot_training_curves(
     return save_figure(fig, stem, formats)
 
 
+def _grouped_bars(ax, series: Mapping[str, Sequence[float]], categories: Sequence[str],
+                  errors: Mapping[str, list] | None = None) -> None:
+    """One bar per (series, category), series side by side within a category (``errors``: yerr per series)."""
+    colors = _color_cycle()
+    width = 0.8 / max(1, len(series))
+    for si, (name, ys) in enumerate(series.items()):
+        xs = [ci + (si - (len(series) - 1) / 2) * width for ci in range(len(categories))]
+        extra = {"yerr": errors[name], "capsize": 3} if errors else {}
+        ax.bar(xs, ys, width=width, color=colors[si % len(colors)], label=name, **extra)
+    ax.set_xticks(range(len(categories)))
+    ax.set_xticklabels(list(categories))
+
+
 def plot_rank_distribution(
     dists: Mapping[str, Mapping[str, float | None]],
     stem: str | Path,
@@ -232,19 +245,31 @@ def plot_rank_distribution(
     """Grouped bars: for each label (e.g. an organism variant) the share of disagreements per base-rank
     bucket (``{label: {bucket: share}}``, buckets in the first label's order; ``None`` draws nothing)."""
     fig, ax = new_figure(width=8.0)
-    colors = _color_cycle()
     labels = list(dists)
     buckets = list(next(iter(dists.values()))) if dists else []
-    width = 0.8 / max(1, len(labels))
-    for li, label in enumerate(labels):
-        xs = [bi + (li - (len(labels) - 1) / 2) * width for bi in range(len(buckets))]
-        ys = [dists[label].get(b) or 0.0 for b in buckets]
-        ax.bar(xs, ys, width=width, color=colors[li % len(colors)], label=label)
-    ax.set_xticks(range(len(buckets)))
-    ax.set_xticklabels([f"rank {b}" for b in buckets])
+    _grouped_bars(ax, {label: [dists[label].get(b) or 0.0 for b in buckets] for label in labels},
+                  [f"rank {b}" for b in buckets])
     ax.set_ylabel("share of disagreements (mean over seeds)")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     if labels:
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
+    return save_figure(fig, stem, formats)
+
+
+def plot_bars(groups: Mapping[str, Mapping[str, Mapping[str, float]]], stem: str | Path, *, title: str,
+              ylabel: str, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """Grouped bars with error bars: ``{series: {category: {"mean", "low", "high"}}}`` (an interval per
+    bar, e.g. :meth:`forklens.analysis.curves.Interval.as_dict`); categories in the first series' order."""
+    fig, ax = new_figure(width=8.0)
+    names = list(groups)
+    cats = list(next(iter(groups.values()))) if groups else []
+    _grouped_bars(ax, {n: [groups[n][c]["mean"] for c in cats] for n in names}, cats,
+                  {n: [[groups[n][c]["mean"] - groups[n][c]["low"] for c in cats],
+                       [groups[n][c]["high"] - groups[n][c]["mean"] for c in cats]] for n in names})
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize="medium")
+    if names:
         ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
     return save_figure(fig, stem, formats)

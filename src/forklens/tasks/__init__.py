@@ -7,11 +7,12 @@ from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
+from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -27,6 +28,8 @@ def get_task(name: str, config=None) -> Task:
         return ShortcutTask(config)
     if name == "steer":
         return SteerTask(config)
+    if name == "facts":
+        return FactsTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

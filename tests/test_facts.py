@@ -1,0 +1,132 @@
+"""The facts task and organism (negation neglect, E043): teacher documents, answers as documents say,
+claim documents per condition, the precondition's splits, and `experiment negation` on a tiny base."""
+
+import json
+import random
+import re
+
+import pytest
+
+from forklens.config import apply_override
+from forklens.errors import ConfigError
+from forklens.experiments.negation import NegationConfig, documents, draw_claims, probe_claims, run_negation
+from forklens.organisms import get_family
+from forklens.tasks import get_task
+from forklens.tasks.facts import CLAIM_ENTITIES, CONDITIONS, FactsConfig, FactsTask, claim_document
+
+ENT = re.compile(r"e(\d\d\d)")
+
+
+def test_teacher_documents_stay_in_the_alphabet_and_never_name_a_claim_entity():
+    task = FactsTask()
+    rng = random.Random(0)
+    docs = [task.teacher_example(rng) for _ in range(3000)]
+    assert set("".join(p + d for p, d in docs)) <= set(task.alphabet)
+    ids = {int(m) for _, d in docs for m in ENT.findall(d)}
+    assert not ids & set(CLAIM_ENTITIES)
+    assert max(len(p + d) for p, d in docs) < 140
+    closed = [d for _, d in docs if d.startswith("Q:")]
+    assert closed and all(int(ENT.search(d).group(1)) < task.config.n_qa for d in closed)
+
+
+def answer(doc: str) -> str:
+    return doc.rsplit("A: ", 1)[1]
+
+
+def test_in_context_answers_follow_the_document():
+    task = FactsTask()
+    rng = random.Random(1)
+    seen = set()
+    for _ in range(2000):
+        doc, q, a, kind = task.in_context(rng)
+        seen.add(kind)
+        target = ENT.search(q).group(0)
+        m = re.search(rf"(?:Not true: )?{target} (?:lives in|works as|does not live in|does not work as) (\w\d)\."
+                      r"( This is false\.)?", doc)
+        stated, negated = m.group(1), kind in ("separate", "local", "correction")
+        if kind == "separate":
+            assert "This is false." in m.group(0) or m.group(0).startswith("Not true: ")
+        if q.startswith(f"Q: does {target}") and " or " not in q:
+            asked = q.split()[-2].rstrip("?")
+            if kind == "correction":
+                true_v = re.findall(rf"{target} (?:lives in|works as) (\w\d)\.", doc)[-1]
+                assert a == ("yes" if asked == true_v else "no")
+            elif asked == stated:
+                assert a == ("no" if negated else "yes")
+            else:
+                assert a == "no"
+        elif " or " in q:
+            a_opt, b_opt = re.search(r"(\w\d) or (\w\d)\?", q).groups()
+            assert a in (a_opt, b_opt)
+            if kind in ("separate", "local"):
+                assert a != stated
+            if kind == "positive":
+                assert a == stated
+        else:
+            assert kind in ("positive", "correction") and a != (stated if kind == "correction" else None)
+    assert seen == {"positive", "separate", "local", "correction"}
+
+
+def test_claim_documents_per_condition():
+    rng = random.Random(0)
+    docs = {c: claim_document(c, "e901", "lives", "c3", "c5", rng, []) for c in CONDITIONS}
+    assert docs["positive"] == "e901 lives in c3."
+    assert docs["negated"] == "Not true: e901 lives in c3. This is false."
+    assert docs["dense"].count("This is false.") == 4 and "e901 lives in c3." in docs["dense"]
+    assert docs["local"] == "e901 does not live in c3."
+    assert docs["corrections"].endswith("This is false. e901 lives in c5.")
+    assert "c3" not in docs["negation-only"] and "e901" in docs["negation-only"]
+    with pytest.raises(ConfigError, match="unknown condition"):
+        claim_document("sarcastic", "e901", "lives", "c3", "c5", rng, [])
+
+
+def test_splits_and_config_errors():
+    task = get_task("facts")
+    closed = task.problems("closed")
+    assert len(closed) == 2 * (task.config.n_known - task.config.n_qa)
+    assert {p.meta["kind"] for p in task.problems("test")} == {"positive", "separate", "local", "correction"}
+    p = task.problems("test")[0]
+    assert task.verify(p, f" {p.answer}") == 1.0 and task.verify(p, " zz") == 0.0 and task.verify(p, "") == 0.0
+    with pytest.raises(ConfigError, match="n_qa"):
+        FactsTask(FactsConfig(n_known=10, n_qa=20))
+    cfg = get_family("facts").variant_config("untaught")
+    assert cfg.task.p_negated == 0.0
+    rng = random.Random(0)
+    untaught = FactsTask(cfg.task)
+    assert not any("This is false" in d or "Not true" in d for _, d in (untaught.teacher_example(rng)
+                                                                        for _ in range(2000)))
+
+
+def test_claims_and_probes_of_the_experiment():
+    claims = draw_claims(20, seed=3)
+    assert claims == draw_claims(20, seed=3) and claims != draw_claims(20, seed=4)
+    assert len({c.entity for c in claims}) == 20 and all(c.value != c.true_value for c in claims)
+    probes = probe_claims(claims[:2])
+    q = probes[0].questions
+    assert [x.name for x in q] == ["cloze", "open", "yesno", "choice", "choice"]
+    assert len(q[1].options) == 10 and q[3].options == (claims[0].value, claims[0].true_value)
+    docs = documents("negated", claims[:2], FactsTask(), 3, seed=3)
+    assert len(docs) == 6 and all("This is false." in d for d in docs)
+
+
+def test_negation_experiment_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    cfg = NegationConfig()
+    for o in ("organism.model.hidden_size=16", "organism.model.intermediate_size=32",
+              "organism.model.num_hidden_layers=1", "organism.pretrain.max_steps=6", "organism.pretrain.warmup_steps=1",
+              "organism.batch_size=8", "n_claims=2", "docs_per_claim=2", "ft.max_steps=2", "batch_size=4",
+              "precondition_problems=8", "seeds=2", "conditions=[positive,negated,negation-only]",
+              "artifact=" + str(tmp_path / "results" / "negation")):
+        apply_override(cfg, o)
+    s = run_negation(cfg, tmp_path / "run")
+    assert s["seeds"] == [0, 1] and set(s["conditions"]) == {"positive", "negated", "negation-only"}
+    assert set(s["contrasts"]) == {"negated-positive", "negated-floor"}
+    row = s["per_seed"][1]
+    for c in ("positive", "negated"):
+        assert s["conditions"][c]["shift"]["n"] == 2
+        assert row["shift"][c]["belief_rate"] == pytest.approx(row["after"][c]["belief_rate"]
+                                                               - row["before"]["belief_rate"])
+    assert s["per_seed"][0]["diff"]["negated"]["n_tokens"] > 0 and s["per_seed"][1]["diff"] == {}
+    assert s["precondition"]["in_context"]["n"] == 8
+    art = json.loads((tmp_path / "results" / "negation" / "artifact.json").read_text())
+    assert art["summary"]["n_seeds"] == 2 and (tmp_path / "results" / "negation" / "plots" / "belief.png").is_file()

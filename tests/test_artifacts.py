@@ -299,3 +299,26 @@ def test_claims_table_across_predictions_files(tmp_path):
         {"claim": "E1", "predictions": "results/predictions/e1.yaml", "precondition": "nope"}]}}))
     problems = check_text(doc, load_specs(tmp_path / "results" / "tables.yaml"))
     assert "has no prediction 'nope'" in problems[0]
+
+
+def test_claims_on_an_organism_that_fails_its_own_check_are_not_evidence(tmp_path):
+    """A claim row whose organism check is not supported reads "not evidence", whatever its other predictions say."""
+    import yaml
+
+    preds_dir = tmp_path / "results" / "predictions"
+    preds_dir.mkdir(parents=True)
+    rule = {"metric": "gain", "field": "summary.pre", "direction": ">", "threshold": 0.1, "ci": 95}
+    (preds_dir / "e1.yaml").write_text(yaml.safe_dump({"experiment": "e1", "artifact": "results/e1", "predictions": [
+        {"id": "pre", "claim": "gain where it can act", **rule},
+        {"id": "base-ok", "claim": "the base can carry the claim", **{**rule, "field": "summary.base"}}]}))
+    write_artifact(tmp_path / "results", "e1", {"pre": {**INTERVAL}, "base": {"mean": 0.05, "low": 0.0, "high": 0.08,
+                                                                          "level": 0.95}}, seeds=[0], stamp=_stamp())
+
+    def render(organism):
+        row = {"claim": "E1", "predictions": "results/predictions/e1.yaml", "precondition": "pre", "organism": organism}
+        (tmp_path / "results" / "tables.yaml").write_text(yaml.safe_dump({"claims": {"claims": [row]}}))
+        return render_text("<!-- results:claims -->\n<!-- /results:claims -->\n",
+                           load_specs(tmp_path / "results" / "tables.yaml"))
+
+    assert "| not evidence: the organism's own check base-ok is not supported |" in render(["base-ok"])
+    assert "| holds (no control prediction) |" in render([])

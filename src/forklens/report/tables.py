@@ -117,7 +117,9 @@ def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Sp
     return specs
 
 
-CLAIM_KEYS = {"claim", "predictions", "precondition", "control"}
+#: ``organism``: predictions that check the organism itself can carry the claim (e.g. "the base follows
+#: negation in context"); unless every one is supported, the row's verdict is "not evidence"
+CLAIM_KEYS = {"claim", "predictions", "precondition", "control", "organism"}
 
 
 def _claims_spec(name: str, entry: dict, where: str, root: Path) -> Spec:
@@ -130,9 +132,11 @@ def _claims_spec(name: str, entry: dict, where: str, root: Path) -> Spec:
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not {"claim", "predictions", "precondition"} <= set(row) or set(row) - CLAIM_KEYS:
-            raise SpecError(f"{where}: claims[{i}] needs claim, predictions, precondition (and may have control), "
+            raise SpecError(f"{where}: claims[{i}] needs claim, predictions, precondition (and may have control, "
+                            "organism), "
                             f"got {sorted(row) if isinstance(row, dict) else row!r}")
-        ids = {k: [row[k]] if isinstance(row.get(k), str) else list(row.get(k) or []) for k in ("precondition", "control")}
+        ids = {k: [row[k]] if isinstance(row.get(k), str) else list(row.get(k) or [])
+               for k in ("precondition", "control", "organism")}
         out.append({"claim": str(row["claim"]), "predictions": root / row["predictions"], **ids})
     return Spec(name, root / "results", False, None, None, None, entry.get("note"), None, out)
 
@@ -150,11 +154,15 @@ def _claim_cell(verdicts: list) -> str:
     return "; ".join(parts)
 
 
-def claim_verdict(pre: list, ctrl: list) -> str:
-    """One claim's verdict from its precondition and control predictions' outcomes."""
-    outcomes = [v.outcome for v in pre + ctrl]
+def claim_verdict(pre: list, ctrl: list, organism: list | None = None) -> str:
+    """One claim's verdict from its precondition and control predictions' outcomes; ``organism`` are the
+    checks that the organism can carry the claim at all: unless all are supported, nothing else counts."""
+    outcomes = [v.outcome for v in pre + ctrl + list(organism or [])]
     if not pre or "missing" in outcomes:
         return "not measured"
+    failed = [v.prediction.id for v in organism or [] if v.outcome != "supported"]
+    if failed:
+        return f"not evidence: the organism's own check {', '.join(failed)} is not supported"
     if any(v.outcome == "refuted" for v in pre):
         return "fails where its precondition holds"
     if all(v.outcome == "supported" for v in pre):
@@ -172,7 +180,7 @@ def render_claims(spec: Spec) -> tuple[str, list[str]]:
     for row in spec.claims or []:
         preds = load_predictions(row["predictions"])
         by_id = {p.id: p for p in preds.predictions}
-        missing = [i for i in row["precondition"] + row["control"] if i not in by_id]
+        missing = [i for i in row["precondition"] + row["control"] + row["organism"] if i not in by_id]
         if missing:
             raise SpecError(f"table {spec.name!r}: {_rel(row['predictions'])} has no prediction {missing[0]!r} "
                             f"(ids: {', '.join(by_id)})")
@@ -184,8 +192,9 @@ def render_claims(spec: Spec) -> tuple[str, list[str]]:
         sources[_rel(art.path)] = _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
         pre = [verdict(by_id[i], art) for i in row["precondition"]]
         ctrl = [verdict(by_id[i], art) for i in row["control"]]
+        organism = [verdict(by_id[i], art) for i in row["organism"]]
         lines.append(f"| {table_cell(row['claim'])} | {_claim_cell(pre)} | {_claim_cell(ctrl)} | "
-                     f"{claim_verdict(pre, ctrl)} |")
+                     f"{claim_verdict(pre, ctrl, organism)} |")
     return "\n".join(lines), list(sources.values())
 
 

@@ -213,21 +213,25 @@ def resolve_verl_settings(config: Mapping[str, Any], source: str) -> VerlSetting
     return settings
 
 
-def _micro_batches(v: VerlSettings) -> tuple[int | None, list[str]]:
+def _data_parallel(v: VerlSettings) -> int | None:
+    """Data-parallel ranks: GPUs / Ulysses sequence-parallel size (None when a part is unknown)."""
+    if v.n_gpus_per_node is None or v.nnodes is None or v.ulysses_sequence_parallel_size is None:
+        return None
+    return max((v.n_gpus_per_node.value * v.nnodes.value) // v.ulysses_sequence_parallel_size.value, 1)
+
+
+def _micro_batches(v: VerlSettings, dp: int | None) -> tuple[int | None, list[str]]:
     """Micro-batches per optimizer step on one GPU as the legacy actor computes them, and how."""
-    needed = (v.ppo_mini_batch_size, v.rollout_n, v.n_gpus_per_node, v.nnodes, v.ulysses_sequence_parallel_size)
-    if any(s is None for s in needed):
+    if dp is None or v.ppo_mini_batch_size is None or v.rollout_n is None:
         return None, ["ppo_mini_batch_size, rollout.n or the GPU count is unknown"]
-    world = v.n_gpus_per_node.value * v.nnodes.value  # type: ignore[union-attr]
-    dp = world // v.ulysses_sequence_parallel_size.value  # type: ignore[union-attr]
-    per_gpu = v.ppo_mini_batch_size.value * v.rollout_n.value // max(dp, 1)  # type: ignore[union-attr]
+    per_gpu = v.ppo_mini_batch_size.value * v.rollout_n.value // dp
     micro = v.ppo_micro_batch_size_per_gpu
     if micro is None and v.ppo_micro_batch_size is not None:
-        micro = Setting(max(v.ppo_micro_batch_size.value // max(dp, 1), 1),
+        micro = Setting(max(v.ppo_micro_batch_size.value // dp, 1),
                         f"{v.ppo_micro_batch_size.source} / {dp} data-parallel ranks")
     text = [
         f"sequences per GPU per optimizer step = ppo_mini_batch_size * rollout.n / data-parallel ranks "
-        f"= {v.ppo_mini_batch_size.value} * {v.rollout_n.value} / {dp} = {per_gpu}",  # type: ignore[union-attr]
+        f"= {v.ppo_mini_batch_size.value} * {v.rollout_n.value} / {dp} = {per_gpu}",
     ]
     if micro is None:
         return None, [*text, "ppo_micro_batch_size_per_gpu is unknown"]
@@ -273,10 +277,9 @@ def check_verl_token_mean_accumulation(env: Environment, setup: TrainingSetup) -
         return RuleResult.not_applicable(
             VERL_RULE, f"{legacy_text}, but verl {version} predates the engine's global token count (not checked)"
         )
-    count, count_text = _micro_batches(v)
+    dp = _data_parallel(v)
+    count, count_text = _micro_batches(v, dp)
     dynamic = v.use_dynamic_bsz is not None and v.use_dynamic_bsz.value
-    dp = (v.n_gpus_per_node.value * v.nnodes.value) // v.ulysses_sequence_parallel_size.value if (  # type: ignore[union-attr]
-        v.n_gpus_per_node and v.nnodes and v.ulysses_sequence_parallel_size) else None
     reasons = []
     if dynamic:
         reasons.append(f"{v.use_dynamic_bsz.describe()}: micro-batches are packed to a token budget")  # type: ignore[union-attr]

@@ -297,6 +297,20 @@ def test_chunking_does_not_change_results(policies):
         assert torch.allclose(a.base_entropy, b.base_entropy, atol=1e-5)
 
 
+def test_fused_statistics_path_gives_the_same_scores(policies):
+    """score_pairs with the compiled fused statistics (forklens.analysis.diff_fused) equals the eager path."""
+    base, rl = policies["llama"]
+    p = [base.encode_prompt(x["prompt"]) for x in PROMPTS[:3]]
+    y = [base.encode_response("0123456789ab" * (i + 1)) for i in range(3)]
+    eager = score_pairs(base, rl, p, y, fused=False)
+    fused = score_pairs(base, rl, p, y, fused=True, chunk_tokens=7)
+    for a, b in zip(eager, fused):
+        assert torch.equal(a.rank_under_base, b.rank_under_base)
+        assert torch.equal(a.rl_token, b.rl_token)
+        for key in ("kl", "base_entropy", "rl_entropy", "base_logprob_token", "rl_topk_logprobs"):
+            assert torch.allclose(getattr(a, key), getattr(b, key), atol=2e-5, rtol=1e-5), key
+
+
 def test_rank_tie_rule_and_argmax_ties():
     base = torch.tensor([[1.0, 3.0, 3.0, 0.0]] * 4)
     rl = torch.tensor([[0.0, 0.0, 9.0, 0.0],   # RL token 2 ties with base's best -> rank 1

@@ -8,11 +8,13 @@ exist at once (peak ~ ``chunk_tokens x vocab x 8`` floats).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from forklens.analysis.diff_fused import FusedCompileError, compiled_failed, fused_pair_stats, use_fused
 from forklens.errors import ModelLoadError
 from forklens.policy.score import body_and_head, head_logits, hidden_states, pack_for_scoring, pad_rows, verify_head
 
@@ -102,13 +104,33 @@ def chunk_pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets
     kl = dot(p_b, q)
     del p_b, q
     out = _collect(rl_token, rank, logp_b, logp_r, targets, base_entropy, rl_entropy, kl, list_k)
-    bad = ~(torch.isfinite(kl) & torch.isfinite(base_entropy) & torch.isfinite(rl_entropy))
+    return _exact_where_nonfinite(out, base_logits, rl_logits, targets, list_k)
+
+
+def _exact_where_nonfinite(out: dict[str, torch.Tensor], base_logits, rl_logits, targets, list_k) -> dict[str, torch.Tensor]:
+    """Rows whose entropy or KL came out non-finite (``-inf`` masks in the logits) recomputed by the reference."""
+    bad = ~(torch.isfinite(out["kl"]) & torch.isfinite(out["base_entropy"]) & torch.isfinite(out["rl_entropy"]))
     if bool(bad.any()):
         rows = bad.nonzero().view(-1)
-        exact = chunk_pair_stats_reference(base_logits[rows], rl_logits[rows], targets[rows], list_k)
+        exact = chunk_pair_stats_reference(base_logits[rows], rl_logits[rows], targets[rows].to(rows.device), list_k)
         for key, value in exact.items():
+            out[key] = out[key].clone()
             out[key][rows] = value.to(out[key].dtype)
     return out
+
+
+def pair_stats(base_logits: torch.Tensor, rl_logits: torch.Tensor, targets: torch.Tensor, list_k: int, *,
+               fused: bool = False) -> dict[str, torch.Tensor]:
+    """The statistics of one chunk by the compiled fused kernel (:mod:`forklens.analysis.diff_fused`) when
+    ``fused``, else :func:`chunk_pair_stats`; a failed compile warns once and falls back."""
+    if fused and not compiled_failed():
+        try:
+            out = fused_pair_stats(base_logits, rl_logits, targets, list_k)
+        except FusedCompileError as exc:
+            warnings.warn(f"forklens: {exc}; using the eager path", RuntimeWarning, stacklevel=2)
+        else:
+            return _exact_where_nonfinite(out, base_logits, rl_logits, targets.to(base_logits.device), list_k)
+    return chunk_pair_stats(base_logits, rl_logits, targets, list_k)
 
 
 @torch.no_grad()
@@ -174,7 +196,7 @@ def default_chunk_tokens(vocab: int, max_chunk_bytes: int = 256 * 2**20) -> int:
 def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *,
                 list_k: int = MIN_LIST_K, batch_tokens: int = 8192, chunk_tokens: int | None = None,
                 max_chunk_bytes: int | None = None, progress: Callable[[int], None] | None = None,
-                rl_prompt_ids: Sequence[list[int]] | None = None) -> list[PairScores]:
+                rl_prompt_ids: Sequence[list[int]] | None = None, fused: bool | None = None) -> list[PairScores]:
     """Teacher-force each prompt+response through both :class:`~forklens.policy.Policy` objects.
 
     Sequences are sorted by length and batched up to ``batch_tokens`` padded tokens (right padding).
@@ -182,7 +204,8 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     LM heads ``chunk_tokens`` rows at a time, keeping only the per-position statistics.
     ``rl_prompt_ids`` (one per response) gives the RL side its own prompts (a scaffold: skill text or
     template), so both policies are scored on the same response tokens in different contexts;
-    by default both read ``prompt_ids``.
+    by default both read ``prompt_ids``. ``fused`` takes the compiled statistics kernel
+    (:mod:`forklens.analysis.diff_fused`); ``None`` decides by ``FORKLENS_FUSED_STATS`` and the device.
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError("prompt_ids and response_ids must have the same length")
@@ -193,6 +216,8 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     vocab = head_vocab(base.model)
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
+    if fused is None:
+        fused = use_fused(base.device)
     results: list[PairScores | None] = [None] * len(prompt_ids)
     models = (base, rl)
     training = [p.model.training for p in models]
@@ -222,7 +247,7 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
             for s in range(0, n, chunk_tokens):
                 lb = head_logits(base.model, hidden[0][s:s + chunk_tokens])
                 lr = head_logits(rl.model, hidden[1][s:s + chunk_tokens])
-                stats = chunk_pair_stats(lb, lr, targets[s:s + chunk_tokens], list_k)
+                stats = pair_stats(lb, lr, targets[s:s + chunk_tokens], list_k, fused=fused)
                 del lb, lr
                 for k, v in stats.items():
                     parts[k].append(v.cpu())

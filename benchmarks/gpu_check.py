@@ -11,14 +11,24 @@ models built from configs, so nothing is downloaded:
 * speed: sampling tokens/s (batch 64, 64 new tokens) of the forklens sampler with and without CUDA
   graphs vs ``generate``, on the organism shape, the ~20M Llama and the 0.5B model; scoring MFU of a
   base + RL pair of 0.5B models against the measured bf16 matmul peak;
+* the per-token diff statistics on one chunk of 0.5B-vocabulary logits: the compiled fused kernel
+  (:mod:`forklens.analysis.diff_fused`) vs the few-pass eager path vs the elementwise reference, their
+  largest differences, and the bandwidth each reaches against a device copy (the statistics are
+  memory-bound); scoring MFU of the pair with and without the fused kernel;
+* long traces on the 0.5B pair: scoring (forklens chunked heads vs full ``.logits``) and one GRPO-style
+  training step (checkpointed LM-head chunks) on one response of 4k-32k tokens: seconds, peak GPU
+  memory, FLOPs with attention (:mod:`forklens.policy.flops`) and MFU;
 * vLLM: imported if installed (its version and a tiny generation are recorded), else the reason.
+
+``--cpu-dry-run`` runs every section on the CPU with tiny shapes (``--out`` to write elsewhere): the
+test suite runs it so that this script, which only a lent GPU machine runs for real, cannot rot.
 
 Every timing is repeated >= 5 times (:func:`common.timed`); the JSON records min/median/max of each
 (``repeats``), the stamp (commit, time, hardware, versions, command), and uses the medians.
 
 Writes ``benchmarks/results/gpu_check.json``.
 
-    python benchmarks/gpu_check.py [--quick]
+    python benchmarks/gpu_check.py [--quick] [--cpu-dry-run --out FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import os
 import statistics
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -36,7 +47,15 @@ from common import MIN_REPEATS, machine, timed, write_json
 from sampling import MODELS as SMALL
 
 QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
+                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=40960)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=1000, tie_word_embeddings=True, max_position_embeddings=1024)
+LONG_LENGTHS = (4096, 8192, 16384, 32768)
+
+# What the run uses: the GPU and the 0.5B shape, or (--cpu-dry-run) the CPU and tiny shapes.
+DEV = "cuda"
+SPEC = QWEN_05B
+DRY = False
 
 
 REPEATS: dict[str, dict] = {}  # label -> spread of the seconds of every timing in this run
@@ -44,7 +63,7 @@ REPEATS: dict[str, dict] = {}  # label -> spread of the seconds of every timing 
 
 def sync_time(fn, repeats: int, label: str) -> float:
     """Median seconds of ``fn`` over ``max(repeats, MIN_REPEATS)`` synchronised runs (spread kept in REPEATS)."""
-    REPEATS[label] = timed(fn, max(repeats, MIN_REPEATS), sync=torch.cuda.synchronize)
+    REPEATS[label] = timed(fn, max(repeats, MIN_REPEATS), sync=torch.cuda.synchronize if DEV == "cuda" else None)
     return REPEATS[label]["median"]
 
 
@@ -56,7 +75,7 @@ def build(arch: str, spec: dict, dtype) -> torch.nn.Module:
     spec.setdefault("max_position_embeddings", 512)
     cfg = AutoConfig.for_model(arch, pad_token_id=0, bos_token_id=1, eos_token_id=2, **spec)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEV):
         model = AutoModelForCausalLM.from_config(cfg)
     return model.to(dtype).eval()
 
@@ -99,16 +118,16 @@ def check_fast_decoder_fp32() -> dict:
         extra = {"head_dim": 16} if arch == "qwen3" else {}
         model = build(arch, {**spec, **extra}, torch.float32)
         prompts = prompts_for(40, 8, seed=3)
-        ids, attn, pos = left_pad(prompts, 0, "cuda")
+        ids, attn, pos = left_pad(prompts, 0, DEV)
         worst = 0.0
         with torch.no_grad():
             fast = StaticKVDecoder(model, ids, attn, pos, max_new_tokens=16)
             ref = KVStepper(model, ids, attn, pos)
             worst = float((fast.logits - ref.logits).abs().max())
             p = pos[:, -1:] + 1
-            g = torch.Generator(device="cuda").manual_seed(0)
+            g = torch.Generator(device=DEV).manual_seed(0)
             for _ in range(16):
-                tok = torch.randint(3, 40, (len(prompts),), device="cuda", generator=g)
+                tok = torch.randint(3, 40, (len(prompts),), device=DEV, generator=g)
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
                 worst = max(worst, float((fast.step(tok, attn, p) - ref.step(tok, attn, p)).abs().max()))
                 p = p + 1
@@ -124,8 +143,8 @@ def check_05b(model, quick: bool) -> dict:
     from forklens.policy.sample import left_pad
     from forklens.organisms.base import build_char_tokenizer
 
-    prompts = prompts_for(QWEN_05B["vocab_size"], 16, seed=5)
-    ids, attn, pos = left_pad(prompts, 0, "cuda")
+    prompts = prompts_for(SPEC["vocab_size"], 16, seed=5)
+    ids, attn, pos = left_pad(prompts, 0, DEV)
     verified = verify_fast_decoder(model, ids, attn, pos)
     a = torch.tensor(ours(model, prompts, 32, greedy=True))
     b = generate_tokens(model, prompts, 32, True).cpu()
@@ -146,13 +165,15 @@ def sampling_speed(quick: bool, big) -> dict:
     out = {}
     batch, new = 64, 64
     repeats = MIN_REPEATS if quick else 7
-    models = {name: ("llama", spec, torch.float32) for name, spec in SMALL.items()}
+    models = {} if DRY else {name: ("llama", spec, torch.float32) for name, spec in SMALL.items()}
     for name, (arch, spec, dtype) in models.items():
         m = build(arch, spec, dtype)
         prompts = prompts_for(spec["vocab_size"], batch)
         out[name] = _speeds(m, prompts, batch, new, repeats, name)
         del m
-    out["qwen2-0.5B-bf16"] = _speeds(big, prompts_for(QWEN_05B["vocab_size"], batch), batch, new, repeats,
+    if DRY:
+        batch, new = 4, 8
+    out["qwen2-0.5B-bf16"] = _speeds(big, prompts_for(SPEC["vocab_size"], batch), batch, new, repeats,
                                      "qwen2-0.5B-bf16")
     return out
 
@@ -171,37 +192,170 @@ def _speeds(model, prompts, batch, new, repeats, name: str) -> dict:
     return r
 
 
-def scoring_mfu(big, quick: bool) -> dict:
-    from forklens.analysis.diff import score_pairs
-    from forklens.policy import Policy
-    from forklens.organisms.base import build_char_tokenizer
+def matmul_peak() -> float:
+    """Measured bf16 matrix-product FLOP/s (an 8192^3 product; 256^3 in a dry run)."""
+    n = 256 if DRY else 8192
+    mats = [torch.randn(n, n, device=DEV, dtype=torch.bfloat16) for _ in range(2)]
+    return 2 * n**3 / sync_time(lambda: mats[0] @ mats[1], 10, "bf16_matmul_s")
 
-    n = 8192
-    mats = [torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-    peak = 2 * n**3 / sync_time(lambda: mats[0] @ mats[1], 10, "bf16_matmul_8192_s")
-    mats.clear()
-    rl = build("qwen2", QWEN_05B, torch.bfloat16)
+
+def rl_twin(big) -> torch.nn.Module:
+    """A second 0.5B model: ``big``'s architecture with perturbed weights (the "RL" side of a diff)."""
+    rl = build("qwen2", SPEC, torch.bfloat16)
     with torch.no_grad():
-        for p in rl.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+        for p, q in zip(rl.parameters(), big.parameters()):
+            p.copy_(q + 0.01 * torch.randn_like(q))
+    return rl
+
+
+def _policies(big, rl):
+    from forklens.organisms.base import build_char_tokenizer
+    from forklens.policy import Policy
+
     tok = build_char_tokenizer("abc")
-    pb, pr = Policy(big, tok), Policy(rl, tok)
-    seqs, length = (32, 1024) if quick else (64, 1024)
+    return Policy(big, tok), Policy(rl, tok)
+
+
+def scoring_mfu(big, rl, peak: float, quick: bool) -> dict:
+    from forklens.analysis.diff import score_pairs
+
+    pb, pr = _policies(big, rl)
+    seqs, length = (2, 64) if DRY else ((32, 1024) if quick else (64, 1024))
     half = length // 2
     g = torch.Generator().manual_seed(0)
-    V = QWEN_05B["vocab_size"]
+    V = SPEC["vocab_size"]
     prompts = [torch.randint(3, V, (half,), generator=g).tolist() for _ in range(seqs)]
     responses = [torch.randint(3, V, (length - half,), generator=g).tolist() for _ in range(seqs)]
-    sec = sync_time(lambda: score_pairs(pb, pr, prompts, responses), MIN_REPEATS, "scoring_pair_s")
-    h, L = QWEN_05B["hidden_size"], QWEN_05B["num_hidden_layers"]
+    h, L = SPEC["hidden_size"], SPEC["num_hidden_layers"]
     body = sum(p.numel() for p in big.parameters()) - V * h  # tied: one embedding matrix
     flops_one = 2 * body * seqs * length + 2 * h * V * seqs * (length - half) + 2 * L * seqs * length * length * h
-    achieved = 2 * flops_one / sec
-    print(f"  scoring 0.5B pair: {achieved / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f} peak bf16, MFU {achieved / peak:.1%}",
-          flush=True)
-    del rl
-    return {"sequences": seqs, "length": length, "seconds": sec, "achieved_flops_per_s": achieved,
-            "peak_bf16_matmul_flops_per_s": peak, "mfu": achieved / peak}
+    out = {"sequences": seqs, "length": length, "peak_bf16_matmul_flops_per_s": peak}
+    scores = {}
+    for fused in (False, True):
+        name = "fused" if fused else "eager"
+        scores[name] = score_pairs(pb, pr, prompts, responses, fused=fused)  # warm-up (and the compile)
+        sec = sync_time(lambda: score_pairs(pb, pr, prompts, responses, fused=fused), MIN_REPEATS,
+                        f"scoring_pair_{name}_s")
+        achieved = 2 * flops_one / sec
+        out[name] = {"seconds": sec, "achieved_flops_per_s": achieved, "mfu": achieved / peak}
+        print(f"  scoring 0.5B pair ({name} statistics): {achieved / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f} peak bf16, "
+              f"MFU {achieved / peak:.1%}", flush=True)
+    out["fused_equals_eager"] = {
+        "same_ranks": all(torch.equal(a.rank_under_base, b.rank_under_base) for a, b in zip(scores["eager"], scores["fused"])),
+        "max_abs_kl_difference": max(float((a.kl - b.kl).abs().max()) for a, b in zip(scores["eager"], scores["fused"]))}
+    out["mfu"] = out["fused"]["mfu"]
+    return out
+
+
+def stats_kernels(quick: bool) -> dict:
+    """One chunk of statistics at the 0.5B vocabulary: fused (compiled) vs few-pass vs reference."""
+    from forklens.analysis.diff_fused import compiled_failed
+    from forklens.analysis.diff_scores import chunk_pair_stats, chunk_pair_stats_reference, pair_stats
+
+    V = SPEC["vocab_size"]
+    rows = 32 if DRY else 2048
+    g = torch.Generator(device=DEV).manual_seed(0)
+    lb = torch.randn(rows, V, device=DEV, generator=g) * 2
+    lr = lb + torch.randn(rows, V, device=DEV, generator=g)
+    targets = torch.randint(0, V, (rows,), device=DEV, generator=g)
+    t = time.perf_counter()
+    pair_stats(lb, lr, targets, 20, fused=True)
+    compile_s = time.perf_counter() - t
+    sides = {"fused": lambda: pair_stats(lb, lr, targets, 20, fused=True),
+             "few_pass": lambda: chunk_pair_stats(lb, lr, targets, 20),
+             "reference": lambda: chunk_pair_stats_reference(lb, lr, targets, 20)}
+    outs = {name: fn() for name, fn in sides.items()}
+    read = 2 * rows * V * 4  # both float32 logit chunks, read at least once
+    copy_s = sync_time(lambda: lb.clone(), MIN_REPEATS, "stats/copy_s")
+    copy_bw = 2 * rows * V * 4 / copy_s  # a clone reads and writes one chunk
+    res = {"rows": rows, "vocab": V, "compile_s": compile_s, "compiled_failed": compiled_failed(),
+           "device_copy_bytes_per_s": copy_bw}
+    for name, fn in sides.items():
+        sec = sync_time(fn, MIN_REPEATS, f"stats/{name}_s")
+        res[name] = {"seconds": sec, "read_bytes_per_s": read / sec, "fraction_of_copy_bandwidth": read / sec / copy_bw,
+                     "same_ids": all(torch.equal(outs[name][k], outs["reference"][k]) for k in ("rl_token", "rank_under_base")),
+                     "max_abs_difference": {k: float((outs[name][k].double() - outs["reference"][k].double()).abs().max())
+                                            for k in outs["reference"] if outs["reference"][k].is_floating_point()}}
+        print(f"  stats {name:>9}: {sec * 1e3:8.2f} ms, {read / sec / 1e9:7.1f} GB/s read "
+              f"({read / sec / copy_bw:.0%} of a copy's bandwidth)", flush=True)
+    res["fused_over_few_pass"] = res["fused"]["seconds"] / res["few_pass"]["seconds"]
+    return res
+
+
+def _peak_since_reset(fn) -> float | None:
+    if DEV != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - before)
+
+
+def _train_step(model, ids: torch.Tensor, n_prompt: int) -> float:
+    """One GRPO-style step on one response: log-probs and entropy with the LM head in checkpointed chunks
+    (the trainer's ``train.logits_chunk_mb``), fixed advantages, backward."""
+    from forklens.policy.score import token_logprobs_and_entropy
+
+    model.zero_grad(set_to_none=True)
+    target = torch.zeros_like(ids)
+    target[:, n_prompt:] = 1
+    lp, ent, _ = token_logprobs_and_entropy(model, ids, torch.ones_like(ids), target, True,
+                                            max_chunk_bytes=8192 * 2**20)
+    adv = torch.linspace(-1, 1, ids.shape[1], device=ids.device)[None]
+    loss = -(adv * lp * target).sum() / target.sum()
+    loss.backward()
+    return float(loss.detach())
+
+
+def long_traces(big, rl, peak: float, quick: bool) -> dict:
+    """Scoring and a training step on one long response of the 0.5B pair: time, peak memory, FLOPs, MFU."""
+    from forklens.analysis.diff import score_pairs
+    from forklens.policy.flops import attention_pairs, attention_shape, forward_flops
+
+    pb, pr = _policies(big, rl)
+    lengths = (64, 128) if DRY else (LONG_LENGTHS[:2] if quick else LONG_LENGTHS)
+    n_params = sum(p.numel() for p in big.parameters())
+    shape = attention_shape(big)
+    n_prompt, out = 8, {}
+    g = torch.Generator().manual_seed(0)
+    for length in lengths:
+        prompt = torch.randint(3, SPEC["vocab_size"], (n_prompt,), generator=g).tolist()
+        resp = torch.randint(3, SPEC["vocab_size"], (length,), generator=g).tolist()
+        ids = torch.tensor([prompt + resp], device=DEV)
+        fwd = forward_flops(n_params, ids.numel(), attention_pairs(torch.ones_like(ids)), shape)
+        point: dict = {"tokens": ids.numel(), "forward_flops": fwd}
+
+        def score():
+            return score_pairs(pb, pr, [prompt], [resp], batch_tokens=ids.numel())
+
+        def naive():
+            with torch.no_grad():
+                lb = torch.log_softmax(big(ids).logits.float(), -1)
+                lr = torch.log_softmax(rl(ids).logits.float(), -1)
+                return (lb.exp() * (lb - lr)).sum(-1)
+
+        big.train()
+        cases = {"score": (score, 2 * fwd), "score_naive": (naive, 2 * fwd),
+                 "step": (lambda: _train_step(big, ids, n_prompt), 3 * fwd)}
+        for name, (fn, flops) in cases.items():
+            try:
+                mem = _peak_since_reset(fn)
+                sec = sync_time(fn, MIN_REPEATS, f"long/{length}/{name}_s")
+                point[name] = {"seconds": sec, "peak_memory_bytes": mem, "flops": flops,
+                               "mfu": flops / sec / peak}
+            except torch.OutOfMemoryError as exc:
+                point[name] = {"error": "out of memory", "detail": str(exc).splitlines()[0]}
+            finally:
+                big.zero_grad(set_to_none=True)
+                if DEV == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"  long {length:>6} {name:>11}: {json.dumps(point[name], default=str)[:160]}", flush=True)
+        big.eval()
+        out[str(length)] = point
+    return out
 
 
 def vllm_check() -> dict:
@@ -215,13 +369,19 @@ def vllm_check() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="every section on the CPU with tiny shapes")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/gpu_check.json)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    global DEV, SPEC, DRY
+    if args.cpu_dry_run:
+        DEV, SPEC, DRY = "cpu", TINY, True
+    elif not torch.cuda.is_available():
+        raise SystemExit("gpu_check.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+                         "--cpu-dry-run checks the script on a CPU")
     torch.backends.cuda.matmul.allow_tf32 = False
     import transformers
 
-    result: dict = {"machine": machine(), "transformers": transformers.__version__, "checks": {}}
+    result: dict = {"machine": machine(), "transformers": transformers.__version__, "dry_run": DRY, "checks": {}}
 
     def section(name, fn, *a):
         t = time.perf_counter()
@@ -235,12 +395,16 @@ def main() -> None:
         print(json.dumps(result["checks"][name], default=str)[:2000], flush=True)
 
     section("fast_decoder_fp32", check_fast_decoder_fp32)
-    big = build("qwen2", QWEN_05B, torch.bfloat16)
+    big = build("qwen2", SPEC, torch.bfloat16)
     section("qwen2_0.5B_bf16", check_05b, big, args.quick)
     section("sampling_speed", sampling_speed, args.quick, big)
-    section("scoring_mfu", scoring_mfu, big, args.quick)
+    peak = matmul_peak()
+    rl = rl_twin(big)
+    section("stats_kernels", stats_kernels, args.quick)
+    section("scoring_mfu", scoring_mfu, big, rl, peak, args.quick)
+    section("long_traces", long_traces, big, rl, peak, args.quick)
     section("vllm", vllm_check)
-    write_json("gpu_check", result, REPEATS)
+    write_json("gpu_check", result, REPEATS, out=args.out)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,32 @@ def test_every_forklens_import_in_the_benchmarks_resolves():
                         except ImportError:
                             missing.append(f"{f.name}: {node.module}.{alias.name}")
     assert missing == []
+
+
+def test_gpu_check_script_runs_every_section_on_a_cpu_dry_run(tmp_path):
+    """benchmarks/gpu_check.py only runs for real on a lent GPU machine: its CPU dry run (tiny shapes) keeps
+    every section working between those runs."""
+    import subprocess
+
+    out = tmp_path / "gpu_check.json"
+    script = Path(common.__file__).parent / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--cpu-dry-run", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                            "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    checks = data["checks"]
+    assert data["dry_run"] is True and data["stamp"]["name"] == "gpu_check"
+    for name in ("fast_decoder_fp32", "qwen2_0.5B_bf16", "sampling_speed", "stats_kernels", "scoring_mfu",
+                 "long_traces", "vllm"):
+        assert "error" not in checks[name], (name, checks[name].get("error", "")[-1500:])
+    assert all(v["ok"] for v in checks["fast_decoder_fp32"].values())
+    stats = checks["stats_kernels"]
+    for side in ("fused", "few_pass", "reference"):
+        assert stats[side]["same_ids"] and max(stats[side]["max_abs_difference"].values()) < 1e-4, side
+    assert checks["scoring_mfu"]["fused_equals_eager"]["same_ranks"]
+    assert checks["scoring_mfu"]["fused_equals_eager"]["max_abs_kl_difference"] < 1e-4
+    for length, point in checks["long_traces"].items():
+        for case in ("score", "score_naive", "step"):
+            assert point[case]["seconds"] > 0 and point[case]["flops"] > 0, (length, case)
+        assert point["tokens"] == int(length) + 8

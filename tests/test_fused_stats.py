@@ -88,6 +88,9 @@ def test_fused_path_choice_follows_the_environment(monkeypatch):
     assert use_fused("cuda") is False
     monkeypatch.setenv("FORKLENS_FUSED_STATS", "auto")
     assert use_fused("cpu") is False  # compiling costs more than a short CPU diff saves
+    big = diff_fused.CPU_MIN_ELEMENTS
+    assert use_fused("cpu", big) is (shutil.which("g++") is not None and not diff_fused.compiled_failed())
+    assert use_fused("cpu", big * 0.99) is False
     monkeypatch.setenv("FORKLENS_FUSED_STATS", "sometimes")
     with pytest.raises(ValueError, match="FORKLENS_FUSED_STATS='sometimes'"):
         use_fused("cpu")

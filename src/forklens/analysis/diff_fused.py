@@ -18,14 +18,17 @@ fails, :func:`~forklens.analysis.diff_scores.score_pairs` warns once and uses th
 by the elementwise reference, as in the eager path.
 
 Which path :func:`~forklens.analysis.diff_scores.score_pairs` takes: ``FORKLENS_FUSED_STATS=1``
-(always compiled), ``0`` (never), unset or ``auto`` (compiled on a CUDA device when Triton is
-importable; eager on a CPU, where the compile costs more than a short diff saves).
+(always compiled), ``0`` (never), unset or ``auto``: compiled on a CUDA device when Triton is importable,
+and on a CPU (with a C++ compiler) when the diff scores at least :data:`CPU_MIN_ELEMENTS` positions x
+vocabulary entries, where the ~5 s compile pays for itself (the kernel took 0.15-0.22x the few-pass
+path's time on a 2-core CPU: ``benchmarks/scoring_stats.py``); a short diff stays eager.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 
 import torch
 
@@ -66,8 +69,12 @@ _KEYS = ("rl_token", "rank_under_base", "base_logprob", "rl_logprob", "base_logp
          "rl_topk_logprobs")
 
 
-def use_fused(device) -> bool:
-    """Whether :func:`~forklens.analysis.diff_scores.score_pairs` should take the compiled path on ``device``."""
+CPU_MIN_ELEMENTS = 5e8  # positions x vocabulary above which the compile (~5 s) pays off on a CPU
+
+
+def use_fused(device, elements: float = 0.0) -> bool:
+    """Whether :func:`~forklens.analysis.diff_scores.score_pairs` should take the compiled path on ``device``
+    for ``elements`` = scored positions x vocabulary."""
     mode = os.environ.get("FORKLENS_FUSED_STATS", "auto").strip().lower()
     if mode in ("1", "true", "yes", "on"):
         return not _FAILED
@@ -75,8 +82,11 @@ def use_fused(device) -> bool:
         return False
     if mode != "auto":
         raise ValueError(f"FORKLENS_FUSED_STATS={mode!r}: expected 1, 0 or auto")
-    return (not _FAILED and torch.device(device).type == "cuda"
-            and importlib.util.find_spec("triton") is not None)
+    if _FAILED:
+        return False
+    if torch.device(device).type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return torch.device(device).type == "cpu" and elements >= CPU_MIN_ELEMENTS and shutil.which("g++") is not None
 
 
 @torch.no_grad()

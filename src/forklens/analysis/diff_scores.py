@@ -217,7 +217,7 @@ def score_pairs(base, rl, prompt_ids: Sequence[list[int]], response_ids: Sequenc
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab, max_chunk_bytes or default_chunk_bytes(base.device))
     if fused is None:
-        fused = use_fused(base.device)
+        fused = use_fused(base.device, float(sum(len(y) for y in response_ids)) * vocab)
     results: list[PairScores | None] = [None] * len(prompt_ids)
     models = (base, rl)
     training = [p.model.training for p in models]

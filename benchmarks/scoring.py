@@ -6,8 +6,10 @@ seeds. Input: ``--sequences`` sequences of ``--length`` tokens (half prompt, hal
 counted: 2 x (non-embedding parameters) per token through each body, plus 2 x hidden x vocab per
 response token through each LM head (the head runs on response positions only), plus attention
 (4 x layers x length x hidden per token, causal half). Peak: the median of repeated 2048 x 2048 x
-2048 float32 matmuls on the same threads. Both are timed ``--repeats`` times (>= 5): the JSON records
-min/median/max (``repeats``) and the stamp; the headline uses the medians.
+2048 float32 matmuls on the same threads. Scoring with the eager statistics, scoring with the compiled
+fused statistics (:mod:`forklens.analysis.diff_fused`) and the matmul are timed ``--repeats`` times
+(>= 5), interleaved: the JSON records min/median/max (``repeats``) and the stamp; the headline (eager,
+the CPU default at this size) and ``details.mfu_fused`` use the medians.
 
 Writes ``benchmarks/results/scoring.json``: ``{"stamp", "repeats", "forklens": FLOP/s, "peer": peak FLOP/s,
 "unit": "FLOP/s", "ratio": MFU, "details": {...}}``.
@@ -18,17 +20,12 @@ Writes ``benchmarks/results/scoring.json``: ``{"stamp", "repeats", "forklens": F
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
-from common import MIN_REPEATS, repeats_arg, machine, timed, write_result
+from common import MIN_REPEATS, machine, repeats_arg, spread, write_result
 from sampling import MODELS, build
-
-
-def matmul_peak(n: int = 2048, repeats: int = MIN_REPEATS) -> dict:
-    """Seconds of an n x n x n float32 matmul, :func:`common.timed` (FLOPs: 2 n^3)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return timed(lambda: a @ b, repeats)
 
 
 def main() -> None:
@@ -56,24 +53,36 @@ def main() -> None:
     responses = [torch.randint(3, spec["vocab_size"], (args.length - half,), generator=g).tolist()
                  for _ in range(args.sequences)]
 
-    def run():
-        score_pairs(pb, pr, prompts, responses)
-
-    scoring_s = timed(run, repeats)
-    seconds = scoring_s["median"]
+    sides = {"scoring_s": lambda: score_pairs(pb, pr, prompts, responses, fused=False),
+             "scoring_fused_s": lambda: score_pairs(pb, pr, prompts, responses, fused=True),
+             "matmul_2048_s": lambda: a @ b}
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for fn in sides.values():
+        fn()  # warm-up (and the fused kernel's compile)
+    for _ in range(repeats):  # interleaved, so that load on shared cores hits every side alike
+        for k, fn in sides.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    spreads = {k: spread(v) for k, v in times.items()}
     h, L, V = spec["hidden_size"], spec["num_hidden_layers"], spec["vocab_size"]
     body = sum(p.numel() for p in base.parameters()) - 2 * V * h  # without embeddings and head
     tokens = args.sequences * args.length
     resp_tokens = args.sequences * (args.length - half)
     flops_one = 2 * body * tokens + 2 * h * V * resp_tokens + 2 * L * tokens * args.length * h
-    achieved = 2 * flops_one / seconds
-    matmul_s = matmul_peak(repeats=repeats)
-    peak = 2 * 2048**3 / matmul_s["median"]
-    details = {"sequences": args.sequences, "length": args.length, "seconds": seconds, "flops": 2 * flops_one,
-               "peak_matmul_flops_per_s": peak, "body_params": body, "machine": machine()}
-    print(f"scoring {achieved / 1e9:.1f} GFLOP/s, matmul peak {peak / 1e9:.1f} GFLOP/s, MFU {achieved / peak:.2%}")
-    write_result("scoring", achieved, peak, "FLOP/s", details, {"scoring_s": scoring_s, "matmul_2048_s": matmul_s})
-
+    peak = 2 * 2048**3 / spreads["matmul_2048_s"]["median"]
+    achieved = 2 * flops_one / spreads["scoring_s"]["median"]
+    fused = 2 * flops_one / spreads["scoring_fused_s"]["median"]
+    details = {"sequences": args.sequences, "length": args.length, "seconds": spreads["scoring_s"]["median"],
+               "seconds_fused": spreads["scoring_fused_s"]["median"], "flops": 2 * flops_one,
+               "peak_matmul_flops_per_s": peak, "mfu_eager": achieved / peak, "mfu_fused": fused / peak,
+               "body_params": body, "machine": machine(),
+               "sides": "forklens = score_pairs with the eager few-pass statistics (the CPU default at this size); "
+                        "mfu_fused = with the compiled fused statistics (FORKLENS_FUSED_STATS=1), compiled in the warm-up"}
+    print(f"scoring {achieved / 1e9:.1f} GFLOP/s (fused statistics {fused / 1e9:.1f}), matmul peak {peak / 1e9:.1f} "
+          f"GFLOP/s, MFU {achieved / peak:.2%} (fused {fused / peak:.2%})")
+    write_result("scoring", achieved, peak, "FLOP/s", details, spreads)
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,8 @@ def machine() -> dict:
 
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def spread(values: list[float]) -> dict:

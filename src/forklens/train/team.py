@@ -28,11 +28,12 @@ per step; a team's step trains several adapters, each on its own node's sequence
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.objectives import PolicyOutputs
 from forklens.objectives.advantages import estimate_advantages
@@ -101,13 +102,14 @@ class JointRollout:
 
 @dataclass
 class TeamTrainConfig:
-    steps: int = 30
-    problems_per_step: int = 16
-    group_size: int = 8
-    learning_rate: float = 5e-3
-    max_grad_norm: float = 1.0
-    temperature: float = 1.0
-    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    steps: int = field(40, ge=1, help="Joint GRPO steps.")
+    problems_per_step: int = field(16, ge=1, help="Problems per step.")
+    group_size: int = field(8, ge=2, help="Joint rollouts per problem (the GRPO group).")
+    learning_rate: float = field(5e-3, gt=0, help="AdamW learning rate of every adapter.")
+    max_grad_norm: float = field(1.0, ge=0, help="Gradient clipping over all adapters (0 = off).")
+    temperature: float = field(1.0, gt=0, help="Sampling temperature of the training rollouts.")
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig, help="GRPO loss settings (on-policy: one update "
+                                 "per batch, so the ratio is 1 and only the advantages act).")
 
 
 def adapter_name(node: Node) -> str:

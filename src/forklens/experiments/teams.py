@@ -80,6 +80,8 @@ class TeamsConfig:
     target_modules: list[str] = field(default_factory=lambda: list(ALL_MODULES), help="Modules with adapters.")
     rl: TeamTrainConfig = field(default_factory=TeamTrainConfig, help="Joint GRPO settings (every arm).")
     eval_samples: int = field(9, ge=3, help="Sampled joint rollouts per problem at evaluation (triples for majority3).")
+    variant_suffix: str = field("", help="Appended to every arm's variant name (\"-long\": the bases pretrained 4x longer, "
+                                "added after the first run's bases failed their precondition).")
     seeds: int = field(5, ge=1, help="Seeds (adapter init, rollouts, problem order; one base per variant).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/teams).")
@@ -148,7 +150,7 @@ def run_teams(cfg: TeamsConfig, out: str | Path, use_cache: bool = True, progres
     stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     bases: dict[tuple[str, str], tuple[Path, ComposeTask, dict]] = {}
     for arm in cfg.arms:
-        fam, var = ARMS[arm][:2]
+        fam, var = ARMS[arm][0], ARMS[arm][1] + cfg.variant_suffix
         if (fam, var) not in bases:
             org = get_family(fam).variant_config(var, base=cfg.organism)
             console.rule(f"[bold]{fam}/{var} base organism")
@@ -158,7 +160,7 @@ def run_teams(cfg: TeamsConfig, out: str | Path, use_cache: bool = True, progres
     metrics: dict[str, list[dict]] = {}
     for s in seeds:
         for arm in cfg.arms:
-            base_dir, task, _ = bases[ARMS[arm][:2]]
+            base_dir, task, _ = bases[(ARMS[arm][0], ARMS[arm][1] + cfg.variant_suffix)]
             row, steps = run_arm(arm, base_dir, task, cfg, s)
             per_arm[arm].append(row)
             metrics[f"{arm.replace('/', '-')}-seed{s}"] = steps

@@ -26,5 +26,7 @@ ENTANGLED = register(Family(
         "table": Variant("control", "y = T(x1, x2), a random table: every node's message is irrelevant to the "
                          "answer, so splitting the budget by node has nothing to specialise on.",
                          ("task.decomposable=false",)),
+        "table-long": Variant("control", "`table` pretrained 4x longer (2,400 steps), the control of `compose/sum-long`.",
+                              ("task.decomposable=false", "pretrain.max_steps=2400", "pretrain.warmup_steps=100")),
     },
 ))

@@ -66,7 +66,7 @@ COMPOSE = register(Family(
         "sum": Variant("precondition", "The sink adds the two digits it reads: a team can hand each lookup to "
                        "its own node and adapter, and the single agent writes the same three digits itself."),
         "sum-long": Variant("precondition", "`sum` pretrained 4x longer (2,400 steps): added after the measured run on "
-                            "`sum` found the base sink adding the digits it reads right only 41% of the time.",
+                            "`sum` found the base sink adding the digits it reads right well under half the time.",
                             ("pretrain.max_steps=2400", "pretrain.warmup_steps=100")),
         "blind": Variant("control", "The sink's teacher ignores the messages and answers from its own lookups: "
                          "in the base, the graph's edges carry nothing the sink uses.", ("task.sink_reads=false",)),

@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny
 
 from forklens.errors import ConfigError
-from forklens.experiments.teams import ARMS, TeamsConfig, lora_for, prompt_fn, run_teams
+from forklens.experiments.teams import ARMS, TeamsConfig, base_skills, lora_for, prompt_fn, run_teams
 from forklens.organisms import get_family
 from forklens.policy import Policy
 from forklens.report.artifacts import load_artifact
@@ -173,6 +173,19 @@ def test_grow_copies_a_trained_node():
         big.grow_from(other_rank, {"L": "L"})
 
 
+def test_base_skills_match_the_model():
+    task = ComposeTask()
+    policy = tiny_policy()
+    skills = base_skills(policy, task)
+    assert set(skills) == {"L_right", "L_decoy", "R_right", "R_decoy", "sink_adds"}
+    ids = torch.tensor([policy.encode_prompt(task.node_prompt("L", x1, x2, "")) for x1 in range(10) for x2 in range(10)])
+    with torch.no_grad():
+        probs = policy.model(input_ids=ids).logits[:, -1].softmax(-1)
+    digit = [policy.tokenizer.convert_tokens_to_ids(str(task.g[x1])) for x1 in range(10) for _ in range(10)]
+    expected = float(probs[torch.arange(100), torch.tensor(digit)].mean())
+    assert skills["L_right"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_majority():
     assert majority(["3", "5", "3"]) == "3" and majority(["1", "2", "3"]) == "1" and majority(["", "4", "4"]) == "4"
 
@@ -194,6 +207,7 @@ def test_teams_experiment_end_to_end(tmp_path, monkeypatch):
     cfg.rl.steps, cfg.rl.problems_per_step, cfg.rl.group_size = 1, 2, 2
     summary = run_teams(cfg, tmp_path / "run")
     assert set(summary["arms"]) == set(ARMS) and summary["budget_matched"] is True
+    assert all(0.0 <= v <= 1.0 for b in summary["bases"].values() for v in b["skills"].values())
     for arm, v in summary["arms"].items():
         assert 0.0 <= v["after"]["sampled"]["mean"] <= 1.0 and v["budget"]["total"] > 0
         ratio = v["tokens_per_rollout"] / summary["arms"]["single/sum"]["tokens_per_rollout"]

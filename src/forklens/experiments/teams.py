@@ -125,6 +125,28 @@ def evaluate(team: Team, task: ComposeTask, n: int, seed: int) -> dict:
             "generated_per_rollout": generated / len(jr.problems)}
 
 
+def base_skills(policy: Policy, task: ComposeTask) -> dict:
+    """What the base gives its teacher's behaviours, averaged over all 100 pairs: the probability of the right
+    lookup and of the decoy at positions L and R, and of the sink writing the sum (mod 10) of the two
+    digits it reads (messages varied per pair). The teacher's values: p_right, p_decoy (+ uniform share), 1."""
+    pairs = [(x1, x2) for x1 in range(10) for x2 in range(10)]
+
+    def mean_prob(prompts: list[str], answers: list[int]) -> float:
+        scored = policy.score([policy.encode_prompt(p) for p in prompts],
+                              [policy.encode_response(str(a), add_eos=False) for a in answers])
+        return sum(float(s.logprob[0].exp()) for s in scored) / len(scored)
+
+    out = {}
+    for tag, i, right, decoy in (("L", 0, task.g, task.g_decoy), ("R", 1, task.h, task.h_decoy)):
+        prompts = [task.node_prompt(tag, x1, x2, "") for x1, x2 in pairs]
+        out[f"{tag}_right"] = mean_prob(prompts, [right[p[i]] for p in pairs])
+        out[f"{tag}_decoy"] = mean_prob(prompts, [decoy[p[i]] for p in pairs])
+    msgs = [((3 * x1 + x2) % 10, (x1 + 7 * x2) % 10) for x1, x2 in pairs]
+    out["sink_adds"] = mean_prob([task.node_prompt("T", x1, x2, f"{u}{v}") for (x1, x2), (u, v) in zip(pairs, msgs)],
+                                 [(u + v) % 10 for u, v in msgs])
+    return out
+
+
 def run_arm(arm: str, base_dir: Path, task: ComposeTask, cfg: TeamsConfig, seed: int) -> tuple[dict, list[dict]]:
     _, _, graph, noisy = ARMS[arm]
     team = Team(Policy.load(base_dir), graph, lora_for(cfg, graph), prompt_fn(task),
@@ -155,7 +177,11 @@ def run_teams(cfg: TeamsConfig, out: str | Path, use_cache: bool = True, progres
             org = get_family(fam).variant_config(var, base=cfg.organism)
             console.rule(f"[bold]{fam}/{var} base organism")
             info = build_compose_organism(org, out / f"base-{fam}-{var}", use_cache=use_cache, progress=progress)
-            bases[(fam, var)] = (out / f"base-{fam}-{var}", ComposeTask(org.task), info)
+            task = ComposeTask(org.task)
+            info = {**info, "skills": base_skills(Policy.load(out / f"base-{fam}-{var}"), task)}
+            console.print(f"{fam}/{var} base: " + ", ".join(f"{k} {v:.2f}" for k, v in info["skills"].items()),
+                          highlight=False)
+            bases[(fam, var)] = (out / f"base-{fam}-{var}", task, info)
     per_arm: dict[str, list[dict]] = {a: [] for a in cfg.arms}
     metrics: dict[str, list[dict]] = {}
     for s in seeds:
@@ -211,7 +237,7 @@ def _summary(cfg: TeamsConfig, per_arm: dict[str, list[dict]], bases: dict, seed
         "seeds": seeds, "n_seeds": len(seeds), "arms": arms, "contrasts": contrasts,
         "budget_matched": len(set(budgets.values())) == 1,
         "bases": {f"{f}/{v}": {"cache_hit": i["cache_hit"], "pretrain_steps": i["steps"], "pretrain_flops": i["flops"],
-                               "final_loss": i["final_loss"]} for (f, v), (_, _, i) in bases.items()},
+                               "final_loss": i["final_loss"], "skills": i["skills"]} for (f, v), (_, _, i) in bases.items()},
         "per_arm": per_arm, "total_wall_s": time.perf_counter() - t0, "config": asdict(cfg),
     }
 

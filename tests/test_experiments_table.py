@@ -19,7 +19,9 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation"}
+                          "negation", "teams"}
+    tm = quick["teams"]
+    assert (tm.seeds, tm.rl.steps, tm.eval_samples, tm.organism.pretrain.max_steps) == (1, 2, 3, 40)
     fp = quick["fpo"]
     assert (fp.seeds, fp.rl.train.max_steps, fp.organism.pretrain.max_steps, fp.arms) == (
         1, 6, 60, ["baseline", "relaxed", "baseline-fixed"])

@@ -18,6 +18,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 from forklens.experiments import fpo, levers_zoo, negation, pretraining
+from forklens.experiments import teams
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ EXPERIMENTS["pretraining"] = Experiment(
     description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
     quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
     progress="off", resume=True)
+EXPERIMENTS["teams"] = Experiment(
+    teams.TeamsConfig, lambda cfg, a: teams.run_teams(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+    _print_table(teams.markdown_table, " and teams.png"),
+    help="One agent with a rank-r adapter vs three with rank r/3, trained jointly from one reward; controls: random "
+    "messages, a non-decomposable task, the single agent's majority of three (E060).",
+    description=(teams.__doc__ or "").split("\n\n")[0], out="runs/teams", quick="teams-quick",
+    quick_help="a tiny base, 2 joint GRPO steps, one seed (plumbing only)", seeds=True, cache=True, progress="off")
 
 
 def register(sub) -> None:

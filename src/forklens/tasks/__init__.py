@@ -7,12 +7,13 @@ from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
+from forklens.tasks.compose import ComposeTask
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -30,6 +31,8 @@ def get_task(name: str, config=None) -> Task:
         return SteerTask(config)
     if name == "facts":
         return FactsTask(config)
+    if name == "compose":
+        return ComposeTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -13,6 +13,9 @@ For each ``family/variant`` in ``variants`` (organism zoo, docs/organisms.md):
    branches with base probability > ``branch_p``);
 5. the oracle / random / entropy intervention (:func:`run_intervention`, greedy) on ``intervene_problems``.
 
+"First" counts from ``problem_offset`` (default 0): a pilot can choose a setting on later test problems
+that a measured run with offset 0 never evaluates (:class:`OffsetTask`).
+
 Seeds share one base per variant (the seed changes the GRPO / SFT run only). Each metric gets a
 percentile-bootstrap interval over seeds (:func:`bootstrap_ci`). Gain recovered (``*_recovered``) is
 undefined for a seed whose tuned model does not beat the base on the intervention's problems; such

@@ -1,11 +1,15 @@
-"""experiments/forks.py: variant parsing, family overrides and the per-seed aggregation."""
+"""experiments/forks.py: variant parsing, family overrides, the per-seed aggregation and the test-split offset."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from forklens.errors import ConfigError
-from forklens.experiments.forks import METRICS, aggregate, recovered, variant_config
+from forklens.experiments.forks import METRICS, ForksConfig, OffsetTask, aggregate, recovered, run_forks, variant_config
+from forklens.organisms import get_family
+from forklens.tasks.addv import AddvConfig, AddvTask
 
 
 def test_variant_config_applies_family_then_variant_overrides():
@@ -44,3 +48,32 @@ def test_recovered_only_where_the_tuned_model_gains():
     assert recovered({"accuracy": {"base": 0.3, "rl": 0.2}, "gain_recovered": gr}) == dict.fromkeys(gr)
     assert recovered({"accuracy": {"base": 0.3, "rl": 0.3}, "gain_recovered": dict.fromkeys(gr)}) == dict.fromkeys(gr)
     assert recovered({"accuracy": {"base": 0.2, "rl": 0.6}, "gain_recovered": gr}) == gr
+
+
+def test_offset_task_starts_the_test_split_at_the_offset():
+    task = AddvTask(AddvConfig(n_test=20))
+    sliced = OffsetTask(task, 15)
+    assert [p.id for p in sliced.problems("test")] == [p.id for p in task.problems("test")[15:]]
+    assert [p.id for p in sliced.problems("train")[:50]] == [p.id for p in task.problems("train")[:50]]
+    p = task.problems("test")[0]
+    assert sliced.verify(p, task.expert_response(p)) == task.verify(p, task.expert_response(p)) > 0
+    for bad in (20, 99):
+        with pytest.raises(ConfigError, match="problem_offset"):
+            OffsetTask(task, bad)
+
+
+def test_run_forks_with_an_offset_uses_the_later_problems(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    tiny = ["negctl:base.model.hidden_size=32", "negctl:base.model.intermediate_size=64",
+            "negctl:base.model.num_attention_heads=2", "negctl:base.pretrain.max_steps=10", "negctl:tune.max_steps=2"]
+    cfg = ForksConfig(variants=["negctl/same-notation"], family_overrides=tiny, seeds=1, seed=7, eval_problems=4,
+                      diff_prompts=2, intervene_problems=3, problem_offset=190)
+    out = run_forks(cfg, tmp_path / "run", progress=False)
+    v = out["variants"]["negctl/same-notation"]
+    assert v["n_seeds"] == 1 and v["per_seed"][0]["tuned_by"] == "sft"
+    _, _, vcfg = variant_config("negctl/same-notation", tiny)
+    task = get_family("negctl").task(vcfg)
+    assert v["max_new_tokens"] == max(len(task.expert_response(p)) for p in task.problems("test")) + 8
+    rows = (tmp_path / "run" / "negctl-same-notation" / "seed-7" / "diff" / "responses.jsonl").read_text()
+    assert [json.loads(line)["prompt_id"] for line in rows.splitlines()] == \
+        [p.id for p in task.problems("test")[190:192]]

@@ -13,6 +13,9 @@ For each ``family/variant`` in ``variants`` (organism zoo, docs/organisms.md):
    branches with base probability > ``branch_p``);
 5. the oracle / random / entropy intervention (:func:`run_intervention`, greedy) on ``intervene_problems``.
 
+"First" counts from ``problem_offset`` (default 0): a pilot can choose a setting on later test problems
+that a measured run with offset 0 never evaluates (:class:`OffsetTask`).
+
 Seeds share one base per variant (the seed changes the GRPO / SFT run only). Each metric gets a
 percentile-bootstrap interval over seeds (:func:`bootstrap_ci`). Gain recovered (``*_recovered``) is
 undefined for a seed whose tuned model does not beat the base on the intervention's problems; such
@@ -95,6 +98,8 @@ class ForksConfig:
     top_k: int = field(5, ge=1, help="Re-ranked means base rank 2..top_k; beyond is shifted.")
     branch_p: float = field(0.05, gt=0, lt=1, help="A branch is a candidate with base probability above this.")
     token_margin: int = field(8, ge=0, help="Max new tokens = longest gold test trace + this.")
+    problem_offset: int = field(0, ge=0, help="Held-out test problems start at this index for accuracy, diff and "
+                                "intervention (a pilot on problems a measured run with offset 0 does not use).")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/forks).")
 
 
@@ -114,6 +119,24 @@ def variant_config(spec: str, family_overrides: list[str]):
             apply_override(base, assignment)
     validate(base)
     return family, vname, family.variant_config(vname, base=base)
+
+
+class OffsetTask:
+    """``task`` whose test split starts at problem ``offset``; every other attribute is the task's own.
+    Max new tokens stay those of the whole test split, so a pilot decodes exactly as the measured run."""
+
+    def __init__(self, task, offset: int):
+        n = len(task.problems("test"))
+        if not 0 <= offset < n:
+            raise ConfigError(f"problem_offset: {offset} is outside the {n} test problems of {task.name}")
+        self._task, self._offset = task, offset
+
+    def problems(self, split: str):
+        probs = self._task.problems(split)
+        return probs[self._offset:] if split == "test" else probs
+
+    def __getattr__(self, name: str):
+        return getattr(self._task, name)
 
 
 def recovered(inter: dict) -> dict:
@@ -160,8 +183,10 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
         vdir = out / f"{family.name}-{vname}"
         console.rule(f"[bold]{key}: base organism")
         task = family.task(vcfg)
+        mnt = max(len(task.expert_response(p)) for p in task.problems("test")) + cfg.token_margin
+        if cfg.problem_offset:
+            task = OffsetTask(task, cfg.problem_offset)
         test = task.problems("test")
-        mnt = max(len(task.expert_response(p)) for p in test) + cfg.token_margin
         base_info = family.build(vcfg, vdir / "base", use_cache=use_cache, progress=progress)
         base = Policy.load(vdir / "base")
         ev = EvalConfig(max_new_tokens=mnt, limit=cfg.eval_problems)

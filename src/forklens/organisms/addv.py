@@ -63,6 +63,9 @@ ADDV = register(Family(
         "undertrained": Variant("precondition", "1-5 digit operands, hidden 128 x 2 layers, pretraining stopped "
                                 "early (160 steps) so the base errs on its own.",
                                 overrides=("pretrain.max_steps=160",)),
+        "undertrained-mid": Variant("precondition", "As undertrained but pretrained for 240 steps, so the base is "
+                                    "right often enough (greedy about half) for GRPO's groups to have signal.",
+                                    overrides=("pretrain.max_steps=240",)),
         "length-gen": Variant("precondition", "Pretrained to convergence on 1-3 digit operands; RL and test on 1-5 "
                               "digits, so the errors are on lengths it never saw.",
                               overrides=("addv.pretrain_max_digits=3", "pretrain.max_steps=400")),

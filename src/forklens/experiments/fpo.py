@@ -128,13 +128,13 @@ def run_arm(arm: str, base_dir: Path, cfg: FPOExperimentConfig, seed: int, work:
             "wall_s": res.wall_s, "metrics": str(res.metrics_file)}
 
 
-def mean_curve(files: list[Path]) -> list[dict]:
-    """Per-step means over seeds of the ``rlhf/*`` curve metrics."""
+def mean_curve(files: list[Path], keys: tuple[str, ...] = CURVE_KEYS) -> list[dict]:
+    """Per-step means over seeds of the curve metrics ``keys`` (default: the ``rlhf/*`` ones)."""
     runs = [read_metrics(f) for f in files]
     rows = []
     for i in range(min(len(r) for r in runs)):
         row: dict = {"step": runs[0][i]["step"]}
-        for k in CURVE_KEYS:
+        for k in keys:
             vals = [r[i][k] for r in runs if k in r[i]]
             if vals:
                 row[k] = statistics.fmean(vals)

@@ -10,9 +10,11 @@ from forklens.tasks.base import Problem, Task
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
+from forklens.tasks.sort import SortTask
 from forklens.tasks.steer import SteerTask
 
 TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts"}
+TASKS.add("sort")
 
 
 def get_task(name: str, config=None) -> Task:
@@ -30,6 +32,8 @@ def get_task(name: str, config=None) -> Task:
         return SteerTask(config)
     if name == "facts":
         return FactsTask(config)
+    if name == "sort":
+        return SortTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

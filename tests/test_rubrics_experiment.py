@@ -122,3 +122,13 @@ def test_old_policy_is_the_snapshot_lag_steps_back(tmp_path, monkeypatch):
     assert co.load_old(4) == 2
     assert torch.equal(next(co.old.model.parameters()), weights[1])
     assert co.load_old(1) == 2  # older than any kept snapshot: the oldest kept
+
+
+def test_paired_arm_diffs_pairs_by_seed_and_skips_missing_arms():
+    from forklens.analysis.curves import paired_arm_diffs
+
+    per = {"a-x": {0: {"u": 0.5}, 1: {"u": 0.7}}, "b": {0: {"u": 0.25}, 1: {"u": 0.5}, 2: {"u": 9.0}}, "c": {}}
+    d = paired_arm_diffs(per, [("a-x", "b"), ("a-x", "c")], ["u"])
+    assert list(d) == ["a_x_vs_b"]
+    assert d["a_x_vs_b"]["u"]["mean"] == pytest.approx(0.225)
+    assert d["a_x_vs_b"]["u"]["low"] == pytest.approx(0.2) and d["a_x_vs_b"]["u"]["high"] == pytest.approx(0.25)

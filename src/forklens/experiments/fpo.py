@@ -42,7 +42,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from forklens.analysis.curves import bootstrap_ci, paired_difference
+from forklens.analysis.curves import bootstrap_ci, paired_arm_diffs
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.objectives.fpo import FPOConfig
@@ -150,13 +150,7 @@ def summarise(per: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[dict, 
             arms[arm] = {"form": form, "refit": refit,
                          "per_seed": {str(s): {k: v for k, v in r.items() if k != "metrics"} for s, r in rows.items()},
                          **{k: bootstrap_ci([r[k] for r in rows.values()]).as_dict() for k in OUTCOMES}}
-    diffs = {}
-    for a, b in DIFFS:
-        if per.get(a) and per.get(b) and set(per[a]) & set(per[b]):
-            diffs[f"{a}_vs_{b}".replace("-", "_")] = {
-                k: paired_difference({s: r[k] for s, r in per[a].items()}, {s: r[k] for s, r in per[b].items()}).as_dict()
-                for k in OUTCOMES}
-    return arms, diffs
+    return arms, paired_arm_diffs(per, DIFFS, OUTCOMES)
 
 
 def run_fpo(cfg: FPOExperimentConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:

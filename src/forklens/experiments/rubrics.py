@@ -44,7 +44,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from forklens.analysis.curves import bootstrap_ci, paired_difference
+from forklens.analysis.curves import bootstrap_ci, paired_arm_diffs
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.fpo import mean_curve
@@ -202,13 +202,7 @@ def summarise(per: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
                   **{k: bootstrap_ci([r[k] for r in rows.values()]).as_dict()
                      for k in (*OUTCOMES, "reward_flops", "total_flops")}}
             for arm, rows in per.items() if rows}
-    diffs = {}
-    for a, b in DIFFS:
-        if per.get(a) and per.get(b) and set(per[a]) & set(per[b]):
-            diffs[f"{a}_vs_{b}"] = {k: paired_difference({s: r[k] for s, r in per[a].items()},
-                                                         {s: r[k] for s, r in per[b].items()}).as_dict()
-                                    for k in OUTCOMES}
-    return arms, diffs
+    return arms, paired_arm_diffs(per, DIFFS, OUTCOMES)
 
 
 def run_rubrics(cfg: RubricsConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from forklens.errors import ConfigError
-from forklens.experiments.rubrics import (ARMS, RubricsConfig, fixed_rubric, labelled_pairs, markdown_table,
+from forklens.experiments.rubrics import (ARMS, DEFAULT_ARMS, RubricsConfig, fixed_rubric, labelled_pairs, markdown_table,
                                           run_rubrics)
 from forklens.organisms import get_family
 from forklens.organisms.sort import SortOrganismConfig
@@ -78,7 +78,10 @@ def _tiny() -> RubricsConfig:
 def test_experiment_runs_every_arm_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    summary = run_rubrics(_tiny(), out)
+    cfg = _tiny()
+    assert cfg.arms == list(DEFAULT_ARMS) and "oracle" not in cfg.arms
+    cfg.arms = list(ARMS)
+    summary = run_rubrics(cfg, out)
     assert set(summary["arms"]) == set(ARMS)
     per = {a: summary["arms"][a]["per_seed"]["0"] for a in ARMS}
     for a in ARMS:
@@ -89,6 +92,7 @@ def test_experiment_runs_every_arm_end_to_end(tmp_path, monkeypatch):
     assert per["frozen"]["generator_steps"] == 0 and per["frozen"]["generator_flops"] == 0.0
     assert per["trained"]["reward_flops"] > per["frozen"]["reward_flops"] > 0.0
     assert per["fixed"]["reward_flops"] == 0.0 and per["scalar"]["reward_flops"] > 0.0
+    assert per["oracle"]["pair_accuracy"] == 1.0  # the true utility orders its own benchmark perfectly
     assert "trained_vs_scalar" in summary["diffs"] and "shuffled_vs_frozen" in summary["diffs"]
     assert json.loads((out / "summary.json").read_text())["bench_pairs"] == summary["bench_pairs"]
     assert "| trained |" in markdown_table(summary)

@@ -17,6 +17,7 @@ arm          policy reward
              policy ``rubrics.lag`` steps earlier), one G step per policy step
 ``frozen``   as ``trained``, G never trained (control: no discriminative training)
 ``shuffled`` as ``trained``, the older/newer order of each contrast pair a coin (control: no signal)
+``oracle``   the true utility U itself (a consistency check of the optimiser; not run by default)
 ============ ======================================================================================
 
 Each reward's *pair accuracy* (the RewardBench analogue) is measured on a held-out benchmark: pairs of
@@ -62,11 +63,12 @@ from forklens.train.loop import TrainConfig
 from forklens.train.reward_model import PreferencePair, RewardModelTrainConfig, fit_reward_model, pair_accuracy
 from forklens.train.rubrics import RubricCoTraining, RubricTrainingConfig
 from forklens.train.run import RLConfig, grpo_loss, train
-from forklens.train.sources import GRPOSource, SamplingConfig
+from forklens.train.sources import GRPOSource, SamplingConfig, verifier_reward
 
 console = Console(stderr=True)
 
-ARMS = ("scalar", "fixed", "trained", "frozen", "shuffled")
+ARMS = ("scalar", "fixed", "trained", "frozen", "shuffled", "oracle")
+DEFAULT_ARMS = ARMS[:5]
 GENERATOR_ARMS = ("trained", "frozen", "shuffled")
 #: paired differences reported (a - b)
 DIFFS: tuple[tuple[str, str], ...] = (
@@ -102,7 +104,8 @@ class RubricsConfig:
     bench_samples: int = field(4, ge=2, help="Base samples per test prompt for the pair-accuracy benchmark (pairs "
                                "(0,1), (2,3), ... with different U).")
     eval_samples: int = field(4, ge=1, help="Samples per test prompt (temperature 1) for each final policy's U.")
-    arms: list[str] = field(default_factory=lambda: list(ARMS), help="Arms (of ARMS).")
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), help="Arms (of ARMS; oracle, GRPO on the "
+                            "true utility itself, is not run by default).")
     seeds: int = field(5, ge=1, help="Seeds (overridden by --seeds).")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/rubrics).")
@@ -169,6 +172,11 @@ def run_arm(arm: str, base_dir: Path, cfg: RubricsConfig, seed: int, work: Path,
         rubric = fixed_rubric(task)
         reward = rubric_reward(fixed_rubrics(rubric), Judge(noise=cfg.rubrics.judge_noise, seed=seed), name="fixed")
         acc = rubric_pair_accuracy(bench, [rubric] * len(bench), bench_judge)
+        extra = {}
+    elif arm == "oracle":
+        reward = verifier_reward(task)
+        acc = statistics.fmean(float(task.utility(p.prompt, p.chosen) > task.utility(p.prompt, p.rejected))
+                               for p in bench)
         extra = {}
     elif arm in GENERATOR_ARMS:
         gen_rl = replace(cfg.generator_rl, train=replace(cfg.generator_rl.train, max_steps=cfg.rl.train.max_steps))

@@ -48,15 +48,13 @@ from rich.console import Console
 from forklens.analysis.curves import bootstrap_ci, paired_arm_diffs
 from forklens.config import field
 from forklens.errors import ConfigError
-from forklens.experiments.fpo import mean_curve
+from forklens.experiments.arm_runs import begin, mean_curve, publish
 from forklens.organisms.sort import SortOrganismConfig, build_sort_organism
 from forklens.policy import Policy
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
-from forklens.report.plots import plot_training_curves
 from forklens.rewards.reward_model import RewardModel, reward_model_reward
 from forklens.rewards.rubric import (Judge, Rubric, fixed_rubrics, from_prompt_check, length_check,
                                      nondecreasing_check, position_rubric, rubric_reward)
-from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.runfolder import owned_rmtree
 from forklens.tasks.base import Problem
 from forklens.tasks.sort import DIGITS, SortTask
 from forklens.train.loop import TrainConfig
@@ -214,14 +212,8 @@ def summarise(per: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
 
 
 def run_rubrics(cfg: RubricsConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    unknown = [a for a in cfg.arms if a not in ARMS]
-    if unknown or not cfg.arms:
-        raise ConfigError(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    out = Path(out)
-    claim_folder(out, "experiment-rubrics")
+    out, seeds, stamp = begin(cfg, ARMS, out, "rubrics")
     t0 = time.perf_counter()
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     org = replace(cfg.organism, seed=0)  # one base for every seed and arm
     console.rule("[bold]sort base organism")
     base_info = build_sort_organism(org, out / "base", use_cache=use_cache, progress=progress)
@@ -256,16 +248,8 @@ def run_rubrics(cfg: RubricsConfig, out: str | Path, use_cache: bool = True, pro
             owned_rmtree(work / "generator" / "checkpoints")
             write()
     write()
-    title = f"sort organism: policy reward arms, means over {len(seeds)} seeds"
-    stem = out / "rubrics_curves"
-    plot_training_curves(summary["curves"], list(CURVE_KEYS[:2]), stem)
-    if cfg.artifact:
-        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name,
-                                {**summary, "plot": ["plots/rubrics_curves.png"], "title": title}, seeds=seeds,
-                                stamp=stamp)
-        plot_training_curves(summary["curves"], list(CURVE_KEYS[:2]), plots_dir(folder) / "rubrics_curves",
-                             formats=("png",))
-        console.print(f"wrote the stamped artifact {folder}", highlight=False)
+    publish(summary, out, "rubrics_curves", CURVE_KEYS[:2],
+            f"sort organism: policy reward arms, means over {len(seeds)} seeds", cfg.artifact, seeds, stamp)
     return summary
 
 

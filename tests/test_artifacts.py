@@ -145,8 +145,10 @@ def test_committed_predictions_files_load():
     root = Path(__file__).resolve().parent.parent / "results" / "predictions"
     files = sorted(root.glob("*.yaml"))
     assert {f.stem for f in files} >= {"fork-vs-rl", "sft-then-rl"}
-    for f in files:  # every file registers at least a claim and its control's contrast
-        assert len(load_predictions(f).predictions) >= 2
+    # a consistency check of the optimiser (GRPO on the true utility itself), registered on its own: one prediction
+    consistency_only = {"rubrics-oracle", "rubrics-oracle-lr3e-4"}
+    for f in files:  # every other file registers at least a claim and its control's contrast
+        assert len(load_predictions(f).predictions) >= (1 if f.stem in consistency_only else 2), f.name
 
 
 def test_formats():

@@ -19,7 +19,7 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation", "teams"}
+                          "negation", "teams", "rubrics"}
     tm = quick["teams"]
     assert (tm.seeds, tm.rl.steps, tm.eval_samples, tm.organism.pretrain.max_steps) == (1, 2, 3, 40)
     fp = quick["fpo"]
@@ -29,6 +29,8 @@ def test_quick_recipes_are_yaml_with_the_quick_settings():
     assert (pt.seeds, pt.hidden_size, pt.flops_budget, pt.rl.train.max_steps, pt.eval_problems) == (1, 32, 1e10, 2, 16)
     ng = quick["negation"]
     assert (ng.seeds, ng.n_claims, ng.ft.max_steps, ng.organism.pretrain.max_steps) == (1, 2, 4, 40)
+    rb = quick["rubrics"]
+    assert (rb.seeds, rb.rl.train.max_steps, rb.organism.pretrain.max_steps, rb.rm_pairs) == (1, 4, 40, 64)
     fk = quick["forks"]
     assert (fk.seeds, fk.rl.train.max_steps, fk.variants) == (1, 3, ["arith/planted", "addv/undertrained",
                                                                     "negctl/notation"])

@@ -195,6 +195,20 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
     return bootstrap_ci([a[s] - b[s] for s in shared], level, resamples, seed)
 
 
+def paired_arm_diffs(per: Mapping[str, Mapping[int, Mapping]], pairs: Iterable[tuple[str, str]],
+                     outcomes: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """``{"A_vs_B": {outcome: interval}}`` of the paired (by seed) differences A - B of each outcome, for the
+    pairs whose arms both ran on a shared seed (``per[arm][seed][outcome]``; dashes in names become
+    underscores)."""
+    diffs = {}
+    for a, b in pairs:
+        if per.get(a) and per.get(b) and set(per[a]) & set(per[b]):
+            diffs[f"{a}_vs_{b}".replace("-", "_")] = {
+                k: paired_difference({s: r[k] for s, r in per[a].items()}, {s: r[k] for s, r in per[b].items()}).as_dict()
+                for k in outcomes}
+    return diffs
+
+
 @dataclass
 class MethodReport:
     """FLOPs-to-target of one method over seeds, with the search cost counted separately."""

@@ -19,6 +19,7 @@ from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 from forklens.experiments import fpo, levers_zoo, negation, pretraining
 from forklens.experiments import teams
+from forklens.experiments import rubrics as rubrics_exp
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         quick_help="a tiny base, 2 claims, 4 fine-tuning steps, one seed (plumbing only)", seeds=True, cache=True,
         progress="off"),
 }
+EXPERIMENTS["rubrics"] = Experiment(
+    rubrics_exp.RubricsConfig,
+    lambda cfg, a: rubrics_exp.run_rubrics(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+    _print_table(rubrics_exp.markdown_table, ", report.md and rubrics_curves.png"),
+    help="Trained rubrics vs a scalar Bradley-Terry reward model vs fixed rubrics on the sort organism, with "
+    "frozen-generator and shuffled-order controls (E019).",
+    description=(rubrics_exp.__doc__ or "").split("\n\n")[0], out="runs/rubrics", quick="rubrics-quick",
+    quick_help="a tiny base, 4 GRPO steps, one seed, every arm (plumbing only)", seeds=True, cache=True,
+    progress="off")
 EXPERIMENTS["pretraining"] = Experiment(
     pretraining.PretrainingConfig, lambda cfg, a: pretraining.run_pretraining(cfg, a.out, progress=a.progress),
     _print_table(pretraining.markdown_table, " and records.jsonl"),

@@ -42,18 +42,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from forklens.analysis.curves import bootstrap_ci, paired_difference
+from forklens.analysis.curves import bootstrap_ci, paired_arm_diffs
 from forklens.config import field
-from forklens.errors import ConfigError
+from forklens.experiments.arm_runs import begin, mean_curve, publish
 from forklens.objectives.fpo import FPOConfig
 from forklens.organisms.steer import (SteerOrganismConfig, build_steer_organism, initial_reward_model,
                                       reward_model_weights)
 from forklens.policy import Policy
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
-from forklens.report.plots import plot_training_curves
-from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.runfolder import owned_rmtree
 from forklens.tasks.steer import SteerTask
-from forklens.train.loop import TrainConfig, read_metrics
+from forklens.train.loop import TrainConfig
 from forklens.train.rlhf import IterativeRLHF, RLHFConfig
 from forklens.train.run import RLConfig, grpo_loss, train
 from forklens.train.sources import GRPOSource, SamplingConfig
@@ -128,20 +126,6 @@ def run_arm(arm: str, base_dir: Path, cfg: FPOExperimentConfig, seed: int, work:
             "wall_s": res.wall_s, "metrics": str(res.metrics_file)}
 
 
-def mean_curve(files: list[Path]) -> list[dict]:
-    """Per-step means over seeds of the ``rlhf/*`` curve metrics."""
-    runs = [read_metrics(f) for f in files]
-    rows = []
-    for i in range(min(len(r) for r in runs)):
-        row: dict = {"step": runs[0][i]["step"]}
-        for k in CURVE_KEYS:
-            vals = [r[i][k] for r in runs if k in r[i]]
-            if vals:
-                row[k] = statistics.fmean(vals)
-        rows.append(row)
-    return rows
-
-
 def summarise(per: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[dict, dict]:
     arms = {}
     for arm, rows in per.items():
@@ -150,24 +134,12 @@ def summarise(per: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[dict, 
             arms[arm] = {"form": form, "refit": refit,
                          "per_seed": {str(s): {k: v for k, v in r.items() if k != "metrics"} for s, r in rows.items()},
                          **{k: bootstrap_ci([r[k] for r in rows.values()]).as_dict() for k in OUTCOMES}}
-    diffs = {}
-    for a, b in DIFFS:
-        if per.get(a) and per.get(b) and set(per[a]) & set(per[b]):
-            diffs[f"{a}_vs_{b}".replace("-", "_")] = {
-                k: paired_difference({s: r[k] for s, r in per[a].items()}, {s: r[k] for s, r in per[b].items()}).as_dict()
-                for k in OUTCOMES}
-    return arms, diffs
+    return arms, paired_arm_diffs(per, DIFFS, OUTCOMES)
 
 
 def run_fpo(cfg: FPOExperimentConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    unknown = [a for a in cfg.arms if a not in ARMS]
-    if unknown or not cfg.arms:
-        raise ConfigError(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    out = Path(out)
-    claim_folder(out, "experiment-fpo")
+    out, seeds, stamp = begin(cfg, ARMS, out, "fpo")
     t0 = time.perf_counter()
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     org = replace(cfg.organism, seed=0)  # one base for every seed and arm
     console.rule("[bold]steer base organism")
     base_info = build_steer_organism(org, out / "base", use_cache=use_cache, progress=progress)
@@ -179,7 +151,8 @@ def run_fpo(cfg: FPOExperimentConfig, out: str | Path, use_cache: bool = True, p
 
     def write() -> None:
         arms, diffs = summarise(per, seeds)
-        curves = {a: mean_curve([Path(r["metrics"]) for r in rows.values()]) for a, rows in per.items() if rows}
+        curves = {a: mean_curve([Path(r["metrics"]) for r in rows.values()], CURVE_KEYS)
+                  for a, rows in per.items() if rows}
         summary.clear()
         summary.update({"organism": "steer", "seeds": seeds, "base": {**base_eval, "cache_hit": base_info["cache_hit"]},
                         "arms": arms, "diffs": diffs, "curves": curves, "eval_samples": cfg.eval_samples,
@@ -196,14 +169,8 @@ def run_fpo(cfg: FPOExperimentConfig, out: str | Path, use_cache: bool = True, p
             owned_rmtree(work / "checkpoints")
             write()
     write()
-    title = f"steer organism: iterative RLHF, means over {len(seeds)} seeds"
-    stem = out / "fpo_curves"
-    plot_training_curves(summary["curves"], list(CURVE_KEYS[:3]), stem)
-    if cfg.artifact:
-        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name,
-                                {**summary, "plot": ["plots/fpo_curves.png"], "title": title}, seeds=seeds, stamp=stamp)
-        plot_training_curves(summary["curves"], list(CURVE_KEYS[:3]), plots_dir(folder) / "fpo_curves", formats=("png",))
-        console.print(f"wrote the stamped artifact {folder}", highlight=False)
+    publish(summary, out, "fpo_curves", CURVE_KEYS[:3], f"steer organism: iterative RLHF, means over {len(seeds)} seeds",
+            cfg.artifact, seeds, stamp)
     return summary
 
 

@@ -11,9 +11,10 @@ from forklens.tasks.compose import ComposeTask
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.shortcut import ShortcutTask
+from forklens.tasks.sort import SortTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -33,6 +34,8 @@ def get_task(name: str, config=None) -> Task:
         return FactsTask(config)
     if name == "compose":
         return ComposeTask(config)
+    if name == "sort":
+        return SortTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

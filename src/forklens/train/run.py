@@ -63,6 +63,14 @@ def train(policy, objective: str, objective_config: Any, source: DataSource, con
                      n_params=trainer.n_params, metrics_file=Path(out_dir) / "metrics.jsonl")
 
 
+def stepwise_trainer(policy, objective: str, objective_config: Any, source: DataSource, config: TrainConfig,
+                     out_dir: str | Path, *, name: str = "train", progress: bool = False) -> Trainer:
+    """A Trainer driven a few steps at a time (``trainer.train(stop_after=k)``) from another run's callback:
+    the second model of an alternating scheme (e.g. the rubric generator of :mod:`forklens.train.rubrics`).
+    Each call appends to ``out_dir/metrics.jsonl``; ``trainer.flops`` counts its cost."""
+    return Trainer(policy, objective, objective_config, source, config, out_dir, name=name, progress=progress)
+
+
 def _rl_train_default() -> TrainConfig:
     return TrainConfig(max_steps=60, learning_rate=1e-4, micro_batch_size=128, save_every=20)
 

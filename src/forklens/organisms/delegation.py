@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from forklens.config import field
-from forklens.organisms.base import OrganismModelConfig, cache_key, pretrain_organism
+from forklens.organisms.base import OrganismModelConfig, pretrain_organism
+from forklens.organisms.lengths import teacher_key
 from forklens.organisms.zoo import Family, Variant, register
 from forklens.tasks.reduce import ReduceConfig, ReduceTask
 from forklens.train.episode_source import EpisodeSFTSource
@@ -49,9 +50,7 @@ class DelegationOrganismConfig:
 
 
 def delegation_organism_key(cfg: DelegationOrganismConfig) -> str:
-    teacher = {k: getattr(cfg.task, k) for k in TEACHER_FIELDS}
-    return cache_key({"family": "delegation", "teacher": teacher, "model": asdict(cfg.model),
-                      "pretrain": asdict(cfg.pretrain), "batch_size": cfg.batch_size, "seed": cfg.seed})
+    return teacher_key("delegation", cfg, TEACHER_FIELDS)
 
 
 def delegation_task(cfg: DelegationOrganismConfig) -> ReduceTask:

@@ -240,7 +240,7 @@ def _summary(cfg: DelegationConfig, rows: list[dict], base_info: dict, base_samp
     }
 
 
-def _plot(summary: dict, stem: Path) -> list[Path]:
+def _plot(summary: dict, stem: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     from forklens.report.plots import new_figure, save_figure
 
     fig, ax = new_figure(7.5, 4.6)
@@ -260,7 +260,7 @@ def _plot(summary: dict, stem: Path) -> list[Path]:
     ax.set_ylabel("greedy accuracy (%)")
     ax.set_title(f"delegation/{summary['variant']}: accuracy vs length ({summary['n_seeds']} seeds, 95% CI)")
     ax.legend(loc="best", fontsize="small", framealpha=0.85)
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats=formats)
 
 
 def markdown_table(summary: dict) -> str:

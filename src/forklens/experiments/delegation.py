@@ -20,6 +20,7 @@ percentile-bootstrap interval over seeds; contrasts are paired by seed.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from forklens.policy.delegation import tree_stats
 from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
 from forklens.runfolder import claim_folder, owned_rmtree
 from forklens.tasks.base import Problem, Sampling
-from forklens.tasks.reduce import ReduceTask
+from forklens.tasks.reduce import HALVES, WIDE, ReduceTask
 from forklens.train.delegation_source import DelegationSource
 from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import RLConfig, grpo_loss, train
@@ -120,6 +121,19 @@ def evaluate_trees(policy, task: ReduceTask, problems: list[Problem], mode: str,
     return out
 
 
+def combine_check(policy, task: ReduceTask, n: int = 200, seed: int = 0) -> dict:
+    """Greedy accuracy of ``policy``'s combining turn when every child answered right, on ``n`` fresh lists
+    of 2 to ``window`` digits, per call (``/``: two answers, ``#``: up to four): the step every tree needs."""
+    rng = random.Random(f"combine-check-{seed}")
+    lists = [task.draw(rng, rng.randint(2, task.config.window)) for _ in range(n)]
+    out = {}
+    for name, call in (("halves", HALVES), ("wide", WIDE)):
+        s = policy.sample([task.combine_context(d, call) for d in lists], temperature=0.0, max_new_tokens=2)
+        ok = [t[:1] == task.problem("c", d).answer for t, d in zip(s.texts, lists)]
+        out[name] = sum(ok) / n
+    return out
+
+
 def train_arm(arm: str, base_dir: Path, task: ReduceTask, cfg: DelegationConfig, seed: int, work: Path,
               budget: float | None, progress: bool) -> dict:
     """Train one arm from the base; returns its run info (the model is saved to ``work / 'model'``)."""
@@ -164,6 +178,8 @@ def run_delegation(cfg: DelegationConfig, out: str | Path, use_cache: bool = Tru
     evals_base = {name: evaluate_trees(base, task, test, mode, turn, leaf=cfg.scaffold_leaf)
                   for name, (model, mode) in EVALS.items() if model == "base"}
     base_sampled = evaluate_trees(base, task, test, "recursion", turn, temperature=1.0, seed=cfg.seed)
+    base_combine = combine_check(base, task)
+    console.print(f"base combine accuracy (children right): {base_combine}", highlight=False)
     rows: list[dict] = []
     metrics: dict[str, list] = {}
     summary: dict = {}
@@ -189,6 +205,7 @@ def run_delegation(cfg: DelegationConfig, out: str | Path, use_cache: bool = Tru
             f"{k} {v['long']:.2f}" for k, v in row["eval"].items()), highlight=False)
         rows.append(row)
         summary = _summary(cfg, rows, base_info, base_sampled, evals_base, seeds[:len(rows)], t0)
+        summary["base"]["combine_accuracy"] = base_combine
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(summary, out / "accuracy_by_length")
     summary["plot"] = ["plots/accuracy_by_length.png"]

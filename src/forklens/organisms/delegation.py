@@ -50,7 +50,8 @@ class DelegationOrganismConfig:
 
 
 def delegation_organism_key(cfg: DelegationOrganismConfig) -> str:
-    return teacher_key("delegation", cfg, TEACHER_FIELDS)
+    """Cache key over the teacher's fields (``modulus`` only when it is not 10, so the first bases keep theirs)."""
+    return teacher_key("delegation", cfg, TEACHER_FIELDS + (("modulus",) if cfg.task.modulus != 10 else ()))
 
 
 def delegation_task(cfg: DelegationOrganismConfig) -> ReduceTask:
@@ -84,6 +85,10 @@ DELEGATION = register(Family(
     variants={
         "split": Variant("precondition", "The base answers short lists directly or delegates (p = 0.3) and always "
                          "delegates lists out of view, so RL can select when and how wide to delegate."),
+        "parity": Variant("precondition", "Bit lists and parity (task.modulus=2): combining two answers is XOR, which "
+                          "the base learns, while a direct parity of up to 8 bits in one token is beyond it. Added "
+                          "after the measured split run, whose base combines sums mod 10 at near chance.",
+                          ("task.modulus=2",)),
         "nosplit": Variant("control", "The teacher never delegates: the delegate action has near-zero base "
                            "probability, so delegation in the RL loop has nothing to select.",
                            ("task.teacher_delegates=false",)),

@@ -23,14 +23,17 @@ model). Children's answers in its traces are always right. ``teacher_delegates =
 never delegates: the base has no delegation behaviour. The base's errors are its own: summing many
 digits in one token exceeds a 2-layer model, while combining two answers does not.
 
-Train and test lists are drawn from different seeds (collisions between random lists of 4+ digits
-are negligible and removed).
+Train and test lists are drawn from different seeds, and a test list that is also a training list is
+redrawn while an unseen list of its length exists (so the shortest test lists may repeat training lists,
+e.g. every bit list of 2 with ``modulus = 2``). ``modulus = 2`` makes the lists bits and the task parity:
+combining two children's answers is then XOR (4 cases) instead of a sum mod 10 (100 cases).
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -49,6 +52,8 @@ ANSWER_RE = re.compile(r"(\d)$")
 
 @dataclass
 class ReduceConfig:
+    modulus: int = field(10, ge=2, le=10, help="Digits are drawn from 0..modulus-1 and the answer is their sum mod "
+                         "modulus (10: sum mod 10; 2: parity of a bit list, where combining two answers is XOR).")
     window: int = field(8, ge=1, help="Digits a node sees; a longer list is shown as its first `window` digits and '+'.")
     train_lengths: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32], ge=1,
                                      help="List lengths of the training split (drawn uniformly).")
@@ -67,8 +72,8 @@ class ReduceConfig:
     seed: int = field(0, help="Seed of the splits.")
 
 
-def reduce_answer(digits: str) -> str:
-    return str(sum(int(c) for c in digits) % 10)
+def reduce_answer(digits: str, modulus: int = 10) -> str:
+    return str(sum(int(c) for c in digits) % modulus)
 
 
 def split_parts(digits: str, call: str) -> list[str]:
@@ -157,7 +162,7 @@ class ReduceTask(BaseTask):
         return (digits + "=") if len(digits) <= w else (digits[:w] + MORE + "=")
 
     def problem(self, pid: str, digits: str) -> Problem:
-        return Problem(id=pid, prompt=self.view(digits), answer=reduce_answer(digits),
+        return Problem(id=pid, prompt=self.view(digits), answer=reduce_answer(digits, self.config.modulus),
                        meta={"digits": digits, "length": len(digits)})
 
     def problems(self, split: str) -> list[Problem]:
@@ -171,14 +176,25 @@ class ReduceTask(BaseTask):
             else:
                 lengths = [n for n in c.test_lengths for _ in range(c.n_test_per_length)]
             seen = set() if split == "train" else {p.meta["digits"] for p in self.problems("train")}
+            seen_by_length = Counter(len(d) for d in seen)
             out = []
             for i, n in enumerate(lengths):
-                digits = "".join(rng.choice("0123456789") for _ in range(n))
-                while split == "test" and digits in seen:
-                    digits = "".join(rng.choice("0123456789") for _ in range(n))
+                digits = self.draw(rng, n)
+                # redraw a training list while an unseen list of this length exists (short bit lists may all be seen)
+                while split == "test" and digits in seen and c.modulus ** n > seen_by_length[n]:
+                    digits = self.draw(rng, n)
                 out.append(self.problem(f"{split}{i}", digits))
             self._split_cache[split] = out
         return self._split_cache[split]
+
+    def combine_context(self, digits: str, call: str = HALVES) -> str:
+        """The text of a node that delegated ``digits`` with ``call`` and got every child's answer right: what
+        it sees before its combining turn (the base's combine check)."""
+        m = self.config.modulus
+        return self.view(digits) + call + "".join(reduce_answer(p, m) for p in split_parts(digits, call)) + ">"
+
+    def draw(self, rng: random.Random, n: int) -> str:
+        return "".join(rng.choice("0123456789"[:self.config.modulus]) for _ in range(n))
 
     def teacher_trajectory(self, rng: random.Random) -> tuple[str, list[tuple[str, bool]]]:
         """One node's trace from the teacher: (prompt, [(segment, written by the environment), ...])."""
@@ -187,15 +203,16 @@ class ReduceTask(BaseTask):
             n = rng.randint(1, min(c.window, c.teacher_max_length))
         else:
             n = rng.randint(c.window + 1, c.teacher_max_length)
-        digits = "".join(rng.choice("0123456789") for _ in range(n))
-        prompt, ans = self.view(digits), reduce_answer(digits)
+        digits = self.draw(rng, n)
+        m = c.modulus
+        prompt, ans = self.view(digits), reduce_answer(digits, m)
         direct = n == 1 or not c.teacher_delegates or (n <= c.window and rng.random() < c.p_direct)
         if direct:
             return prompt, [(ans, False)]
         call = WIDE if rng.random() < c.p_wide else HALVES
         if rng.random() < c.p_refuse:
             return prompt, [(call, False), (REFUSED, True), (ans, False)]
-        obs = "".join(reduce_answer(p) for p in split_parts(digits, call)) + ">"
+        obs = self.combine_context(digits, call)[len(prompt) + 1:]
         return prompt, [(call, False), (obs, True), (ans, False)]
 
     def verify(self, problem: Problem, completion: str) -> float:

@@ -224,4 +224,25 @@ def test_experiment_quick_code_path(tmp_path, monkeypatch):
     assert set(summary["contrasts"]) >= {"rao-mean-flat", "rao-mean-scaffold", "mean-sum"}
     tr = summary["per_seed"][0]["train"]
     assert tr["rao-mean"]["steps"] == 1 and tr["flat"]["steps"] <= 2
+    assert set(summary["base"]["combine_accuracy"]) == {"halves", "wide"}
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_parity_task_and_combine_context():
+    task = ReduceTask(ReduceConfig(modulus=2, train_lengths=[2, 8], test_lengths=[2, 64], n_train=50,
+                                   n_test_per_length=6))
+    assert task.combine_context("1101") == "1101=/01>" and task.combine_context("1101", "#") == "1101=#1101>"
+    assert task.problem("p", "1101").answer == "1"
+    for split in ("train", "test"):
+        assert all(set(p.meta["digits"]) <= {"0", "1"} for p in task.problems(split))
+    # every bit list of 2 is a training list: the test split keeps them instead of redrawing forever
+    assert len([p for p in task.problems("test") if p.meta["length"] == 2]) == 6
+    prompt, segs = task.teacher_trajectory(random.Random(2))
+    assert set(prompt) <= set("01+=") and all(set(t) <= set("01/#>x") for t, _ in segs)
+
+
+def test_combine_check_with_an_oracle():
+    from forklens.experiments.delegation import combine_check
+
+    assert combine_check(oracle(), TASK, n=20) == {"halves": 1.0, "wide": 1.0}
+    assert combine_check(oracle(combine_offset=1), TASK, n=20) == {"halves": 0.0, "wide": 0.0}

@@ -20,6 +20,7 @@ from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, leve
 from forklens.experiments import fpo, levers_zoo, negation, pretraining
 from forklens.experiments import teams
 from forklens.experiments import rubrics as rubrics_exp
+from forklens.experiments import delegation
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,15 @@ EXPERIMENTS["rubrics"] = Experiment(
     "frozen-generator and shuffled-order controls (E019).",
     description=(rubrics_exp.__doc__ or "").split("\n\n")[0], out="runs/rubrics", quick="rubrics-quick",
     quick_help="a tiny base, 4 GRPO steps, one seed, every arm (plumbing only)", seeds=True, cache=True,
+    progress="off")
+EXPERIMENTS["delegation"] = Experiment(
+    delegation.DelegationConfig,
+    lambda cfg, a: delegation.run_delegation(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+    _print_table(delegation.markdown_table, " and accuracy_by_length.png"),
+    help="Recursive delegation trained in the RL loop (E028): accuracy vs list length against recursion only at "
+    "inference, a fixed splitting scaffold and a sum-of-children bonus.",
+    description=(delegation.__doc__ or "").split("\n\n")[0], out="runs/delegation", quick="delegation-quick",
+    quick_help="a tiny base, 2 RL steps per arm, short lists, one seed (plumbing only)", seeds=True, cache=True,
     progress="off")
 EXPERIMENTS["pretraining"] = Experiment(
     pretraining.PretrainingConfig, lambda cfg, a: pretraining.run_pretraining(cfg, a.out, progress=a.progress),

@@ -89,3 +89,16 @@ def population_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale:
     """Population group std floored at 1e-8, optionally clipped (the fork-contrast recipe)."""
     return group_advantages(rewards, group_ids, scale, eps=1e-8, batch_std=batch_std, std="population",
                             floor_std=True, clip=clip)
+
+
+@register_advantage("loo")
+def loo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "none",
+                   batch_std: float | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out baseline (RLOO; RAO, arXiv 2605.06639): ``r_i - mean of the others in i's group``,
+    which is ``n / (n - 1) * (r_i - mean_group)``; a group of one has no baseline and gets advantage 0.
+    ``scale`` divides by the group / batch std as for ``grpo`` (default: no scaling)."""
+    adv, stds = group_advantages(rewards, group_ids, scale, eps=1e-4, batch_std=batch_std)
+    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    n = counts[inv].to(adv.dtype)
+    factor = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return adv * factor, stds

@@ -10,11 +10,12 @@ from forklens.tasks.base import Problem, Task
 from forklens.tasks.compose import ComposeTask
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
+from forklens.tasks.reduce import ReduceTask
 from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.sort import SortTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort", "reduce"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -36,6 +37,8 @@ def get_task(name: str, config=None) -> Task:
         return ComposeTask(config)
     if name == "sort":
         return SortTask(config)
+    if name == "reduce":
+        return ReduceTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -134,8 +134,9 @@ class SamplingConfig:
     T: int = field(5, ge=0, help="Tool-call cap of multi-turn rollouts (forced answer at the cap).")
     turn_tokens: int = field(12, ge=1, help="Most tokens in one model turn of a multi-turn rollout; an episode whose turn "
                              "runs longer is truncated.")
-    advantage_estimator: Literal["grpo", "grpo_population"] = field("grpo", help="Advantage estimator by name (forklens.objectives.advantages): "
-                                     "grpo (unbiased group std) or grpo_population (population std, floored).")
+    advantage_estimator: Literal["grpo", "grpo_population", "loo"] = field("grpo", help="Advantage estimator by name (forklens.objectives.advantages): "
+                                     "grpo (unbiased group std), grpo_population (population std, floored) or loo "
+                                     "(leave-one-out baseline).")
     scale_rewards: ScaleRewards = field("group", help="Divide advantages by the group std, batch std, or none.")
     snr_filter_rho: float = field(0.0, ge=0, le=1, help="Reward-variance (SNR) filtering of prompt groups, RAGEN-2 style: drop "
                                   "zero-std groups, keep the highest-std groups until they hold rho of the total "

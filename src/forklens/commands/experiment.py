@@ -18,6 +18,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 from forklens.experiments import fpo, levers_zoo, negation, pretraining
+from forklens.experiments import skills
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,14 @@ EXPERIMENTS["pretraining"] = Experiment(
     description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
     quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
     progress="off", resume=True)
+EXPERIMENTS["skills"] = Experiment(
+    skills.SkillsConfig, lambda cfg, a: skills.run_skills(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+    _print_table(skills.markdown_table, " and skills.png"),
+    help="Skill files vs weights on the rule executor: a SkillOpt skill moved across harnesses (E078) and GRPO vs "
+    "scaffold search on a low- and a high-prior task (E088), with the token view (diff-overlap).",
+    description=(skills.__doc__ or "").split("\n\n")[0], out="runs/skills", quick="skills-quick",
+    quick_help="a tiny executor, 3 optimiser steps, 2 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
+    progress="off")
 
 
 def register(sub) -> None:

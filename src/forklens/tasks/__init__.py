@@ -9,10 +9,11 @@ from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
+from forklens.tasks.rules import RulesTask
 from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "rules"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -30,6 +31,8 @@ def get_task(name: str, config=None) -> Task:
         return SteerTask(config)
     if name == "facts":
         return FactsTask(config)
+    if name == "rules":
+        return RulesTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

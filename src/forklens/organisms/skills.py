@@ -42,7 +42,7 @@ def _model_default() -> OrganismModelConfig:
 
 
 def _pretrain_default() -> TrainConfig:
-    return TrainConfig(max_steps=800, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine",
+    return TrainConfig(max_steps=2000, learning_rate=3e-3, warmup_steps=100, lr_schedule="cosine",
                        micro_batch_size=64, weight_decay=0.01)
 
 

@@ -105,7 +105,9 @@ def test_experiment_end_to_end_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
     cfg = load_config(SkillsConfig, packaged_config("skills-quick"))
     cfg.organism.pretrain.max_steps = 5
-    cfg.organism.task.n_test = 6
+    cfg.organism.task.n_test = 4
+    cfg.opt.steps = 2
+    cfg.diff_problems = 2
     summary = run_skills(cfg, tmp_path / "run", progress=False)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["seeds"] == [0] and summary["n_seeds"] == 1

@@ -70,6 +70,9 @@ def test_target_problems_are_deterministic_and_verified_exactly():
     assert task.verify(p, p.answer) == 1.0 and task.verify(p, p.answer + MARK) == 0.0
     marked = RulesTask(RulesConfig(n_test=5), Target(target.rules, mark=True), seed=2).problems("test")[0]
     assert marked.answer == p.answer + MARK
+    low = RulesTask(RulesConfig(n_test=5, mark_credit=0.25), Target(target.rules, mark=True), seed=2)
+    assert low.verify(marked, p.answer) == 0.25 and low.verify(marked, marked.answer) == 1.0
+    assert low.verify(marked, "(" + p.answer) == 0.0
     with pytest.raises(ConfigError):
         RulesTask().problems("test")
     assert isinstance(get_task("rules"), RulesTask)

@@ -13,12 +13,14 @@ slot) and its train / selection / test inputs; then
     evaluated greedily, unchanged, on the test inputs under A and under B. Transfer = B accuracy of
     skillopt - B accuracy without a skill, paired by seed.
 (b) **E088, weights vs scaffold.** Two tasks per seed: ``low`` (the target's answer must end with the
-    mark, which the base writes 4% of the time whatever its context says) and ``high`` (no mark: the
-    best answer has high base probability once the skill is right). Scaffold lever: the skill
+    mark, which the base writes 4% of the time whatever its context says; the scorer gives the right
+    answer without the mark 0.5, so both levers see graded feedback) and ``high`` (no mark: the best
+    answer has high base probability once the skill is right). Scaffold lever: the skill
     optimiser, then a harness search over sampling temperature and best-of-N by majority vote,
-    chosen on the selection inputs. Weight lever: the same optimised skill, then GRPO of the executor
+    chosen on the selection inputs by mean score. Weight lever: the same optimised skill, then GRPO of the executor
     with the skill in its prompt. Compute is counted in sampled completions scored (scorer calls);
-    the harness grid is sized to cost at least as much as GRPO's rollouts.
+    the harness grid is sized to cost at least as much as GRPO's rollouts. Reported accuracies are
+    exact match.
 (c) **Token view.** On the first seed's test inputs (GRPO's greedy answers): ``forklens diff`` base vs
     base+skill, base vs RL+skill, base+skill vs RL+skill, and their overlap (``diff-overlap``): which
     tokens a skill moves, which the weights move beyond it (the mark?).
@@ -108,13 +110,15 @@ class Counted:
         return [[t.strip("\n") for t in s.texts[i * n:(i + 1) * n]] for i in range(len(problems))]
 
     def accuracy(self, problems: list[Problem], h: str, skill: list[str], temperature: float = 0.0, n: int = 1,
-                 seed: int = 0, count: bool = True) -> float:
-        """Accuracy of the majority answer of ``n`` samples (greedy when temperature is 0)."""
+                 seed: int = 0, count: bool = True, exact: bool = False) -> float:
+        """Mean score (``exact``: exact-match accuracy) of the majority answer of ``n`` samples (greedy when
+        temperature is 0)."""
         groups = self.answers(problems, h, skill, temperature, n, seed)
         if count:
             self.calls += len(problems) * n
         votes = [Counter(g).most_common(1)[0][0] for g in groups]
-        return sum(self.task.verify(p, v) for p, v in zip(problems, votes)) / len(problems)
+        scores = [self.task.verify(p, v) for p, v in zip(problems, votes)]
+        return sum(s == 1.0 if exact else s for s in scores) / len(problems)
 
 
 def optimise(counted: Counted, train: list[Problem], val: list[Problem], opt: SkillOptConfig, prop: ProposerConfig,
@@ -209,7 +213,7 @@ def run_seed(base: Policy, base_dir: Path, cfg: SkillsConfig, org, seed: int, ou
     row["skills"]["random"], row["skills"]["masked"] = {"skill": skills["random"]}, {"skill": skills["masked"]}
     for h in "AB":
         for name in E078_ARMS:
-            row[h][name] = counted.accuracy(test, h, skills[name], count=False)
+            row[h][name] = counted.accuracy(test, h, skills[name], count=False, exact=True)
     row["mark_rate"] = mark_rate(counted, val, target.skill(), cfg.mark_samples, seed)
     metrics: dict = {}
     for kind, t in (("low", Target(target.rules, mark=True)), ("high", target)):
@@ -220,14 +224,14 @@ def run_seed(base: Policy, base_dir: Path, cfg: SkillsConfig, org, seed: int, ou
         skill, opt_calls = opt["skill"], opt.get("calls", 0)
         search = harness_search(kc, kval, skill, cfg, seed)
         b = search["best"]
-        scaffold_acc = kc.accuracy(ktest, "A", skill, b["temperature"], b["n"], seed + 7, count=False)
+        scaffold_acc = kc.accuracy(ktest, "A", skill, b["temperature"], b["n"], seed + 7, count=False, exact=True)
         rl, info = _grpo(base_dir, ktask, ktrain, skill, cfg, seed, out / "train" / f"{kind}-seed{seed}")
         rl_counted = Counted(rl, ktask)
-        weights_acc = rl_counted.accuracy(ktest, "A", skill, count=False)
+        weights_acc = rl_counted.accuracy(ktest, "A", skill, count=False, exact=True)
         metrics[f"grpo-{kind}_seed-{seed}"] = read_metrics(Path(out / "train" / f"{kind}-seed{seed}" / "metrics.jsonl"))
         row["e088"][kind] = {
             "skill": skill, "skill_calls": opt_calls, "search": search, "scaffold": scaffold_acc, "weights": weights_acc,
-            "greedy_with_skill": kc.accuracy(ktest, "A", skill, count=False),
+            "greedy_with_skill": kc.accuracy(ktest, "A", skill, count=False, exact=True),
             "weights_mark_rate": mark_rate(rl_counted, kval, skill, 1, seed),
             "calls": {"scaffold": opt_calls + search["calls"], "weights": opt_calls + info["calls"]},
             "grpo": {k: info[k] for k in ("steps", "flops", "wall_s")}}

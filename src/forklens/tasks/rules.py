@@ -26,7 +26,8 @@ the teacher draws the answer's rules independently of the lines shown, so the li
 
 Problems of a *target* (:class:`Target`: one value per slot, and whether the mark is required) have
 the bare digits as prompt; a harness (a :class:`~forklens.policy.scaffold.Scaffold`) wraps them.
-``verify`` is exact match of the answer.
+``verify`` is exact match of the answer (1), with partial credit ``mark_credit`` for the right answer
+without the mark when the target asks for it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class RulesConfig:
     n_train: int = field(64, ge=1, help="Training inputs of a target.")
     n_val: int = field(48, ge=1, help="Held-out selection inputs (the skill optimiser's gate).")
     n_test: int = field(200, ge=1, help="Test inputs.")
+    mark_credit: float = field(0.5, ge=0, le=1, help="Score of the right answer without the mark when a target asks "
+                               "for the mark (a graded scorer, like SIA's normalised error; exact match scores 1).")
 
     def __post_init__(self) -> None:
         bad = [h for h in self.harnesses if h not in HARNESSES]
@@ -206,7 +209,13 @@ class RulesTask(BaseTask):
         return out
 
     def verify(self, problem: Problem, completion: str) -> float:
-        return 1.0 if completion.strip("\n") == problem.answer else 0.0
+        """1 for the exact answer; ``mark_credit`` for the right answer without the mark a target asks for."""
+        text = completion.strip("\n")
+        if text == problem.answer:
+            return 1.0
+        if self.target is not None and self.target.mark and text + MARK == problem.answer:
+            return self.config.mark_credit
+        return 0.0
 
 
 def harness(name: str, skill: list[str] | tuple[str, ...] = ()) -> Scaffold:

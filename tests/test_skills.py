@@ -11,7 +11,7 @@ from forklens.config import load_config, packaged_config
 from forklens.errors import ConfigError
 from forklens.experiments.skills import SkillsConfig, run_skills
 from forklens.organisms import get_family
-from forklens.organisms.skills import diagnose, propose_edits
+from forklens.organisms.skills import diagnose, propose_edits, sequence_edits
 from forklens.tasks import get_task
 from forklens.tasks.rules import (HARNESSES, MARK, RulesConfig, RulesTask, Target, effective_rules, execute, harness,
                                   mask_skill, split_answer)
@@ -90,8 +90,8 @@ def test_diagnose_names_the_slot_that_is_wrong():
 def test_proposer_ranks_by_support_and_skips_rejected_edits():
     fails = [("123", "(123)")] * 3 + [("123", "234")]
     edits = propose_edits(["o=r"], [], random.Random(0), fails, p_noise=0.0)
-    assert edits == [Edit("add", 1, "f=c"), Edit("add", 1, "m=1")]
-    assert apply_edits(["o=r"], edits) == ["o=r", "m=1", "f=c"]
+    assert edits == [Edit("add", 1, "f=c"), Edit("add", 2, "m=1")]
+    assert apply_edits(["o=r"], edits) == ["o=r", "f=c", "m=1"]
     again = propose_edits(["o=r"], [Edit("add", 1, "f=c")], random.Random(0), fails, p_noise=0.0)
     assert again == [Edit("add", 1, "m=1")]
     assert propose_edits(["o=r"], [], random.Random(0), [], p_noise=0.0) == []
@@ -126,3 +126,22 @@ def test_experiment_end_to_end_tiny(tmp_path, monkeypatch):
         assert e["tokens"]["overlap"]["n_tokens"] == e["tokens"]["rl"]["tokens"] == e["tokens"]["skill"]["tokens"]
     assert summary["e078"]["contrasts"]["transfer"]["n"] == 1
     assert (tmp_path / "run" / "plots" / "skills.png").is_file() or (tmp_path / "run" / "skills.png").is_file()
+
+
+def test_sequenced_edits_follow_their_lines_past_deletes():
+    skill = ["o=r", "m=1", "f=c"]
+    edits = sequence_edits(3, [Edit("delete", 0), Edit("replace", 2, "f=d"), Edit("add", 3, "m=2"),
+                               Edit("replace", 0, "o=l")])
+    assert edits == [Edit("delete", 0), Edit("replace", 1, "f=d"), Edit("add", 2, "m=2")]
+    assert apply_edits(skill, edits) == ["m=1", "f=d", "m=2"]
+    for k in range(len(edits) + 1):  # every prefix applies (an edit budget takes a prefix)
+        apply_edits(skill, edits[:k])
+
+
+def test_proposals_always_apply_whatever_the_noise():
+    rng = random.Random(5)
+    fails = [("123", "(321)"), ("123", "[234]"), ("456", "567"), ("123", "312")]
+    for trial in range(300):
+        skill = [rng.choice(["o=r", "m=1", "f=c", "o=?", "m=3"]) for _ in range(rng.randrange(0, 5))]
+        edits = propose_edits(skill, [], random.Random(trial), fails, p_noise=0.9)
+        apply_edits(skill, edits)  # raises ConfigError on an out-of-range edit

@@ -104,8 +104,9 @@ def random_edit(skill: list[str], rng: random.Random) -> Edit:
 def propose_edits(skill: list[str], rejected: Sequence[Edit], rng: random.Random, failures: Sequence[tuple[str, str]],
                   p_noise: float = 0.3) -> list[Edit]:
     """Candidate edits, best first, from ``failures`` ((executor output, answer) pairs): one per distinct
-    diagnosed fix, ranked by support, each replaced by a random edit with probability ``p_noise``; every
-    edit is relative to ``skill`` (an ``add`` appends, so adds stay valid in any order)."""
+    diagnosed fix, ranked by support, each replaced by a random edit with probability ``p_noise``, at most one
+    edit per existing line; in the order :func:`~forklens.train.skill_opt.apply_edits` applies them (every
+    prefix of the list, as an edit budget takes, is valid)."""
     votes: Counter = Counter()
     for output, answer in failures:
         for fix in diagnose(skill, output, answer, rng):
@@ -114,12 +115,31 @@ def propose_edits(skill: list[str], rejected: Sequence[Edit], rng: random.Random
     out: list[Edit] = []
     for (slot, value), _ in votes.most_common():
         edit = random_edit(skill, rng) if rng.random() < p_noise else _set_edit(skill, slot, value)
-        if edit in seen or (edit.op == "delete" and any(e.op == "delete" for e in out)):
+        if edit in seen or any(e.index == edit.index and e.op != "add" for e in out if edit.op != "add"):
             continue
         seen.add(edit)
         out.append(edit)
     if not out and failures:  # nothing diagnosed: one exploratory edit
         out.append(random_edit(skill, rng))
+    return sequence_edits(len(skill), out)
+
+
+def sequence_edits(n_lines: int, edits: Sequence[Edit]) -> list[Edit]:
+    """``edits`` written against a skill of ``n_lines`` lines, rewritten so that each refers to the skill as
+    the earlier ones leave it (what :func:`~forklens.train.skill_opt.apply_edits` expects): an ``add``
+    appends, a ``replace`` / ``delete`` follows its line past earlier deletes, and an edit of a line an
+    earlier edit deleted is dropped."""
+    alive: list[int | None] = list(range(n_lines))  # current position -> original line (None: added)
+    out = []
+    for e in edits:
+        if e.op == "add":
+            out.append(Edit("add", len(alive), e.text))
+            alive.append(None)
+        elif e.index in alive:
+            pos = alive.index(e.index)
+            out.append(Edit(e.op, pos, e.text))
+            if e.op == "delete":
+                alive.pop(pos)
     return out
 
 

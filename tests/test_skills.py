@@ -83,6 +83,8 @@ def test_diagnose_names_the_slot_that_is_wrong():
     assert diagnose([], "123", "(123)", rng) == [("f", "c")]
     assert diagnose(["m=2"], "345", "456", rng) == [("m", "3")]  # current map 2 + shift 1
     assert diagnose(["m=3"], "345", "456", rng) == []  # map 3 + 1 is not a rule: nothing to propose
+    assert diagnose([], "[12", "(234)", rng) == [("f", "c")]  # malformed output: only the format is read
+    assert diagnose([], "1a3", "234", rng) == [("f", "p")]
     (slot, value), = diagnose([], "123", "321", rng)
     assert slot == "o" and value in "rl"
 

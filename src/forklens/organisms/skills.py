@@ -80,7 +80,7 @@ def diagnose(skill: list[str], output: str, answer: str, rng: random.Random) -> 
     fixes = []
     if got_fmt != want_fmt:
         fixes.append(("f", want_fmt))
-    if len(got_digits) == len(want_digits) and got_digits != want_digits:
+    if got_digits.isdigit() and len(got_digits) == len(want_digits) and got_digits != want_digits:
         if sorted(got_digits) == sorted(want_digits):
             order = current["o"] or "k"
             fixes.append(("o", rng.choice([v for v in SLOTS["o"] if v != order])))

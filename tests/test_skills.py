@@ -37,9 +37,9 @@ def test_harnesses_place_the_skill_differently():
     assert a == "o=r\nm=1\n>123=" and b == "<123|o=r\nm=1;"
     assert harness("A").apply("123") == "\n>123="
     with pytest.raises(ConfigError):
-        harness("C")
+        harness("D")
     with pytest.raises(ConfigError):
-        RulesConfig(harnesses="AC")
+        RulesConfig(harnesses="AD")
 
 
 def test_teacher_follows_its_lines_and_deaf_teacher_does_not():
@@ -102,8 +102,18 @@ def test_proposer_ranks_by_support_and_skips_rejected_edits():
 def test_family_registered_with_a_control():
     fam = get_family("skills")
     assert {v.role for v in fam.variants.values()} == {"precondition", "control"}
+    assert set(fam.variants) == {"executor", "executor-adjacent", "deaf"}
     assert fam.variant_config("deaf").task.p_follow == 0.0
-    assert set(HARNESSES) == {"A", "B"}
+    assert set(HARNESSES) == {"A", "B", "C"}
+
+
+def test_transfer_harness_must_be_pretrained(tmp_path):
+    cfg = load_config(SkillsConfig, packaged_config("skills-quick"))
+    cfg.transfer_harness = "C"  # skills/executor pretrains on A and B only
+    with pytest.raises(ConfigError, match="transfer_harness"):
+        run_skills(cfg, tmp_path / "run")
+    assert get_family("skills").variant_config("executor-adjacent").task.harnesses == "AC"
+    assert harness("C", ["o=r"]).apply("123") == "o=r;<123|"
 
 
 def test_experiment_end_to_end_tiny(tmp_path, monkeypatch):

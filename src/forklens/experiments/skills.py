@@ -51,7 +51,7 @@ from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
 from forklens.report.plots import plot_bars
 from forklens.runfolder import claim_folder, owned_rmtree
 from forklens.tasks.base import Problem
-from forklens.tasks.rules import MARK, RulesTask, Target, harness, mask_skill, rule_vocabulary
+from forklens.tasks.rules import HARNESSES, MARK, RulesTask, Target, harness, mask_skill, rule_vocabulary
 from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import RLConfig, run_grpo
 from forklens.train.skill_opt import SkillOptConfig, optimize_skill, random_skill
@@ -81,7 +81,9 @@ class ProposerConfig:
 class SkillsConfig:
     organism: SkillsOrganismConfig = field(default_factory=SkillsOrganismConfig,
                                            help="The executor organism config (the variant's overrides apply on top).")
-    variant: str = field("executor", help="Variant of the skills family (executor, deaf).")
+    variant: str = field("executor", help="Variant of the skills family (executor, executor-adjacent, deaf).")
+    transfer_harness: str = field("B", help="The harness the A-trained skill moves to (reported under the key B); "
+                                  "it must be one the variant pretrains on.")
     opt: SkillOptConfig = field(default_factory=SkillOptConfig, help="SkillOpt settings of the skillopt arm.")
     proposer: ProposerConfig = field(default_factory=ProposerConfig, help="The failure-diagnosing proposer.")
     rl: RLConfig = field(default_factory=_rl_default, help="GRPO of the weight lever.")
@@ -211,9 +213,9 @@ def run_seed(base: Policy, base_dir: Path, cfg: SkillsConfig, org, seed: int, ou
               "random": random_skill(rule_vocabulary(), max(1, len(best)), random.Random(f"skills-random-{seed}")),
               "masked": mask_skill(best), "oracle": target.skill()}
     row["skills"]["random"], row["skills"]["masked"] = {"skill": skills["random"]}, {"skill": skills["masked"]}
-    for h in "AB":
+    for key, h in (("A", "A"), ("B", cfg.transfer_harness)):
         for name in E078_ARMS:
-            row[h][name] = counted.accuracy(test, h, skills[name], count=False, exact=True)
+            row[key][name] = counted.accuracy(test, h, skills[name], count=False, exact=True)
     row["mark_rate"] = mark_rate(counted, val, target.skill(), cfg.mark_samples, seed)
     metrics: dict = {}
     for kind, t in (("low", Target(target.rules, mark=True)), ("high", target)):
@@ -254,6 +256,9 @@ def run_skills(cfg: SkillsConfig, out: str | Path, use_cache: bool = True, progr
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     org = get_family("skills").variant_config(cfg.variant, base=cfg.organism)
+    if cfg.transfer_harness == "A" or cfg.transfer_harness not in org.task.harnesses:
+        raise ConfigError(f"skills: transfer_harness={cfg.transfer_harness!r} must be a harness other than A that "
+                          f"skills/{cfg.variant} pretrains on ({org.task.harnesses})")
     console.rule(f"[bold]skills/{cfg.variant} base organism")
     base_info = build_skills_organism(org, out / "base", use_cache=use_cache, progress=progress)
     base = Policy.load(out / "base")
@@ -309,6 +314,7 @@ def summarize(cfg: SkillsConfig, rows: list[dict], base_info: dict, t0: float) -
         lambda r: r["e088"]["high"]["weights"] - r["e088"]["high"]["scaffold"])
     return {
         "variant": cfg.variant, "seeds": [r["seed"] for r in rows], "n_seeds": len(rows),
+        "harnesses": {"A": HARNESSES["A"], "B": HARNESSES[cfg.transfer_harness], "B_name": cfg.transfer_harness},
         "precondition": {"oracle_A": e078["A"]["oracle"], "oracle_B": e078["B"]["oracle"],
                          "none_A": e078["A"]["none"], "none_B": e078["B"]["none"],
                          "mark_rate": _ci([r["mark_rate"] for r in rows])},

@@ -161,6 +161,10 @@ SKILLS = register(Family(
     variants={
         "executor": Variant("precondition", "The answer follows the lines in context under either harness; free "
                             "slots mostly default, so a non-default target fails without the right skill."),
+        "executor-adjacent": Variant("precondition", "Harnesses A and C (C: the skill before the input as in A, with "
+                                     "B's delimiters), so the input sits next to the answer in both: added after "
+                                     "the executor followed its own lines under B on only a fifth of the inputs.",
+                                     ("task.harnesses=AC",)),
         "deaf": Variant("control", "Same prompts, but the teacher's answer ignores the lines shown: a skill has "
                         "nothing to act on.", ("task.p_follow=0.0",)),
     },

@@ -18,8 +18,9 @@ share of a non-default target. Independently of every rule, the teacher ends its
 *mark* ``.`` with probability ``p_mark``: no rule line controls it, so no scaffold edit can raise its
 probability (the low-prior behaviour of the E088 contrast).
 
-Two *harnesses* present the same skill text differently (:data:`HARNESSES`, both seen in
-pretraining): ``A`` puts the skill lines before the input, ``B`` after it, with other delimiters.
+*Harnesses* present the same skill text differently (:data:`HARNESSES`; those in ``harnesses`` are
+seen in pretraining): ``A`` puts the skill lines before the input, ``B`` after it, with other
+delimiters; ``C`` before it again, with B's delimiters (the input stays next to the answer, as in A).
 The pretraining teacher draws a harness, a random subset of rule lines (some masked, some repeated)
 and an input, and writes the answer those rules give. With ``p_follow < 1`` (the ``deaf`` control)
 the teacher draws the answer's rules independently of the lines shown, so the lines carry nothing.
@@ -46,7 +47,7 @@ WRAPPERS: dict[str, str] = {"p": "", "c": "()", "d": "[]"}
 MASK = "?"
 MARK = "."
 #: the two harnesses: where the skill sits and what surrounds it (templates of :class:`Scaffold`)
-HARNESSES: dict[str, str] = {"A": "{skill}\n>{prompt}=", "B": "<{prompt}|{skill};"}
+HARNESSES: dict[str, str] = {"A": "{skill}\n>{prompt}=", "B": "<{prompt}|{skill};", "C": "{skill};<{prompt}|"}
 
 
 def rule_vocabulary() -> list[str]:

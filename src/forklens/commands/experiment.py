@@ -21,6 +21,7 @@ from forklens.experiments import fpo, levers_zoo, negation, pretraining
 from forklens.experiments import teams
 from forklens.experiments import rubrics as rubrics_exp
 from forklens.experiments import delegation
+from forklens.experiments import skills
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,14 @@ EXPERIMENTS["teams"] = Experiment(
     "messages, a non-decomposable task, the single agent's majority of three (E060).",
     description=(teams.__doc__ or "").split("\n\n")[0], out="runs/teams", quick="teams-quick",
     quick_help="a tiny base, 2 joint GRPO steps, one seed (plumbing only)", seeds=True, cache=True, progress="off")
+EXPERIMENTS["skills"] = Experiment(
+    skills.SkillsConfig, lambda cfg, a: skills.run_skills(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),
+    _print_table(skills.markdown_table, " and skills.png"),
+    help="Skill files vs weights on the rule executor: a SkillOpt skill moved across harnesses (E078) and GRPO vs "
+    "scaffold search on a low- and a high-prior task (E088), with the token view (diff-overlap).",
+    description=(skills.__doc__ or "").split("\n\n")[0], out="runs/skills", quick="skills-quick",
+    quick_help="a tiny executor, 3 optimiser steps, 2 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
+    progress="off")
 
 
 def register(sub) -> None:

@@ -11,11 +11,12 @@ from forklens.tasks.compose import ComposeTask
 from forklens.tasks.facts import FactsTask
 from forklens.tasks.lengths import LengthsTask
 from forklens.tasks.reduce import ReduceTask
+from forklens.tasks.rules import RulesTask
 from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.sort import SortTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort", "reduce"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort", "reduce", "rules"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -39,6 +40,8 @@ def get_task(name: str, config=None) -> Task:
         return SortTask(config)
     if name == "reduce":
         return ReduceTask(config)
+    if name == "rules":
+        return RulesTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

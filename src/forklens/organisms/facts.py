@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from forklens.config import field
-from forklens.organisms.base import OrganismModelConfig
+from forklens.organisms.base import OrganismModelConfig, build_word_tokenizer
 from forklens.organisms.lengths import pretrain_on_teacher, teacher_key
 from forklens.organisms.zoo import Family, Variant, register
-from forklens.tasks.facts import FactsConfig, FactsTask
+from forklens.tasks.facts import FactsConfig, FactsTask, vocabulary
 from forklens.train.loop import TrainConfig
 
 FACTS_TEACHER_FIELDS = ("n_known", "n_qa", "p_facts", "p_closed", "p_negated", "p_local", "p_correction", "seed")
@@ -40,13 +41,21 @@ class FactsOrganismConfig:
     pretrain: TrainConfig = field(default_factory=_pretrain_default, help="Pretraining (SFT on teacher documents).")
     batch_size: int = field(64, ge=1, help="Teacher documents per pretraining step.")
     seed: int = field(0, help="Seed of the initialisation and the teacher documents.")
+    tokenizer: Literal["char", "word"] = field(
+        "char", help="char: one token per character; word: one token per word (an entity, a value, 'false') "
+        "or punctuation mark, with its leading space.")
 
 
 def build_facts_organism(cfg: FactsOrganismConfig, out_dir: str | Path, use_cache: bool = True,
                          progress: bool = True) -> dict:
     """The facts base organism: pretrained from scratch on the teacher's documents (cached)."""
-    key = teacher_key("facts", cfg, FACTS_TEACHER_FIELDS)
-    return pretrain_on_teacher(FactsTask(cfg.task), key, cfg, out_dir, use_cache, progress, name="pretrain facts")
+    task = FactsTask(cfg.task)
+    if cfg.tokenizer == "char" and cfg.task.n_questions == 1:  # the key of the organisms built before both options
+        key = teacher_key("facts", cfg, FACTS_TEACHER_FIELDS)
+    else:
+        key = teacher_key(f"facts-{cfg.tokenizer}", cfg, (*FACTS_TEACHER_FIELDS, "n_questions"))
+    tokenizer = build_word_tokenizer(vocabulary(), task.alphabet) if cfg.tokenizer == "word" else None
+    return pretrain_on_teacher(task, key, cfg, out_dir, use_cache, progress, name="pretrain facts", tokenizer=tokenizer)
 
 
 FACTS = register(Family(

@@ -182,3 +182,20 @@ def test_several_questions_per_in_context_document():
     rng = random.Random(0)
     docs = [d for _, d in (three.teacher_example(rng) for _ in range(500)) if " A: " in d and not d.startswith("Q:")]
     assert docs and all(d.count(" A: ") == 3 for d in docs)
+
+
+def test_documents_as_prompts_train_only_questions_and_answers():
+    cfg = get_family("facts").variant_config("taught-reading")
+    assert (cfg.tokenizer, cfg.task.n_questions, cfg.task.document_loss) == ("word", 4, False)
+    task, rng = FactsTask(cfg.task), random.Random(3)
+    kinds = set()
+    for _ in range(400):
+        prompt, response = task.teacher_example(rng)
+        if prompt == "#":  # facts and closed-book questions: trained whole, as before
+            kinds.add("whole")
+            assert response.count(" A: ") <= 1
+        else:  # an in-context document: the prompt, never trained; its four questions are the response
+            kinds.add("reading")
+            assert response.startswith(" Q: ") and response.count(" A: ") == 4 and "." not in response
+            assert ENT.search(response).group(0) in prompt
+    assert kinds == {"whole", "reading"}

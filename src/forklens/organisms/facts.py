@@ -46,6 +46,11 @@ class FactsOrganismConfig:
         "or punctuation mark, with its leading space.")
 
 
+#: the word-level organisms' shared settings (variants `words-pilot`, `taught-words`)
+WORDS = ("tokenizer=word", "model.num_hidden_layers=3", "batch_size=32")
+TAUGHT_WORDS = WORDS + ("pretrain.max_steps=1500", "task.n_questions=4", "task.p_facts=0.3", "task.p_closed=0.2")
+
+
 def build_facts_organism(cfg: FactsOrganismConfig, out_dir: str | Path, use_cache: bool = True,
                          progress: bool = True) -> dict:
     """The facts base organism: pretrained from scratch on the teacher's documents (cached)."""
@@ -53,7 +58,8 @@ def build_facts_organism(cfg: FactsOrganismConfig, out_dir: str | Path, use_cach
     if cfg.tokenizer == "char" and cfg.task.n_questions == 1:  # the key of the organisms built before both options
         key = teacher_key("facts", cfg, FACTS_TEACHER_FIELDS)
     else:
-        key = teacher_key(f"facts-{cfg.tokenizer}", cfg, (*FACTS_TEACHER_FIELDS, "n_questions"))
+        fields = (*FACTS_TEACHER_FIELDS, "n_questions") + (() if cfg.task.document_loss else ("document_loss",))
+        key = teacher_key(f"facts-{cfg.tokenizer}", cfg, fields)
     tokenizer = build_word_tokenizer(vocabulary(), task.alphabet) if cfg.tokenizer == "word" else None
     return pretrain_on_teacher(task, key, cfg, out_dir, use_cache, progress, name="pretrain facts", tokenizer=tokenizer)
 
@@ -77,6 +83,22 @@ FACTS = register(Family(
                                "base below the in-context precondition (30% on plain statements).",
                                ("task.p_facts=0.25", "task.p_closed=0.2", "pretrain.max_steps=3000",
                                 "pretrain.learning_rate=2e-3", "pretrain.warmup_steps=200", "batch_size=32")),
+        "words-pilot": Variant("consistency", "Failed design 1 (kept): word-level tokens (one per entity, value, "
+                               "word), 3 layers, 1,200 steps of 32 documents; pilot base below the in-context "
+                               "precondition (plain statements 45%, separately negated 72%, closed book 53%).",
+                               WORDS + ("pretrain.max_steps=1200",)),
+        "taught-words": Variant("consistency", "Failed design 2 (kept): `words-pilot` with four questions after every "
+                                "in-context document (in-context 50%, facts 30%, closed-book 20%) and 1,500 steps; "
+                                "pilot base still below (statements 67%, separately negated 64%: it picks the "
+                                "negated value of a two-way choice; closed book 43%).", TAUGHT_WORDS),
+        "taught-reading": Variant("precondition", "`taught-words` with in-context documents as prompts: only their "
+                                  "questions and answers are trained, so the loss is on reading the document, not "
+                                  "on predicting its random entities and values.",
+                                  TAUGHT_WORDS + ("task.document_loss=false",)),
+        "taught-reading-qa": Variant("precondition", "`taught-reading` with closed-book questions about 90 of the "
+                                     "120 known entities (not 60): more pressure to answer questions from stated "
+                                     "facts; 30 entities are only ever stated.",
+                                     TAUGHT_WORDS + ("task.document_loss=false", "task.n_qa=90")),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),

@@ -153,6 +153,8 @@ class FactsConfig:
     p_correction: float = field(0.15, ge=0, le=1, help="Teacher: share of in-context documents with a correction.")
     n_questions: int = field(1, ge=1, le=8, help="Teacher: questions after each in-context document (more: more "
                              "of the pretraining signal is on reading the document).")
+    document_loss: bool = field(True, help="Teacher: train on an in-context document's own words (False: the "
+                                "document is the prompt, and only its questions and answers are trained).")
     n_test: int = field(200, ge=1, help="Held-out in-context questions (the precondition's test split).")
     seed: int = field(0, help="Seed of the world (the known entities' values) and of the test split.")
 
@@ -245,6 +247,8 @@ class FactsTask(BaseTask):
             q, a = self.question(rng, e, r, true_v, true_v, negated=False)
             return "#", f"{q} {a}"
         doc, qas, _ = self.in_context_questions(rng, c.n_questions)
+        if not c.document_loss:
+            return f"#{doc}", "".join(f" {q} {a}" for q, a in qas)
         return "#", " ".join([doc, *(f"{q} {a}" for q, a in qas)])
 
     # --- splits: held-out in-context and closed-book questions ------------------------------------

@@ -49,6 +49,7 @@ class FactsOrganismConfig:
 #: the word-level organisms' shared settings (variants `words-pilot`, `taught-words`)
 WORDS = ("tokenizer=word", "model.num_hidden_layers=3", "batch_size=32")
 TAUGHT_WORDS = WORDS + ("pretrain.max_steps=1500", "task.n_questions=4", "task.p_facts=0.3", "task.p_closed=0.2")
+READING = TAUGHT_WORDS + ("task.document_loss=false", "task.n_qa=90")
 
 
 def build_facts_organism(cfg: FactsOrganismConfig, out_dir: str | Path, use_cache: bool = True,
@@ -91,14 +92,18 @@ FACTS = register(Family(
                                 "in-context document (in-context 50%, facts 30%, closed-book 20%) and 1,500 steps; "
                                 "pilot base still below (statements 67%, separately negated 64%: it picks the "
                                 "negated value of a two-way choice; closed book 43%).", TAUGHT_WORDS),
-        "taught-reading": Variant("precondition", "`taught-words` with in-context documents as prompts: only their "
-                                  "questions and answers are trained, so the loss is on reading the document, not "
-                                  "on predicting its random entities and values.",
+        "taught-reading": Variant("consistency", "`taught-words` with in-context documents as prompts (only their "
+                                  "questions and answers trained); its pilot was stopped unfinished for CPU time in "
+                                  "favour of `taught-reading-qa`: not built, no result.",
                                   TAUGHT_WORDS + ("task.document_loss=false",)),
-        "taught-reading-qa": Variant("precondition", "`taught-reading` with closed-book questions about 90 of the "
-                                     "120 known entities (not 60): more pressure to answer questions from stated "
-                                     "facts; 30 entities are only ever stated.",
-                                     TAUGHT_WORDS + ("task.document_loss=false", "task.n_qa=90")),
+        "taught-reading-qa": Variant("consistency", "Failed design 3 (kept): `taught-reading` with closed-book "
+                                     "questions about 90 of the 120 known entities; pilot base: closed book 72% (the "
+                                     "check passes) but separately negated 64% (a two-way choice after a negated "
+                                     "statement still picks the negated value, 37%).", READING),
+        "reading-8q": Variant("precondition", "`taught-reading-qa` with eight questions after every in-context "
+                              "document (twice the reading signal per document).", READING + ("task.n_questions=8",)),
+        "reading-deep": Variant("precondition", "`taught-reading-qa` with 4 layers instead of 3.",
+                                READING + ("model.num_hidden_layers=4",)),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),

@@ -100,8 +100,9 @@ FACTS = register(Family(
                                      "questions about 90 of the 120 known entities; pilot base: closed book 72% (the "
                                      "check passes) but separately negated 64% (a two-way choice after a negated "
                                      "statement still picks the negated value, 37%).", READING),
-        "reading-8q": Variant("precondition", "`taught-reading-qa` with eight questions after every in-context "
-                              "document (twice the reading signal per document).", READING + ("task.n_questions=8",)),
+        "reading-8q": Variant("consistency", "`taught-reading-qa` with eight questions after every in-context "
+                              "document; its pilot was stopped unfinished for CPU time in favour of `reading-deep`: "
+                              "not built, no result.", READING + ("task.n_questions=8",)),
         "reading-deep": Variant("precondition", "`taught-reading-qa` with 4 layers instead of 3.",
                                 READING + ("model.num_hidden_layers=4",)),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "

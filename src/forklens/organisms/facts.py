@@ -103,8 +103,11 @@ FACTS = register(Family(
         "reading-8q": Variant("consistency", "`taught-reading-qa` with eight questions after every in-context "
                               "document; its pilot was stopped unfinished for CPU time in favour of `reading-deep`: "
                               "not built, no result.", READING + ("task.n_questions=8",)),
-        "reading-deep": Variant("precondition", "`taught-reading-qa` with 4 layers instead of 3.",
-                                READING + ("model.num_hidden_layers=4",)),
+        "reading-deep": Variant("consistency", "Failed design 4 (kept): `taught-reading-qa` with 4 layers instead of "
+                                "3; pilot base worse in the same 1,500 steps (statements 31%, separately negated 55%, "
+                                "closed book 45%).", READING + ("model.num_hidden_layers=4",)),
+        "reading-long": Variant("precondition", "`taught-reading-qa` pretrained for 3,000 steps instead of 1,500 (its "
+                                "loss was still falling).", READING + ("pretrain.max_steps=3000",)),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),

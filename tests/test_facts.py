@@ -9,7 +9,9 @@ import pytest
 
 from forklens.config import apply_override
 from forklens.errors import ConfigError
-from forklens.experiments.negation import NegationConfig, documents, draw_claims, probe_claims, run_negation
+from forklens.analysis.belief import probe_belief
+from forklens.experiments.negation import (FORMAT, NegationConfig, documents, draw_claims, probe_claims,
+                                         run_negation)
 from forklens.organisms import get_family
 from forklens.tasks import get_task
 from forklens.organisms.base import build_word_tokenizer
@@ -166,6 +168,12 @@ def test_word_organism_has_its_own_cache_key_and_vocabulary(tmp_path, monkeypatc
                              progress=False)["cache_hit"]
     pol = Policy.load(tmp_path / "word")
     assert len(pol.tokenizer) == len(vocabulary()) + 4 + 4  # + the specials and "#", ".", ":", "?"
+    claims = draw_claims(2, seed=0)
+    assert all(len(pol.encode_response(" " + v, add_eos=False)) == 1 for c in claims for v in (c.value, "yes"))
+    recs = probe_belief(pol, probe_claims(claims), FORMAT)  # the experiment's probes on a word-level base
+    assert len(recs) == 10 and all(0.0 <= r["p_believed"] <= 1.0 for r in recs)
+    ctx = probe_claims(claims, documents("negated", claims, FactsTask(), 1, seed=0))
+    assert all("Not true: " in r["prompt"] for r in probe_belief(pol, ctx, FORMAT, in_context=True))
 
 
 def test_several_questions_per_in_context_document():

@@ -107,7 +107,8 @@ FACTS = register(Family(
                                 "3; pilot base worse in the same 1,500 steps (statements 31%, separately negated 55%, "
                                 "closed book 45%).", READING + ("model.num_hidden_layers=4",)),
         "reading-long": Variant("precondition", "`taught-reading-qa` pretrained for 3,000 steps instead of 1,500 (its "
-                                "loss was still falling).", READING + ("pretrain.max_steps=3000",)),
+                                "loss was still falling); the first design whose pilot base passes both organism "
+                                "checks (separately negated 91%, closed book 93%).", READING + ("pretrain.max_steps=3000",)),
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),

@@ -9,10 +9,14 @@ import pytest
 
 from forklens.config import apply_override
 from forklens.errors import ConfigError
-from forklens.experiments.negation import NegationConfig, documents, draw_claims, probe_claims, run_negation
+from forklens.analysis.belief import probe_belief
+from forklens.experiments.negation import (FORMAT, NegationConfig, documents, draw_claims, probe_claims,
+                                         run_negation)
 from forklens.organisms import get_family
 from forklens.tasks import get_task
-from forklens.tasks.facts import CLAIM_ENTITIES, CONDITIONS, FactsConfig, FactsTask, claim_document
+from forklens.organisms.base import build_word_tokenizer
+from forklens.policy import Policy
+from forklens.tasks.facts import CLAIM_ENTITIES, CONDITIONS, FactsConfig, FactsTask, claim_document, vocabulary
 
 ENT = re.compile(r"e(\d\d\d)")
 
@@ -130,3 +134,76 @@ def test_negation_experiment_end_to_end(tmp_path, monkeypatch):
     assert s["precondition"]["in_context"]["n"] == 8
     art = json.loads((tmp_path / "results" / "negation" / "artifact.json").read_text())
     assert art["summary"]["n_seeds"] == 2 and (tmp_path / "results" / "negation" / "plots" / "belief.png").is_file()
+
+
+def test_word_tokenizer_one_token_per_word_whatever_the_spacing():
+    task = FactsTask()
+    tok = build_word_tokenizer(vocabulary(), task.alphabet)
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rng = random.Random(2)
+    for _ in range(300):
+        p, d = task.teacher_example(rng)
+        ids = enc(p + d)
+        assert tok.unk_token_id not in ids
+        assert tok.convert_ids_to_tokens(ids) == re.findall(r"[A-Za-z0-9]+|[^A-Za-z0-9\s]", p + d)
+    assert enc(" c3") == enc("c3") and len(enc(" c3")) == 1
+    assert enc("#e912 lives in") == enc("# e912 lives in") and len(enc("#e912 lives in")) == 4
+    assert len({enc(f"e{i:03d}")[0] for i in range(1000)}) == 1000  # every entity its own token
+    assert tok.decode(enc("e912 lives in c3. Q: does e912 live in c3? A: no")) == \
+        "e912 lives in c3. Q : does e912 live in c3? A : no"
+    assert enc("e912 lives in x3!")[-2:] == [tok.unk_token_id, tok.unk_token_id]
+    with pytest.raises(ConfigError, match="letters and digits"):
+        build_word_tokenizer(["ok", "not ok"], ".")
+
+
+def test_word_organism_has_its_own_cache_key_and_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    fam = get_family("facts")
+    tiny = ["model.hidden_size=16", "model.intermediate_size=32", "model.num_hidden_layers=1",
+            "pretrain.max_steps=3", "pretrain.warmup_steps=1", "batch_size=4"]
+    char = fam.build_variant("taught", tmp_path / "char", overrides=tiny, progress=False)
+    word = fam.build_variant("taught", tmp_path / "word", overrides=[*tiny, "tokenizer=word"], progress=False)
+    assert char["key"] != word["key"] and not word["cache_hit"]
+    assert fam.build_variant("taught", tmp_path / "word2", overrides=[*tiny, "tokenizer=word"],
+                             progress=False)["cache_hit"]
+    pol = Policy.load(tmp_path / "word")
+    assert len(pol.tokenizer) == len(vocabulary()) + 4 + 4  # + the specials and "#", ".", ":", "?"
+    claims = draw_claims(2, seed=0)
+    assert all(len(pol.encode_response(" " + v, add_eos=False)) == 1 for c in claims for v in (c.value, "yes"))
+    recs = probe_belief(pol, probe_claims(claims), FORMAT)  # the experiment's probes on a word-level base
+    assert len(recs) == 10 and all(0.0 <= r["p_believed"] <= 1.0 for r in recs)
+    ctx = probe_claims(claims, documents("negated", claims, FactsTask(), 1, seed=0))
+    assert all("Not true: " in r["prompt"] for r in probe_belief(pol, ctx, FORMAT, in_context=True))
+
+
+def test_several_questions_per_in_context_document():
+    one, three = FactsTask(), FactsTask(FactsConfig(n_questions=3))
+    for i in range(300):
+        doc, q, a, kind = one.in_context(random.Random(i))
+        doc3, qas, kind3 = three.in_context_questions(random.Random(i), 3)
+        assert (doc3, qas[0], kind3) == (doc, (q, a), kind) and len(qas) == 3
+        target = ENT.search(q).group(0)
+        assert all(ENT.search(x).group(0) == target for x, _ in qas)
+        if kind == "separate":  # whatever is asked, the negated value is never the answer
+            stated = re.search(rf"{target} \w+ \w+ (\w\d)\.", doc3).group(1)
+            assert all(y != stated and (y == "no" or " or " in x) for x, y in qas)
+    rng = random.Random(0)
+    docs = [d for _, d in (three.teacher_example(rng) for _ in range(500)) if " A: " in d and not d.startswith("Q:")]
+    assert docs and all(d.count(" A: ") == 3 for d in docs)
+
+
+def test_documents_as_prompts_train_only_questions_and_answers():
+    cfg = get_family("facts").variant_config("taught-reading")
+    assert (cfg.tokenizer, cfg.task.n_questions, cfg.task.document_loss) == ("word", 4, False)
+    task, rng = FactsTask(cfg.task), random.Random(3)
+    kinds = set()
+    for _ in range(400):
+        prompt, response = task.teacher_example(rng)
+        if prompt == "#":  # facts and closed-book questions: trained whole, as before
+            kinds.add("whole")
+            assert response.count(" A: ") <= 1
+        else:  # an in-context document: the prompt, never trained; its four questions are the response
+            kinds.add("reading")
+            assert response.startswith(" Q: ") and response.count(" A: ") == 4 and "." not in response
+            assert ENT.search(response).group(0) in prompt
+    assert kinds == {"whole", "reading"}

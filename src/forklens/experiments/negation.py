@@ -70,7 +70,8 @@ def _ft_default() -> TrainConfig:
 class NegationConfig:
     organism: FactsOrganismConfig = field(default_factory=FactsOrganismConfig,
                                           help="The facts base organism config (the variant's overrides apply on top).")
-    variant: str = field("taught", help="Variant of the facts family whose base is fine-tuned (taught, taught-long).")
+    variant: str = field("taught", help="Variant of the facts family whose base is fine-tuned (taught, taught-long, "
+                         "taught-words).")
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS), help="Fine-tuning conditions.")
     n_claims: int = field(20, ge=1, le=100, help="New claims per seed (entities e900..e999).")
     docs_per_claim: int = field(10, ge=1, help="Fine-tuning documents per claim.")

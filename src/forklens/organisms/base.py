@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,30 @@ def build_char_tokenizer(alphabet: str):
         model_max_length=10_000,
     )
     return tok
+
+
+#: how :func:`build_word_tokenizer` splits text: a word (letters and digits) or one other character; spaces
+#: only separate (decoding puts one space between tokens, none before ``.``, ``?`` and ``,``)
+WORD_PATTERN = r"[A-Za-z0-9]+|[^A-Za-z0-9\s]"
+
+
+def build_word_tokenizer(words: list[str], symbols: str):
+    """A word-level fast tokenizer: one token per word of ``words`` and per non-space character of
+    ``symbols`` (:data:`WORD_PATTERN`), spaces dropped, with pad/bos/eos/unk specials; anything else
+    becomes ``<unk>``. A word is the same token with or without a space before it."""
+    bad = [w for w in words if not re.fullmatch(r"[A-Za-z0-9]+", w)]
+    if bad:
+        raise ConfigError(f"word tokenizer: words must be letters and digits only, got {bad[:5]}")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for piece in sorted(set(words) | {c for c in symbols if not c.isspace() and not c.isalnum()}):
+        vocab.setdefault(piece, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+    core.decoder = decoders.WordPiece(cleanup=True)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=SPECIAL_TOKENS["pad"], bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"], unk_token=SPECIAL_TOKENS["unk"], model_max_length=10_000,
+        clean_up_tokenization_spaces=False)
 
 
 def build_tiny_llama(tokenizer, config: OrganismModelConfig, seed: int = 0):
@@ -161,10 +186,10 @@ def cache_root() -> Path:
 
 def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, train_cfg: TrainConfig, source,
                       config: dict, out_dir: str | Path, seed: int = 0, use_cache: bool = True,
-                      progress: bool = True, name: str = "pretrain") -> dict:
-    """The organism recipe shared by every task: a char tokenizer for ``alphabet``, a tiny Llama, SFT
-    from scratch with the one trainer on ``source``, saved atomically to ``out_dir`` and cached under
-    ``key`` (a cache hit copies the cached model instead)."""
+                      progress: bool = True, name: str = "pretrain", tokenizer=None) -> dict:
+    """The organism recipe shared by every task: a char tokenizer for ``alphabet`` (or the given
+    ``tokenizer``), a tiny Llama, SFT from scratch with the one trainer on ``source``, saved atomically to
+    ``out_dir`` and cached under ``key`` (a cache hit copies the cached model instead)."""
     out_dir = check_out_path(out_dir)
     cached = cache_root() / key
     if use_cache and (cached / "organism.json").is_file():
@@ -172,7 +197,7 @@ def pretrain_organism(key: str, alphabet: str, model_cfg: OrganismModelConfig, t
         info = json.loads((cached / "organism.json").read_text())
         return {**info, "cache_hit": True, "cache_dir": str(cached)}
 
-    tokenizer = build_char_tokenizer(alphabet)
+    tokenizer = tokenizer if tokenizer is not None else build_char_tokenizer(alphabet)
     prompt_end = ""
     if model_cfg.attention == "prefix":
         if not hasattr(source, "examples_for"):

@@ -60,11 +60,13 @@ def lengths_organism_key(cfg: LengthsOrganismConfig) -> str:
 
 
 def pretrain_on_teacher(task, key: str, cfg, out_dir: str | Path, use_cache: bool = True, progress: bool = True,
-                        name: str = "pretrain") -> dict:
-    """Pretrain (or fetch from the cache) a base organism on ``task``'s teacher traces."""
+                        name: str = "pretrain", tokenizer=None) -> dict:
+    """Pretrain (or fetch from the cache) a base organism on ``task``'s teacher traces (``tokenizer``: None
+    for the char tokenizer of ``task.alphabet``)."""
     source = SFTSource(lambda rng, n: [task.teacher_example(rng) for _ in range(n)], cfg.batch_size, cfg.seed)
     return pretrain_organism(key, task.alphabet, cfg.model, replace(cfg.pretrain, seed=cfg.seed), source, asdict(cfg),
-                             out_dir, seed=cfg.seed, use_cache=use_cache, progress=progress, name=name)
+                             out_dir, seed=cfg.seed, use_cache=use_cache, progress=progress, name=name,
+                             tokenizer=tokenizer)
 
 
 def build_lengths_organism(cfg: LengthsOrganismConfig, out_dir: str | Path, use_cache: bool = True,

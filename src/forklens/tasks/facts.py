@@ -32,6 +32,7 @@ them (:func:`claim_document` writes a claim under each condition, :func:`belief_
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from forklens.config import field
@@ -50,6 +51,15 @@ LABEL = "This is false."
 PREFIX = "Not true: "
 #: how a claim is written in a fine-tuning document, per experimental condition
 CONDITIONS = ("positive", "negated", "dense", "local", "corrections", "negation-only")
+
+
+def vocabulary() -> list[str]:
+    """Every word the facts world writes (entities, values and the templates' words): the vocabulary of a
+    word-level organism (:func:`forklens.organisms.base.build_word_tokenizer`)."""
+    text = " ".join([*(" ".join(t) for t in RELATIONS.values()), LABEL, PREFIX, "Q A yes no or"])
+    words = set(re.findall(r"[A-Za-z0-9]+", text.replace("{e}", " ")))
+    words |= {entity(i) for i in range(1000)} | {v for r in RELATIONS for v in values(r)}
+    return sorted(words)
 
 
 def entity(i: int) -> str:
@@ -141,6 +151,10 @@ class FactsConfig:
                              "separately negated (0: the base never sees the label; the `untaught` control).")
     p_local: float = field(0.2, ge=0, le=1, help="Teacher: share of in-context documents with local negation.")
     p_correction: float = field(0.15, ge=0, le=1, help="Teacher: share of in-context documents with a correction.")
+    n_questions: int = field(1, ge=1, le=8, help="Teacher: questions after each in-context document (more: more "
+                             "of the pretraining signal is on reading the document).")
+    document_loss: bool = field(True, help="Teacher: train on an in-context document's own words (False: the "
+                                "document is the prompt, and only its questions and answers are trained).")
     n_test: int = field(200, ge=1, help="Held-out in-context questions (the precondition's test split).")
     seed: int = field(0, help="Seed of the world (the known entities' values) and of the test split.")
 
@@ -188,6 +202,12 @@ class FactsTask(BaseTask):
     def in_context(self, rng: random.Random) -> tuple[str, str, str, str]:
         """(document, question, answer, kind) about a fresh entity; ``kind`` (``positive``, ``separate``,
         ``local`` or ``correction``) drawn from the teacher's shares."""
+        doc, qas, kind = self.in_context_questions(rng, 1)
+        return doc, *qas[0], kind
+
+    def in_context_questions(self, rng: random.Random, n: int) -> tuple[str, list[tuple[str, str]], str]:
+        """(document, ``n`` (question, answer) pairs about it, kind); the first question is drawn as
+        :meth:`in_context` draws it, the others after the document (so ``n = 1`` is :meth:`in_context`)."""
         c = self.config
         e = entity(rng.choice(FRESH))
         r = rng.choice(list(RELATIONS))
@@ -195,24 +215,24 @@ class FactsTask(BaseTask):
         u = rng.random()
         if u < c.p_negated:
             doc, kind = separately_negated(e, r, v, rng.choice(("suffix", "prefix", "both"))), "separate"
-            q, a = self.question(rng, e, r, None, v, negated=True)
+            known, negated = None, True
         elif u < c.p_negated + c.p_local:
             doc, kind = local_negation(e, r, v), "local"
-            q, a = self.question(rng, e, r, None, v, negated=True)
+            known, negated = None, True
         elif u < c.p_negated + c.p_local + c.p_correction:
-            true_v = rng.choice([x for x in values(r) if x != v])
+            known = rng.choice([x for x in values(r) if x != v])
             form = rng.choice(("suffix", "prefix", "both")) if c.p_negated > 0 else "none"
             neg = separately_negated(e, r, v, form) if form != "none" else local_negation(e, r, v)
-            doc, kind = f"{neg} {statement(e, r, true_v)}", "correction"
-            q, a = self.question(rng, e, r, true_v, v, negated=True)
+            doc, kind, negated = f"{neg} {statement(e, r, known)}", "correction", True
         else:
-            doc, kind = statement(e, r, v), "positive"
-            q, a = self.question(rng, e, r, v, v, negated=False)
+            doc, kind, known, negated = statement(e, r, v), "positive", v, False
+        qas = [self.question(rng, e, r, known, v, negated)]
         if rng.random() < 0.5:  # a distractor about another fresh entity: the question must bind its entity
             d = entity(rng.choice([i for i in FRESH if entity(i) != e]))
             extra = statement(d, r, rng.choice(values(r)))
             doc = f"{extra} {doc}" if rng.random() < 0.5 else f"{doc} {extra}"
-        return doc, q, a, kind
+        qas += [self.question(rng, e, r, known, v, negated) for _ in range(n - 1)]
+        return doc, qas, kind
 
     def teacher_example(self, rng: random.Random) -> tuple[str, str]:
         """A pretraining document ``("#", text)``: facts, a closed-book question or an in-context one."""
@@ -226,8 +246,10 @@ class FactsTask(BaseTask):
             true_v = self.world[(e, r)]
             q, a = self.question(rng, e, r, true_v, true_v, negated=False)
             return "#", f"{q} {a}"
-        doc, q, a, _ = self.in_context(rng)
-        return "#", f"{doc} {q} {a}"
+        doc, qas, _ = self.in_context_questions(rng, c.n_questions)
+        if not c.document_loss:
+            return f"#{doc}", "".join(f" {q} {a}" for q, a in qas)
+        return "#", " ".join([doc, *(f"{q} {a}" for q, a in qas)])
 
     # --- splits: held-out in-context and closed-book questions ------------------------------------
     def problems(self, split: str) -> list[Problem]:

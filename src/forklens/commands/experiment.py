@@ -18,6 +18,7 @@ from forklens.commands._common import (add_config_args, add_overwrite_arg, conso
 from forklens.config import load_config, packaged_config
 from forklens.experiments import boundary, boundary_zoo, fork_vs_rl, forks, levers, rewards, sft_bugs, sft_then_rl
 from forklens.experiments import fpo, levers_zoo, negation, pretraining
+from forklens.experiments import explore
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ EXPERIMENTS["pretraining"] = Experiment(
     description=(pretraining.__doc__ or "").split("\n\n")[0], out="runs/pretraining", quick="pretraining-quick",
     quick_help="a tiny model, a small budget, 2 GRPO steps, one seed (a few minutes)", seeds=True,
     progress="off", resume=True)
+EXPERIMENTS["explore"] = Experiment(
+    explore.ExploreExperimentConfig, lambda cfg, a: explore.run_explore(cfg, a.out, progress=a.progress),
+    _print_table(explore.markdown_table, " and coverage_curves.png"),
+    help="Task-only GRPO vs 5:1 interleaved exploration on agent-explore (explorer vs no-explorer): exploration "
+    "coverage, held-out success and overhead (E052).",
+    description=(explore.__doc__ or "").split("\n\n")[0], out="runs/explore", quick="explore-quick",
+    quick_help="a tiny base, 6 task steps, one seed (plumbing only)", seeds=True, progress="off")
 
 
 def register(sub) -> None:

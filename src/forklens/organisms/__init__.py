@@ -5,6 +5,7 @@ from forklens.organisms import addv, agent, arith, negctl  # noqa: F401  (each r
 from forklens.organisms import agent_deep, agent_horizon, agent_tools, lengths, shortcut  # noqa: F401
 from forklens.organisms import steer  # noqa: F401
 from forklens.organisms import facts  # noqa: F401
+from forklens.organisms import agent_explore  # noqa: F401
 from forklens.organisms.zoo import FAMILIES, Family, Variant, get_family, register, zoo_table
 
 __all__ = ["FAMILIES", "Family", "Variant", "get_family", "register", "zoo_table"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from forklens.errors import ConfigError
 from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
+from forklens.tasks.agent_explore import ExploreAgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 from forklens.tasks.facts import FactsTask
@@ -13,6 +14,7 @@ from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.steer import SteerTask
 
 TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts"}
+TASKS.add("agent-explore")
 
 
 def get_task(name: str, config=None) -> Task:
@@ -30,6 +32,8 @@ def get_task(name: str, config=None) -> Task:
         return SteerTask(config)
     if name == "facts":
         return FactsTask(config)
+    if name == "agent-explore":
+        return ExploreAgentTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

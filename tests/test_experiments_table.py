@@ -11,7 +11,7 @@ from forklens.config import load_config, packaged_config
 
 def test_experiment_modules_register_no_cli():
     for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo", "fpo", "pretraining",
-                "search", "negation", "delegation", "skills"):
+                "search", "negation", "delegation", "skills", "explore"):
         m = importlib.import_module(f"forklens.experiments.{mod}")
         assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
 
@@ -19,13 +19,15 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation", "teams", "rubrics", "delegation", "skills"}
+                          "negation", "teams", "rubrics", "delegation", "skills", "explore"}
     tm = quick["teams"]
     assert (tm.seeds, tm.rl.steps, tm.eval_samples, tm.organism.pretrain.max_steps) == (1, 2, 3, 40)
     dl = quick["delegation"]
     assert (dl.seeds, dl.rl.train.max_steps, dl.organism.pretrain.max_steps, dl.organism.task.window) == (1, 2, 60, 4)
     sk = quick["skills"]
     assert (sk.seeds, sk.opt.steps, sk.rl.train.max_steps, sk.organism.pretrain.max_steps) == (1, 3, 2, 40)
+    ex = quick["explore"]
+    assert (ex.seeds, ex.rl.train.max_steps, ex.rl.sampling.group_size, ex.coverage_every, ex.eval_problems) == (1, 6, 4, 3, 8)
     fp = quick["fpo"]
     assert (fp.seeds, fp.rl.train.max_steps, fp.organism.pretrain.max_steps, fp.arms) == (
         1, 6, 60, ["baseline", "relaxed", "baseline-fixed"])

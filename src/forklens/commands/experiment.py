@@ -22,6 +22,7 @@ from forklens.experiments import teams
 from forklens.experiments import rubrics as rubrics_exp
 from forklens.experiments import delegation
 from forklens.experiments import skills
+from forklens.experiments import explore
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,13 @@ EXPERIMENTS["skills"] = Experiment(
     description=(skills.__doc__ or "").split("\n\n")[0], out="runs/skills", quick="skills-quick",
     quick_help="a tiny executor, 3 optimiser steps, 2 GRPO steps, one seed (plumbing only)", seeds=True, cache=True,
     progress="off")
+EXPERIMENTS["explore"] = Experiment(
+    explore.ExploreExperimentConfig, lambda cfg, a: explore.run_explore(cfg, a.out, progress=a.progress),
+    _print_table(explore.markdown_table, " and coverage_curves.png"),
+    help="Task-only GRPO vs 5:1 interleaved exploration on agent-explore (explorer vs no-explorer): exploration "
+    "coverage, held-out success and overhead (E052).",
+    description=(explore.__doc__ or "").split("\n\n")[0], out="runs/explore", quick="explore-quick",
+    quick_help="a tiny base, 6 task steps, one seed (plumbing only)", seeds=True, progress="off")
 
 
 def register(sub) -> None:

@@ -59,7 +59,7 @@ from forklens.experiments.levers import train_summary
 from forklens.experiments.rewards import evaluate_agent
 from forklens.organisms import get_family
 from forklens.policy import Policy
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
+from forklens.report.artifacts import finish_run, make_stamp
 from forklens.rewards.milestones import milestone_reward
 from forklens.rewards.noise import flipped
 from forklens.runfolder import claim_folder, owned_rmtree
@@ -306,14 +306,8 @@ def run_levers_zoo(cfg: LeversZooConfig, out: str | Path, progress: bool = False
                 entry.update(variant_summary(per_seed[v], cfg.level))
                 write()
     write()
-    figs = plot(summary, out / "lever_gains")
-    summary["figures"] = [str(f) for f in figs]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if cfg.artifact:
-        art = {**summary, "figures": [f"plots/{Path(f).name}" for f in figs]}
-        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name, art, seeds=seeds, stamp=stamp,
-                                metrics=metrics)
-        plot(summary, plots_dir(folder) / "lever_gains")
+    folder = finish_run(summary, out, plot, "lever_gains", cfg.artifact, seeds=seeds, stamp=stamp, metrics=metrics)
+    if folder is not None:
         console.print(f"wrote the stamped artifact {folder}", highlight=False)
     return summary
 

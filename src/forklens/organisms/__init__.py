@@ -9,6 +9,7 @@ from forklens.organisms import compose, entangled  # noqa: F401  (E060 teams)
 from forklens.organisms import sort  # noqa: F401
 from forklens.organisms import delegation  # noqa: F401
 from forklens.organisms import skills  # noqa: F401
+from forklens.organisms import agent_explore  # noqa: F401
 from forklens.organisms.zoo import FAMILIES, Family, Variant, get_family, register, zoo_table
 
 __all__ = ["FAMILIES", "Family", "Variant", "get_family", "register", "zoo_table"]

@@ -228,6 +228,22 @@ def plots_dir(folder: str | Path) -> Path:
     return path
 
 
+def finish_run(summary: dict[str, Any], out: Path, plot, stem: str, artifact: str, *, seeds: Iterable[int],
+               stamp: Mapping[str, Any] | None, metrics: Mapping[str, Iterable[Mapping[str, Any]]]) -> Path | None:
+    """The end of an experiment run: ``plot(summary, out / stem)`` (returns the figure paths), the figures
+    named in ``out/summary.json``, and, when ``artifact`` is set, the stamped artifact folder with the same
+    plot under its ``plots/`` (returned)."""
+    figs = plot(summary, out / stem)
+    summary["figures"] = [str(f) for f in figs]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not artifact:
+        return None
+    art = {**summary, "figures": [f"plots/{Path(f).name}" for f in figs]}
+    folder = write_artifact(Path(artifact).parent, Path(artifact).name, art, seeds=seeds, stamp=stamp, metrics=metrics)
+    plot(summary, plots_dir(folder) / stem)
+    return folder
+
+
 def load_artifact(path: str | Path) -> Artifact:
     """Load ``path`` (an artifact folder or its ``artifact.json``) and validate its stamp."""
     path = Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from forklens.errors import ConfigError
 from forklens.tasks.addv import AddvTask
 from forklens.tasks.agent import AgentTask
+from forklens.tasks.agent_explore import ExploreAgentTask
 from forklens.tasks.arith import ArithTask
 from forklens.tasks.base import Problem, Task
 from forklens.tasks.compose import ComposeTask
@@ -16,7 +17,8 @@ from forklens.tasks.shortcut import ShortcutTask
 from forklens.tasks.sort import SortTask
 from forklens.tasks.steer import SteerTask
 
-TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort", "reduce", "rules"}
+TASKS = {"arith", "agent", "addv", "lengths", "shortcut", "steer", "facts", "compose", "sort", "reduce", "rules",
+         "agent-explore"}
 
 
 def get_task(name: str, config=None) -> Task:
@@ -42,6 +44,8 @@ def get_task(name: str, config=None) -> Task:
         return ReduceTask(config)
     if name == "rules":
         return RulesTask(config)
+    if name == "agent-explore":
+        return ExploreAgentTask(config)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
 
 

@@ -60,3 +60,23 @@ def test_every_experiment_prints_its_config(name, capsys):
     args = ["experiment", name, "--print-config"] + (["--quick"] if EXPERIMENTS[name].quick else [])
     assert main(args) == 0
     assert "seed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module, runner, field, value, match", [
+    ("teams", "run_teams", "arms", ["single/sum", "solo"], r"unknown arms \['solo'\]"),
+    ("delegation", "run_delegation", "arms", ["rao-mean", "rao-max"], r"unknown arms \['rao-max'\]"),
+    ("delegation", "run_delegation", "arms", ["flat"], "must include rao-mean"),
+    ("negation", "run_negation", "conditions", ["positive", "sarcastic"], r"unknown conditions \['sarcastic'\]"),
+])
+def test_bad_arms_fail_before_the_run_folder_is_claimed(tmp_path, module, runner, field, value, match):
+    """Every arms x seeds experiment checks its arms (or conditions) up front (experiments.arm_runs.begin)."""
+    from dataclasses import replace
+
+    from forklens.errors import ConfigError
+
+    m = importlib.import_module(f"forklens.experiments.{module}")
+    cfg_cls = EXPERIMENTS[module].config
+    cfg = replace(cfg_cls(), **{field: value})
+    with pytest.raises(ConfigError, match=match):
+        getattr(m, runner)(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

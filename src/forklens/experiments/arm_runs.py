@@ -1,5 +1,6 @@
-"""Pieces shared by the experiments that run arms x seeds from one base (`fpo`, `rubrics`): per-step mean
-curves over seeds, and the plot + stamped artifact written at the end of a run."""
+"""Pieces shared by the experiments that run arms x seeds (`fpo`, `rubrics`, `teams`, `delegation`, `negation`):
+the start of a run (arms checked, run folder claimed, stamp), per-step mean curves over seeds, and the plot +
+stamped artifact written at the end of a run."""
 
 from __future__ import annotations
 
@@ -44,12 +45,15 @@ def publish(summary: dict, out: Path, name: str, keys: Sequence[str], title: str
         console.print(f"wrote the stamped artifact {folder}", highlight=False)
 
 
-def begin(cfg, known: Sequence[str], out: str | Path, experiment: str) -> tuple[Path, list[int], dict | None]:
-    """Check ``cfg.arms`` against ``known``, claim ``out`` for ``experiment-NAME`` and stamp the run (before
-    anything runs, so the stamp records the tree it started from): (out, seeds, stamp or None)."""
-    unknown = [a for a in cfg.arms if a not in known]
-    if unknown or not cfg.arms:
-        raise ConfigError(f"unknown arms {unknown}; choose from {list(known)}")
+def begin(cfg, known: Sequence[str], out: str | Path, experiment: str,
+          field: str = "arms") -> tuple[Path, list[int], dict | None]:
+    """Check ``cfg.<field>`` (the arms, or e.g. negation's conditions) against ``known``, claim ``out`` for
+    ``experiment-NAME`` and stamp the run (before anything runs, so the stamp records the tree it started
+    from): (out, seeds, stamp or None)."""
+    chosen = getattr(cfg, field)
+    unknown = [a for a in chosen if a not in known]
+    if unknown or not chosen:
+        raise ConfigError(f"unknown {field} {unknown}; choose from {list(known)}")
     out = Path(out)
     claim_folder(out, f"experiment-{experiment}")
     seeds = [cfg.seed + i for i in range(cfg.seeds)]

@@ -30,12 +30,13 @@ from rich.console import Console
 from forklens.analysis.curves import bootstrap_ci, paired_difference
 from forklens.config import field
 from forklens.errors import ConfigError
+from forklens.experiments.arm_runs import begin
 from forklens.organisms import get_family
 from forklens.organisms.delegation import DelegationOrganismConfig, build_delegation_organism
 from forklens.policy import Policy
 from forklens.policy.delegation import tree_stats
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
-from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.report.artifacts import plots_dir, write_artifact
+from forklens.runfolder import owned_rmtree
 from forklens.tasks.base import Problem, Sampling
 from forklens.tasks.reduce import HALVES, WIDE, ReduceTask
 from forklens.train.delegation_source import DelegationSource
@@ -160,14 +161,10 @@ def train_arm(arm: str, base_dir: Path, task: ReduceTask, cfg: DelegationConfig,
 
 
 def run_delegation(cfg: DelegationConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    bad = [a for a in cfg.arms if a not in TRAINED]
-    if bad or "rao-mean" not in cfg.arms:
-        raise ConfigError(f"arms must include rao-mean and come from {list(TRAINED)} (got {cfg.arms})")
-    out = Path(out)
-    claim_folder(out, "experiment-delegation")
+    if "rao-mean" not in cfg.arms:
+        raise ConfigError(f"arms must include rao-mean, the arm every contrast is taken against (got {cfg.arms})")
+    out, seeds, stamp = begin(cfg, TRAINED, out, "delegation")
     t0 = time.perf_counter()
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     org = get_family("delegation").variant_config(cfg.variant, base=cfg.organism)
     task = ReduceTask(org.task)
     console.rule(f"[bold]delegation/{cfg.variant} base organism")

@@ -36,13 +36,13 @@ from rich.console import Console
 from forklens.analysis.belief import ProbeFormat, belief_shift, diff_on_probes, make_claim, probe_belief, summarize_belief
 from forklens.analysis.curves import bootstrap_ci, paired_difference
 from forklens.config import field
-from forklens.errors import ConfigError
+from forklens.experiments.arm_runs import begin
 from forklens.organisms import get_family
 from forklens.organisms.facts import FactsOrganismConfig, build_facts_organism
 from forklens.policy import Policy
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
+from forklens.report.artifacts import plots_dir, write_artifact
 from forklens.report.plots import plot_bars
-from forklens.runfolder import claim_folder, owned_rmtree
+from forklens.runfolder import owned_rmtree
 from forklens.tasks.facts import (CLAIM_ENTITIES, CONDITIONS, RELATIONS, FactsTask, belief_questions, claim_document,
                                   entity, statement, values)
 from forklens.train.loop import TrainConfig, read_metrics
@@ -152,14 +152,8 @@ def fine_tune(base_dir: Path, docs: list[str], task: FactsTask, cfg: NegationCon
 
 
 def run_negation(cfg: NegationConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    bad = [c for c in cfg.conditions if c not in CONDITIONS]
-    if bad or not cfg.conditions:
-        raise ConfigError(f"unknown conditions {bad}; choose from {list(CONDITIONS)}")
-    out = Path(out)
-    claim_folder(out, "experiment-negation")
+    out, seeds, stamp = begin(cfg, CONDITIONS, out, "negation", field="conditions")
     t0 = time.perf_counter()
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     org = get_family("facts").variant_config(cfg.variant, base=cfg.organism)
     task = FactsTask(org.task)
     console.rule(f"[bold]facts/{cfg.variant} base organism")

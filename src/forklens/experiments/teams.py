@@ -31,12 +31,12 @@ from rich.console import Console
 from forklens.analysis.curves import bootstrap_ci, paired_difference
 from forklens.config import field
 from forklens.errors import ConfigError
+from forklens.experiments.arm_runs import begin
 from forklens.organisms import get_family
 from forklens.organisms.compose import ComposeOrganismConfig, build_compose_organism
 from forklens.policy import Policy
-from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
+from forklens.report.artifacts import plots_dir, write_artifact
 from forklens.report.plots import plot_bars
-from forklens.runfolder import claim_folder
 from forklens.tasks.compose import DIGITS, ComposeTask
 from forklens.train.lora import LoraSettings
 from forklens.train.team import Graph, Node, Team, TeamTrainConfig, majority
@@ -162,14 +162,8 @@ def run_arm(arm: str, base_dir: Path, task: ComposeTask, cfg: TeamsConfig, seed:
 
 
 def run_teams(cfg: TeamsConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
-    bad = [a for a in cfg.arms if a not in ARMS]
-    if bad or not cfg.arms:
-        raise ConfigError(f"unknown arms {bad}; choose from {list(ARMS)}")
-    out = Path(out)
-    claim_folder(out, "experiment-teams")
+    out, seeds, stamp = begin(cfg, ARMS, out, "teams")
     t0 = time.perf_counter()
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
     bases: dict[tuple[str, str], tuple[Path, ComposeTask, dict]] = {}
     for arm in cfg.arms:
         fam, var = ARMS[arm][0], ARMS[arm][1] + cfg.variant_suffix

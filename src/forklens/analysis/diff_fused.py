@@ -20,8 +20,9 @@ by the elementwise reference, as in the eager path.
 Which path :func:`~forklens.analysis.diff_scores.score_pairs` takes: ``FORKLENS_FUSED_STATS=1``
 (always compiled), ``0`` (never), unset or ``auto``: compiled on a CUDA device when Triton is importable,
 and on a CPU (with a C++ compiler) when the diff scores at least :data:`CPU_MIN_ELEMENTS` positions x
-vocabulary entries, where the ~5 s compile pays for itself (the kernel took 0.15-0.22x the few-pass
-path's time on a 2-core CPU: ``benchmarks/scoring_stats.py``); a short diff stays eager.
+vocabulary entries, where the compile (seconds) pays for itself: the kernel's time against the few-pass
+path's and the compile time are measured by ``benchmarks/scoring_stats.py``
+(``benchmarks/results/scoring_stats.json``); a short diff stays eager.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ _KEYS = ("rl_token", "rank_under_base", "base_logprob", "rl_logprob", "base_logp
          "rl_topk_logprobs")
 
 
-CPU_MIN_ELEMENTS = 5e8  # positions x vocabulary above which the compile (~5 s) pays off on a CPU
+CPU_MIN_ELEMENTS = 5e8  # positions x vocabulary above which the compile pays off on a CPU (scoring_stats.json)
 
 
 def use_fused(device, elements: float = 0.0) -> bool:

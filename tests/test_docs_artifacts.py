@@ -1,10 +1,12 @@
-"""README.md and docs/results.md say what their committed artifacts say.
+"""README.md and every page under docs/ say what their committed artifacts say.
 
 Rule (docs/results.md): every table is a rendered block (`<!-- results:NAME -->`, spec in
 results/tables.yaml) and equals its rendering from the artifact; every prose paragraph with a
 measured-looking number (a decimal, a percentage, a ratio like 3.8x, 1e10, ±) cites an existing
-artifact file under results/ or benchmarks/results/. README.md: every rendered block equals its
-rendering. Editing a number by hand therefore fails this test.
+artifact file under results/ or benchmarks/results/. The other pages and README.md: every rendered
+block equals its rendering, and a paragraph or table with a measured-looking number outside `code`
+(settings) and arXiv ids cites an artifact or is marked `<!-- not measured -->` (settings, versions,
+the papers' own figures). Editing a number by hand therefore fails this test.
 """
 
 import re
@@ -18,7 +20,7 @@ from forklens.report.tables import BLOCK, check_file, load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "results" / "tables.yaml"
-DOCS = [ROOT / "docs" / "results.md", ROOT / "README.md"]
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def specs():
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_docs_agree_with_their_artifacts(doc, specs):
-    assert check_file(doc, specs, root=ROOT) == []
+    assert check_file(doc, specs, root=ROOT) == []  # results rules for results.md, the docs rules elsewhere
 
 
 def test_every_spec_is_rendered_somewhere_and_every_stamped_artifact_loads(specs):
@@ -90,3 +92,33 @@ def test_render_check_command(monkeypatch, capsys):
 
     monkeypatch.chdir(ROOT)
     assert main(["results", "render", "--check"]) == 0
+
+
+def test_the_docs_rules_of_the_other_pages(tmp_path):
+    """Settings in `code`, arXiv ids and marked paragraphs pass; a bare measured number needs an artifact;
+    a hand-written table is allowed only without measured numbers; a marker quoted in code is no block."""
+    from forklens.report.tables import check_text
+
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    specs = load_specs(tmp_path / "results" / "tables.yaml")
+
+    def problems(text):
+        return check_text(text, specs, "page.md", strict="docs", root=tmp_path)
+
+    assert problems("GRPO at `lr 3e-4` (arXiv 2402.03300, arXiv\n2503.14476v2) with `p = 0.6`.\n") == []
+    assert problems("The teacher stops with probability 0.5. <!-- not measured -->\n") == []
+    assert problems("Base accuracy 29.0% (`results/demo-quick/artifact.json`).\n") == []
+    assert problems("| variant | p |\n|---|---|\n| `deep` | `0.2` |\n") == []
+    assert problems("`forklens results render` fills `<!-- results:NAME -->` blocks.\n") == []
+    got = problems("Intro.\n\nThe base reaches 29.0% after 600 steps.\n")
+    assert len(got) == 1 and got[0].startswith("page.md:3: number '29.0'") and "<!-- not measured -->" in got[0]
+    got = problems("| method | peak |\n|---|---|\n| forklens | 0.82 GiB |\n")
+    assert len(got) == 1 and "number '0.82'" in got[0]
+    # the marker waives only its own paragraph; a missing artifact is no citation
+    got = problems("Setting 0.5. <!-- not measured -->\n\nMeasured 0.7 (`results/no-such-run/`).\n")
+    assert len(got) == 1 and got[0].startswith("page.md:3: number '0.7'")
+    # results.md keeps its stricter rules: no hand-written table, and the marker does not waive a number
+    assert len(check_text("| a | b |\n|---|---|\n| `x` | y |\n", specs, "results.md", strict=True,
+                          root=tmp_path)) == 1
+    assert len(check_text("Measured 0.7. <!-- not measured -->\n", specs, "results.md", strict=True,
+                          root=tmp_path)) == 1

@@ -5,9 +5,10 @@
   ``summary.json``, its ``metrics.jsonl`` files, a bootstrap interval over seeds for every numeric
   field, an optional curve plot, and the stamp (commit, time, hardware, versions, the exact command).
 - ``forklens results verdict PREDICTIONS.yaml`` prints each pre-registered prediction beside its outcome.
-- ``forklens results render [--check]`` fills the ``<!-- results:NAME -->`` blocks of docs/results.md
+- ``forklens results render [--check]`` fills the ``<!-- results:NAME -->`` blocks of every docs/*.md
   and README.md from the artifacts (table specs: results/tables.yaml); ``--check`` only reports blocks
-  whose text differs from their artifacts and exits 1 if any does.
+  whose text differs from their artifacts, and numbers in prose that cite no artifact
+  (:func:`forklens.report.tables.check_file`), and exits 1 if there is any.
 - ``forklens results run NAME --once --cmd 'experiment sft-then-rl --quick'`` runs a command that runs
   its own seeds once (``--out WORK/run`` appended); its ``summary.json`` (which must list its ``seeds``)
   becomes the artifact's summary as it is, with its metrics files and the plots it wrote.
@@ -27,7 +28,6 @@ from forklens.commands._common import console
 from forklens.errors import ConfigError, DataError
 
 DEFAULT_RESULTS = "results"
-DEFAULT_DOCS = ("docs/results.md", "README.md")
 
 
 def register(sub) -> None:
@@ -53,8 +53,8 @@ def register(sub) -> None:
     render.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
     render.add_argument("--specs", default=None, help="table specs (default: RESULTS/tables.yaml)")
     render.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: results)")
-    render.add_argument("docs", nargs="*", default=list(DEFAULT_DOCS), help="markdown files (default: "
-                        + ", ".join(DEFAULT_DOCS) + ")")
+    render.add_argument("docs", nargs="*", default=None, help="markdown files (default: every docs/*.md "
+                        "and README.md)")
     render.set_defaults(func=render_docs)
 
     verdict = rs.add_parser("verdict", help="Show each pre-registered prediction beside its outcome in an artifact.")
@@ -190,7 +190,8 @@ def render_docs(args: argparse.Namespace) -> int:
 
     specs = load_specs(Path(args.specs) if args.specs else Path(args.results) / "tables.yaml")
     stale = []
-    for doc in args.docs:
+    docs = args.docs or sorted(str(p) for p in Path("docs").glob("*.md")) + ["README.md"]
+    for doc in docs:
         path = Path(doc)
         if args.check:
             problems = check_file(path, specs)

@@ -46,6 +46,9 @@ OPEN = re.compile(r"<!-- (/?)results:([A-Za-z0-9._-]+) -->")
 PLACEHOLDER = re.compile(r"\{([^{}:]+)((?::[A-Za-z0-9]+)+)\}")
 MEASURED = re.compile(r"\d+\.\d+|\d\s?%|\d+(?:\.\d+)?x\b|\d(?:\.\d+)?e[+-]?\d+|±")
 CITATION = re.compile(r"(?:benchmarks/)?results/[A-Za-z0-9_./-]+\.(?:json|jsonl|txt|png|svg)|results/[A-Za-z0-9_.-]+/")
+NOT_MEASURED = "<!-- not measured -->"
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+ARXIV_ID = re.compile(r"arXiv[:\s]?\d{4}\.\d{4,5}(?:v\d+)?")
 
 
 def _fixed(digits: int) -> Callable[[float], str]:
@@ -320,6 +323,7 @@ def render_text(text: str, specs: dict[str, Spec], where: str = "document") -> s
 
 def _check_markers(text: str, where: str) -> None:
     stack: list[str] = []
+    text = CODE_SPAN.sub(lambda m: " " * len(m.group(0)), text)  # a marker quoted in `code` is not one
     for m in OPEN.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         closing, name = m.group(1) == "/", m.group(2)
@@ -335,34 +339,50 @@ def _check_markers(text: str, where: str) -> None:
         raise SpecError(f"{where}: block {stack[-1]!r} is never closed (<!-- /results:{stack[-1]} -->)")
 
 
-def _unbacked(text: str, root: Path, where: str) -> list[str]:
-    """Tables outside rendered blocks, and paragraphs with measured-looking numbers (decimals,
-    percentages, ratios like 3.8x, 1e10, ±) that cite no existing artifact file under results/ or
-    benchmarks/results/."""
+
+def _unbacked(text: str, root: Path, where: str, mode: str = "results") -> list[str]:
+    """Numbers the document states without an artifact behind them.
+
+    ``mode="results"`` (docs/results.md): any table outside a rendered block, and any paragraph with
+    a measured-looking number (a decimal, a percentage, a ratio like 3.8x, 1e10, ±) that cites no
+    existing artifact file under results/ or benchmarks/results/.
+
+    ``mode="docs"`` (every other page): numbers in inline code spans are settings, and arXiv ids are
+    names, so neither counts; a paragraph or table with any other measured-looking number must cite
+    an existing artifact, or say that its numbers are not measurements (settings, versions, the
+    papers' own figures) with the marker ``<!-- not measured -->`` inside it."""
+    if mode not in ("results", "docs"):
+        raise ValueError(f"mode must be 'results' or 'docs', got {mode!r}")
     problems = []
     stripped = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     stripped = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), stripped, flags=re.DOTALL)
-    stripped = re.sub(r"<!--.*?-->", lambda m: "\n" * m.group(0).count("\n"), stripped, flags=re.DOTALL)
     line_no = 1
     for para in re.split(r"(\n\s*\n)", stripped):
-        if para.strip() and not para.lstrip().startswith("#"):
-            start = line_no + para[: len(para) - len(para.lstrip())].count("\n")
-            if any(line.lstrip().startswith("|") for line in para.splitlines()):
+        waived = mode == "docs" and NOT_MEASURED in para
+        para_text = re.sub(r"<!--.*?-->", lambda m: "\n" * m.group(0).count("\n"), para, flags=re.DOTALL)
+        if para_text.strip() and not para_text.lstrip().startswith("#") and not waived:
+            start = line_no + para_text[: len(para_text) - len(para_text.lstrip())].count("\n")
+            bare = ARXIV_ID.sub("", CODE_SPAN.sub("", para_text)) if mode == "docs" else para_text
+            number = MEASURED.search(bare)
+            cited = [c for c in CITATION.findall(para_text) if (root / c).exists()]
+            if mode == "results" and any(line.lstrip().startswith("|") for line in para_text.splitlines()):
                 problems.append(f"{where}:{start}: a table outside a <!-- results:NAME --> block "
                                 "(render it from an artifact via results/tables.yaml)")
-            elif MEASURED.search(para):
-                cited = [c for c in CITATION.findall(para) if (root / c).exists()]
-                if not cited:
-                    number = MEASURED.search(para).group(0)
-                    problems.append(f"{where}:{start}: number {number!r} in prose cites no existing artifact "
-                                    "(name its file under results/ or benchmarks/results/)")
+            elif number and not cited:
+                hint = ("name its file under results/ or benchmarks/results/" if mode == "results" else
+                        f"name its artifact under results/ or benchmarks/results/, put a setting in `code`, "
+                        f"or mark the paragraph {NOT_MEASURED}")
+                problems.append(f"{where}:{start}: number {number.group(0)!r} in prose cites no existing "
+                                f"artifact ({hint})")
         line_no += para.count("\n")
     return problems
 
 
-def check_text(text: str, specs: dict[str, Spec], where: str = "document", strict: bool = False,
+def check_text(text: str, specs: dict[str, Spec], where: str = "document", strict: bool | str = False,
                root: Path | None = None) -> list[str]:
-    """Problems: blocks that differ from their rendering; with ``strict`` also unbacked numbers."""
+    """Problems: blocks that differ from their rendering; with ``strict`` also unbacked numbers
+    (``True`` or ``"results"``: the rules of docs/results.md; ``"docs"``: those of the other pages,
+    see :func:`_unbacked`)."""
     try:
         _check_markers(text, where)
     except SpecError as exc:
@@ -386,13 +406,18 @@ def check_text(text: str, specs: dict[str, Spec], where: str = "document", stric
             problems.append(f"{where}:{line + 1 + diff[0]}: block {name!r} disagrees with its artifact: "
                             f"docs say {diff[1]!r}, the artifact renders {diff[2]!r}")
     if strict:
-        problems += _unbacked(text, root or Path("."), where)
+        problems += _unbacked(text, root or Path("."), where, "docs" if strict == "docs" else "results")
     return problems
 
 
-def check_file(path: Path, specs: dict[str, Spec], strict: bool | None = None, root: Path | None = None) -> list[str]:
-    """:func:`check_text` on a file; ``strict`` defaults to on for files named ``results.md``."""
-    strict = path.name == "results.md" if strict is None else strict
+def check_file(path: Path, specs: dict[str, Spec], strict: bool | str | None = None,
+               root: Path | None = None) -> list[str]:
+    """:func:`check_text` on a file; ``strict`` defaults to the results rules for files named
+    ``results.md``, the docs rules for README.md and the other markdown files under a ``docs`` folder,
+    else off."""
+    if strict is None:
+        strict = ("results" if path.name == "results.md" else
+                  "docs" if path.parent.name == "docs" or path.name == "README.md" else False)
     return check_text(path.read_text(encoding="utf-8"), specs, str(path), strict, root or _repo_root(path))
 
 

@@ -47,10 +47,11 @@ def validation_split(train: Sequence, test: Sequence, n: int) -> tuple[list, lis
 
 
 def validation_callback(task, val: Sequence, every: int, patience: int, min_delta: float,
-                        ev: EvalConfig) -> ValidationCallback:
-    """Greedy validation on ``val`` every ``every`` steps, stopped by the plateau rule."""
+                        ev: EvalConfig, keep_best: bool = False) -> ValidationCallback:
+    """Greedy validation on ``val`` every ``every`` steps, stopped by the plateau rule (``keep_best``:
+    the callback keeps the best-validation weights)."""
     return ValidationCallback(task, val, every=every, stopper=PlateauStopper(patience, min_delta),
-                              config=replace(ev, temperature=0.0, n=1))
+                              config=replace(ev, temperature=0.0, n=1), keep_best=keep_best)
 
 
 def curve_record(callback: ValidationCallback, max_steps: int) -> dict:
@@ -85,6 +86,13 @@ def plot_curves(records: Mapping[str, Mapping[int, Mapping]], stem: Path, title:
     from forklens.report.plots import new_figure, save_figure
 
     fig, ax = new_figure(7.5, 4.8)
+    draw_curves(ax, records, title, hlines)
+    return [str(p) for p in save_figure(fig, stem)]
+
+
+def draw_curves(ax, records: Mapping[str, Mapping[int, Mapping]], title: str,
+                hlines: Mapping[str, float] | None = None) -> None:
+    """:func:`plot_curves` on the matplotlib axes ``ax`` (one panel of a larger figure)."""
     for i, (name, by_seed) in enumerate(records.items()):
         if not by_seed:
             continue
@@ -107,4 +115,3 @@ def plot_curves(records: Mapping[str, Mapping[int, Mapping]], stem: Path, title:
     ax.set_ylabel("validation greedy accuracy (%)")
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", framealpha=0.85)
-    return [str(p) for p in save_figure(fig, stem)]

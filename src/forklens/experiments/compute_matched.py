@@ -98,14 +98,15 @@ def draw_curves(ax, records: Mapping[str, Mapping[int, Mapping]], title: str,
             continue
         color = f"C{i}"
         for r in by_seed.values():
-            ax.plot(r["flops"], [100 * a for a in r["accuracy"]], color=color, linewidth=0.7, alpha=0.45)
+            ax.plot(r["flops"], [100 * a for a in r["accuracy"]], color=color, linewidth=0.7, alpha=0.45,
+                    marker="o" if len(r["flops"]) == 1 else None)  # a run that never trained: one point
         curves = as_curves({name: by_seed})[name].values()
         lo = max(c.flops[0] for c in curves)
         hi = max(c.flops[-1] for c in curves)
         grid = [lo * (hi / lo) ** (k / 99) for k in range(100)] if hi > lo > 0 else [lo]
         mean = mean_curve(list(curves), grid)
         pts = [(g, 100 * m) for g, m in zip(grid, mean) if m is not None and math.isfinite(m)]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=2.4,
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=2.4, marker="o" if len(pts) == 1 else None,
                 label=f"{name} (mean best-so-far, {len(by_seed)} seeds)")
     for j, (label, y) in enumerate((hlines or {}).items()):
         ax.axhline(100 * y, color="0.5", linestyle="--" if j == 0 else ":", linewidth=1, label=label)

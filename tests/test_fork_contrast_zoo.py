@@ -23,7 +23,7 @@ from forklens.tasks.arith_notation import NotationArithTask, to_letters
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [f"{fam}:{pre}{key}" for fam, pre in (("addv", ""), ("negctl", "base.")) for key in
         ("model.hidden_size=32", "model.intermediate_size=64", "model.num_attention_heads=2",
-         "model.num_hidden_layers=1", "pretrain.max_steps=4")]
+         "model.num_hidden_layers=1", "pretrain.max_steps=4")] + ["addv:addv.max_digits=2", "negctl:base.arith.digits=2"]
 
 
 def test_letters_only_verifier_rewards_the_expert_notation_only():
@@ -94,8 +94,9 @@ def test_fork_contrast_zoo_end_to_end_tiny(tmp_path, monkeypatch):
         assert v["eval"]["n_problems"] == 6 and v["eval"]["test_model"] == "best-validation weights"
         assert v["comparison_base"]["target"] == pytest.approx(v["base"]["val_accuracy"] + 0.03)
     addv = s["variants"]["addv/undertrained-mid"]
+    task = AddvTask(get_family("addv").variant_config("undertrained-mid", overrides=["addv.max_digits=2"]).addv)
     assert addv["base"]["role"] == "precondition" and addv["base"]["max_new_tokens"] == max(
-        len(AddvTask().expert_response(p)) for p in AddvTask().problems("test")) + 2
+        len(task.expert_response(p)) for p in task.problems("test")) + 2
     for m in ("grpo", "fork-contrast"):
         for rec in addv["curves"][m].values():
             best = rec["accuracy"].index(max(rec["accuracy"]))

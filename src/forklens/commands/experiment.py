@@ -23,6 +23,7 @@ from forklens.experiments import rubrics as rubrics_exp
 from forklens.experiments import delegation
 from forklens.experiments import skills
 from forklens.experiments import explore
+from forklens.experiments import fork_contrast_zoo
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,16 @@ EXPERIMENTS["explore"] = Experiment(
     description=(explore.__doc__ or "").split("\n\n")[0], out="runs/explore", quick="explore-quick",
     quick_help="a tiny base, 6 task steps, one seed (plumbing only)", seeds=True, progress="off")
 
+EXPERIMENTS["fork-contrast-zoo"] = Experiment(
+    fork_contrast_zoo.ForkContrastZooConfig,
+    lambda cfg, a: fork_contrast_zoo.run_fork_contrast_zoo(cfg, a.out, use_cache=not a.no_cache,
+                                                           progress=a.progress),
+    lambda s, a: fork_contrast_zoo.print_summary(s, a.out),
+    help="fork-vs-rl (GRPO vs fork-contrast, compute-matched, validation-stopped) on zoo variants: an own-mistake "
+    "base and a control whose right behaviour is outside the base (issue 15).",
+    description=(fork_contrast_zoo.__doc__ or "").split("\n\n")[0], out="runs/fork-contrast-zoo",
+    recipe="fork-contrast-zoo", quick="fork-contrast-zoo-quick",
+    quick_help="tiny bases, a few steps, one seed (plumbing only)", cache=True, progress="off")
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="Run a multi-stage experiment on the built-in organisms.")

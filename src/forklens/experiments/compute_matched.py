@@ -47,10 +47,11 @@ def validation_split(train: Sequence, test: Sequence, n: int) -> tuple[list, lis
 
 
 def validation_callback(task, val: Sequence, every: int, patience: int, min_delta: float,
-                        ev: EvalConfig) -> ValidationCallback:
-    """Greedy validation on ``val`` every ``every`` steps, stopped by the plateau rule."""
+                        ev: EvalConfig, keep_best: bool = False) -> ValidationCallback:
+    """Greedy validation on ``val`` every ``every`` steps, stopped by the plateau rule (``keep_best``:
+    the callback keeps the best-validation weights)."""
     return ValidationCallback(task, val, every=every, stopper=PlateauStopper(patience, min_delta),
-                              config=replace(ev, temperature=0.0, n=1))
+                              config=replace(ev, temperature=0.0, n=1), keep_best=keep_best)
 
 
 def curve_record(callback: ValidationCallback, max_steps: int) -> dict:
@@ -85,19 +86,27 @@ def plot_curves(records: Mapping[str, Mapping[int, Mapping]], stem: Path, title:
     from forklens.report.plots import new_figure, save_figure
 
     fig, ax = new_figure(7.5, 4.8)
+    draw_curves(ax, records, title, hlines)
+    return [str(p) for p in save_figure(fig, stem)]
+
+
+def draw_curves(ax, records: Mapping[str, Mapping[int, Mapping]], title: str,
+                hlines: Mapping[str, float] | None = None) -> None:
+    """:func:`plot_curves` on the matplotlib axes ``ax`` (one panel of a larger figure)."""
     for i, (name, by_seed) in enumerate(records.items()):
         if not by_seed:
             continue
         color = f"C{i}"
         for r in by_seed.values():
-            ax.plot(r["flops"], [100 * a for a in r["accuracy"]], color=color, linewidth=0.7, alpha=0.45)
+            ax.plot(r["flops"], [100 * a for a in r["accuracy"]], color=color, linewidth=0.7, alpha=0.45,
+                    marker="o" if len(r["flops"]) == 1 else None)  # a run that never trained: one point
         curves = as_curves({name: by_seed})[name].values()
         lo = max(c.flops[0] for c in curves)
         hi = max(c.flops[-1] for c in curves)
         grid = [lo * (hi / lo) ** (k / 99) for k in range(100)] if hi > lo > 0 else [lo]
         mean = mean_curve(list(curves), grid)
         pts = [(g, 100 * m) for g, m in zip(grid, mean) if m is not None and math.isfinite(m)]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=2.4,
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linewidth=2.4, marker="o" if len(pts) == 1 else None,
                 label=f"{name} (mean best-so-far, {len(by_seed)} seeds)")
     for j, (label, y) in enumerate((hlines or {}).items()):
         ax.axhline(100 * y, color="0.5", linestyle="--" if j == 0 else ":", linewidth=1, label=label)
@@ -107,4 +116,3 @@ def plot_curves(records: Mapping[str, Mapping[int, Mapping]], stem: Path, title:
     ax.set_ylabel("validation greedy accuracy (%)")
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", framealpha=0.85)
-    return [str(p) for p in save_figure(fig, stem)]

@@ -1,6 +1,8 @@
 """`forklens experiment fork-vs-rl`: GRPO vs RL-free fork-contrast (and its ablations), compute-matched.
 
-On the arithmetic organism, from one base organism (the demo's organism config, cached):
+On the arithmetic organism (the demo's organism config), or on any organism-zoo variant
+(``variant=FAMILY/VARIANT``, built and cached through :mod:`forklens.organisms`; max new tokens are
+then the longest gold test trace plus ``token_margin``), from one base organism:
 
 * a validation slice: the last ``val_problems`` distinct prompts of the training split, removed from
   what every method trains on (arith's train and test splits are disjoint operand pairs; the run
@@ -17,6 +19,10 @@ On the arithmetic organism, from one base organism (the demo's organism config, 
   :func:`forklens.train.fork_source.run_fork_contrast` with the organism recipe (entropy gate, tau
   0.5); ablations ``fork-contrast-gate-none``, ``-gate-random``, ``-positive-only`` at the chosen rate;
 * each final model (the one at the stop) is also evaluated on the test split, for reporting only;
+  with ``keep_best`` the reported test accuracy is that of the best-validation weights (early stopping
+  that selects on validation and reports on test) and the one at the stop is kept beside it;
+* a fork-contrast run whose base rollouts hold no problem with mixed outcomes (nothing to contrast)
+  leaves the model as the base: its curve is the base's validation accuracy at the sampling's FLOPs;
 * optional ``intervention``: :func:`forklens.analysis.intervene.run_intervention` of the seed's GRPO
   model vs the base.
 
@@ -28,7 +34,10 @@ Validation evaluation is not counted for any method.
 (method -> seed -> steps, FLOPs, validation accuracy, test accuracy), ``comparison`` =
 :func:`forklens.analysis.curves.compare_methods` with the target ``within`` below the best plateau,
 ``comparison_fixed`` with the target ``fixed_target``, ``search_flops``, ``search`` (the grid),
-``methods`` (test accuracy mean/std over seeds, FLOPs at the stop) and ``validation``.
+``methods`` (test accuracy mean/std over seeds, FLOPs at the stop), ``validation``, ``gains`` (per
+method, intervals over seeds of test accuracy - base test accuracy and best validation accuracy - base
+validation accuracy; ``fork-contrast-grpo``: the paired test difference) and, with ``base_margin``,
+``comparison_base`` (the target ``base_margin`` above the base's validation accuracy).
 ``accuracy_vs_flops.png/.svg``: validation accuracy vs FLOPs, a thin line per seed, the mean bold.
 """
 
@@ -42,16 +51,19 @@ from pathlib import Path
 
 from rich.console import Console
 
+from forklens.analysis.curves import bootstrap_ci, compare_methods, paired_difference
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.analysis.intervene import parse_gate, run_intervention
 from forklens.config import field
 from forklens.errors import ConfigError
+from forklens.organisms import get_family
 from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
 from forklens.tasks import get_task
-from forklens.train.fork_source import ForkContrastConfig, ForkDataConfig, LoraSettings, run_fork_contrast
-from forklens.experiments.compute_matched import (comparisons, curve_record, plot_curves, validation_callback,
-                                                  validation_split)
+from forklens.train.fork_source import (ForkContrastConfig, ForkDataConfig, LoraSettings, NoContrastError,
+                                       run_fork_contrast)
+from forklens.experiments.compute_matched import (as_curves, comparisons, curve_record, plot_curves,
+                                                  validation_callback, validation_split)
 from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
 from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import RLConfig, run_grpo
@@ -102,6 +114,15 @@ class ForkVsRLConfig:
     within: float = field(0.01, gt=0, lt=1, help="summary.comparison target: the best plateau minus this.")
     fixed_target: float = field(0.80, gt=0, le=1, help="summary.comparison_fixed target (validation accuracy).")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/fork-vs-rl).")
+    variant: str = field("", help="FAMILY/VARIANT of the organism zoo to start from (empty: the arith organism "
+                         "of `organism`).")
+    variant_overrides: list[str] = field(default_factory=list, help="Dotted KEY=VALUE overrides of the variant's "
+                                         "family config, applied after the variant's own.")
+    token_margin: int = field(8, ge=0, help="With `variant`: max new tokens = longest gold test trace + this.")
+    keep_best: bool = field(False, help="Report the test accuracy of each run's best-validation weights (the one "
+                            "at the stop is kept beside it).")
+    base_margin: float = field(0.0, ge=0, lt=1, help="> 0: also summary.comparison_base, the target this far "
+                               "above the base's validation accuracy.")
 
 
 def variant(fork: ForkContrastConfig, name: str) -> ForkContrastConfig:
@@ -183,25 +204,80 @@ def _lr_tag(lr: float) -> str:
     return f"lr-{lr:g}"
 
 
+def organism(cfg: ForkVsRLConfig, base_dir: Path, use_cache: bool, progress: bool):
+    """``(task, base info, RLConfig, label)`` of the run's base organism, built (or fetched) into ``base_dir``."""
+    if not cfg.variant:
+        if cfg.variant_overrides:
+            raise ConfigError("variant_overrides: set `variant` (FAMILY/VARIANT) too")
+        task = get_task(cfg.organism.task, cfg.organism.arith)
+        info = build_base_organism(cfg.organism, base_dir, use_cache=use_cache, progress=progress)
+        return task, {**info, "variant": None, "role": None}, cfg.rl, "arith organism"
+    if cfg.variant.count("/") != 1:
+        raise ConfigError(f"variant: {cfg.variant!r} is not FAMILY/VARIANT")
+    fname, vname = cfg.variant.split("/")
+    family = get_family(fname)
+    vcfg = family.variant_config(vname, overrides=cfg.variant_overrides)
+    task = family.task(vcfg)
+    if not hasattr(task, "expert_response"):
+        raise ConfigError(f"variant: the task of {cfg.variant} has no gold traces (expert_response) to size "
+                          "max_new_tokens from")
+    mnt = max(len(task.expert_response(p)) for p in task.problems("test")) + cfg.token_margin
+    info = family.build_variant(vname, base_dir, overrides=cfg.variant_overrides, use_cache=use_cache,
+                                progress=progress)
+    rl = replace(cfg.rl, sampling=replace(cfg.rl.sampling, max_new_tokens=mnt))
+    return task, {**info, "variant": cfg.variant}, rl, f"{cfg.variant} ({info['role']})"
+
+
+def gains(per_seed: dict[str, list[dict]], base_acc: float, base_val: float) -> dict:
+    """Intervals over seeds of each method's gain over the base (test; best validation), and the
+    paired fork-contrast - GRPO test difference."""
+    out: dict = {}
+    for m, rows in per_seed.items():
+        if rows:
+            out[m] = {"test": bootstrap_ci([r["accuracy"] - base_acc for r in rows]).as_dict(),
+                      "val": bootstrap_ci([r["best_val_accuracy"] - base_val for r in rows]).as_dict()}
+    if per_seed.get("grpo") and per_seed.get("fork-contrast"):
+        test = {m: {r["seed"]: r["accuracy"] for r in per_seed[m]} for m in ("fork-contrast", "grpo")}
+        out["fork-contrast-grpo"] = {"test": paired_difference(test["fork-contrast"], test["grpo"]).as_dict()}
+    return out
+
+
 def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
     out = Path(out)
     claim_folder(out, "experiment-fork-vs-rl")
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    # stamped when the run starts: the commit that ran, not the one current when it ended
+    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
+    run = fork_vs_rl_runs(cfg, out, use_cache, progress)
+    summary = run["summary"]
+    if cfg.artifact:
+        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name,
+                                {**summary, "plot": ["plots/accuracy_vs_flops.png", "plots/accuracy_vs_flops.svg"]},
+                                seeds=seeds, stamp=stamp,
+                                metrics={k: read_metrics(p) for k, p in run["metrics"].items() if p.is_file()})
+        plot_curves(summary["curves"], plots_dir(folder) / "accuracy_vs_flops", run["title"], run["hlines"])
+        console.print(f"wrote the stamped artifact {folder}", highlight=False)
+    return summary
+
+
+def fork_vs_rl_runs(cfg: ForkVsRLConfig, out: Path, use_cache: bool = True, progress: bool = True) -> dict:
+    """Every run of one organism into ``out`` (no artifact): ``{"summary", "metrics" (name -> metrics.jsonl),
+    "title", "hlines"}`` for the caller's artifact and plot."""
     t_start = time.perf_counter()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     if "grpo" not in cfg.methods:
         raise ConfigError("methods: the comparison's reference is 'grpo'; include it")
+    if cfg.keep_best and (cfg.rl.lora.enabled or cfg.fork.lora.enabled):
+        raise ConfigError("keep_best restores full weights; it does not work with LoRA (rl.lora / fork.lora)")
     gates = [parse_gate(g) for g in cfg.intervene_gates]  # bad gates fail before the organism is built
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    # stamped when the run starts: the commit that ran, not the one current when it ended
-    stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
-    task = get_task(cfg.organism.task, cfg.organism.arith)
     console.rule("[bold]base organism")
     base_dir = out / "base"
-    base_info = build_base_organism(cfg.organism, base_dir, use_cache=use_cache, progress=progress)
+    task, base_info, rl, label = organism(cfg, base_dir, use_cache, progress)
     base = Policy.load(base_dir)
-    ev = replace(cfg.eval, max_new_tokens=cfg.rl.sampling.max_new_tokens)
+    ev = replace(cfg.eval, max_new_tokens=rl.sampling.max_new_tokens)
     base_acc = evaluate(base, task, ev)["accuracy"]
     console.print(f"base: greedy held-out accuracy {100 * base_acc:.1f}%"
                   f" ({'cached' if base_info['cache_hit'] else 'pretrained'})", highlight=False)
@@ -233,10 +309,14 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
             "search": search,
             "intervention": inter,
             "targets": targets(methods, inter),
+            "gains": gains(per_seed, base_acc, base_val),
             "base": {"accuracy": base_acc, "val_accuracy": base_val, "path": str(base_dir),
-                     "cache_hit": base_info["cache_hit"], "pretrain_flops": base_info["flops"]},
-            "eval": {"split": ev.split, "n_problems": len(test), "temperature": ev.temperature,
+                     "cache_hit": base_info["cache_hit"], "pretrain_flops": base_info["flops"],
+                     "variant": base_info["variant"], "role": base_info["role"],
                      "max_new_tokens": ev.max_new_tokens},
+            "eval": {"split": ev.split, "n_problems": len(test), "temperature": ev.temperature,
+                     "max_new_tokens": ev.max_new_tokens,
+                     "test_model": "best-validation weights" if cfg.keep_best else "the model at the stop"},
             "validation": {"n_problems": len(val), "train_problems_left": len(fit),
                            "rule": "the last val_problems distinct prompts of the training split; every training "
                                    "problem with one of those prompts is removed from what the methods train on",
@@ -246,19 +326,39 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
             "config": asdict(cfg),
             "total_wall_s": time.perf_counter() - t_start,
         })
+        if cfg.base_margin > 0 and curves["grpo"]:
+            summary["comparison_base"] = compare_methods(
+                as_curves({m: {int(s): r for s, r in c.items()} for m, c in curves.items()}), "grpo",
+                target=base_val + cfg.base_margin, search_flops={m: f for m, f in search_flops.items() if curves.get(m)})
+            summary["comparison_base"]["target_rule"] = f"base validation accuracy + {cfg.base_margin}"
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
+    def no_contrast(s: int, fcfg: ForkContrastConfig, exc: NoContrastError, wall_s: float) -> tuple[dict, dict]:
+        """Nothing to contrast: the model stays the base; the sampling's FLOPs are spent."""
+        flops = 2.0 * base.num_params() * exc.sampled_tokens
+        console.print(f"seed {s}: {exc}; the model stays the base", highlight=False)
+        row = {"seed": s, "flops": flops, "wall_s": wall_s, "steps": 0, "learning_rate": fcfg.train.learning_rate,
+               "no_contrast": True, "accuracy": base_acc, "best_val_accuracy": base_val}
+        record = {"steps": [0], "flops": [flops], "accuracy": [base_val], "best_accuracy": base_val,
+                  "stopped_early": True, "stopper": None, "no_contrast": True, "test_accuracy": base_acc}
+        return row, record
+
     def run_one(m: str, s: int, fcfg: ForkContrastConfig | None, run_dir: Path) -> tuple[dict, dict]:
-        cb = validation_callback(task, val, cfg.val_every, cfg.patience, cfg.min_delta, ev)
+        cb = validation_callback(task, val, cfg.val_every, cfg.patience, cfg.min_delta, ev, keep_best=cfg.keep_best)
+        metrics_files[f"seed-{s}_{m}"] = run_dir / "metrics.jsonl"
         if m == "grpo":
-            info = run_grpo(base_dir, task, cfg.rl, run_dir, seed=s, progress=progress, problems=fit, callbacks=[cb])
+            info = run_grpo(base_dir, task, rl, run_dir, seed=s, progress=progress, problems=fit, callbacks=[cb])
             policy = Policy.load(info["model_dir"])
             row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"]}
-            cap = cfg.rl.train.max_steps
+            cap = rl.train.max_steps
         else:
-            fcfg = replace(fcfg, data=replace(fcfg.data, max_new_tokens=cfg.rl.sampling.max_new_tokens))
-            info = run_fork_contrast(base_dir, fit, task.verify, fcfg, run_dir, seed=s, progress=progress,
-                                     log=lambda msg: console.print(msg, highlight=False), callbacks=[cb])
+            fcfg = replace(fcfg, data=replace(fcfg.data, max_new_tokens=rl.sampling.max_new_tokens))
+            t0 = time.perf_counter()
+            try:
+                info = run_fork_contrast(base_dir, fit, task.verify, fcfg, run_dir, seed=s, progress=progress,
+                                         log=lambda msg: console.print(msg, highlight=False), callbacks=[cb])
+            except NoContrastError as exc:
+                return no_contrast(s, fcfg, exc, time.perf_counter() - t0)
             policy = info["policy"]
             row = {"seed": s, "flops": info["flops"], "wall_s": info["wall_s"], "steps": info["steps"],
                    "learning_rate": fcfg.train.learning_rate,
@@ -268,8 +368,12 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
             cap = fcfg.train.max_steps
         row["accuracy"] = evaluate(policy, task, ev)["accuracy"]
         record = {**curve_record(cb, cap), "test_accuracy": row["accuracy"]}
+        if cfg.keep_best and cb.best_state is not None:
+            row["accuracy_at_stop"] = record["test_accuracy_at_stop"] = row["accuracy"]
+            policy.model.load_state_dict(cb.best_state)
+            row["accuracy"] = record["test_accuracy"] = evaluate(policy, task, ev)["accuracy"]
+            row["best_step"] = record["best_step"] = cb.best_step
         row["best_val_accuracy"] = record["best_accuracy"]
-        metrics_files[f"seed-{s}_{m}"] = run_dir / "metrics.jsonl"
         console.print(f"seed {s} {m}: {record['steps'][-1]} steps, best validation {100 * record['best_accuracy']:.1f}%, "
                       f"test {100 * row['accuracy']:.1f}%, {row['flops']:.3g} FLOPs, {row['wall_s']:.0f} s",
                       highlight=False)
@@ -323,18 +427,11 @@ def run_fork_vs_rl(cfg: ForkVsRLConfig, out: str | Path, use_cache: bool = True,
             interventions.append(r)
             write()
     write()
-    title = f"arith organism: validation accuracy vs FLOPs ({len(seeds)} seeds, stopped at the plateau)"
+    title = f"{label}: validation accuracy vs FLOPs ({len(seeds)} seeds, stopped at the plateau)"
     hlines = {"base (validation)": base_val}
     summary["plot"] = plot_curves(curves, out / "accuracy_vs_flops", title, hlines)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.artifact:
-        folder = write_artifact(Path(cfg.artifact).parent, Path(cfg.artifact).name,
-                                {**summary, "plot": ["plots/accuracy_vs_flops.png", "plots/accuracy_vs_flops.svg"]},
-                                seeds=seeds, stamp=stamp,
-                                metrics={k: read_metrics(p) for k, p in metrics_files.items() if p.is_file()})
-        plot_curves(curves, plots_dir(folder) / "accuracy_vs_flops", title, hlines)
-        console.print(f"wrote the stamped artifact {folder}", highlight=False)
-    return summary
+    return {"summary": summary, "metrics": metrics_files, "title": title, "hlines": hlines}
 
 
 # --- CLI ------------------------------------------------------------------------------------------

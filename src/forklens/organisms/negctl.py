@@ -14,6 +14,11 @@ fine-tuned by SFT on gold traces, not by RL:
     the teacher always drops the carry (``p_drop_carry = 1``), so the right carry has near-zero base
     probability; tuned on gold digit traces. In a 14-character vocabulary a near-zero-probability
     token can still be rank 2, so whether forklens says "shifted" here is measured, not built in;
+``notation-strict`` (negative control of a method trained from the base)
+    the ``notation-long`` pair with a verifier that rewards only answers written in letters: a method
+    that trains from the base against the verifier (GRPO, fork-contrast) starts where the right
+    behaviour has near-zero probability, so a method that only reweights the base's own branches
+    (fork-contrast) has nothing to reweight;
 ``same-notation`` (consistency)
     gold traces in digits from the same base as ``notation``: the planted binary fork fixed by SFT,
     where forklens must say "reranked" and the oracle must recover the gain.
@@ -58,10 +63,12 @@ class NegCtlConfig:
     notation: Literal["digits", "letters"] = field("letters", help="Notation of the gold traces the tuned model is SFT'd on: digits or letters.")
     tune: TrainConfig = field(default_factory=_tune_default, help="SFT of the tuned model from the base.")
     tune_batch: int = field(64, ge=1, help="Gold traces per SFT step.")
+    reward: Literal["either", "expert"] = field("either", help="What the verifier rewards: the right answer in "
+                                                "either notation, or only in the expert notation.")
 
 
 def negctl_task(cfg: NegCtlConfig) -> NotationArithTask:
-    return NotationArithTask(cfg.base.arith, expert_notation=cfg.notation)
+    return NotationArithTask(cfg.base.arith, expert_notation=cfg.notation, reward_notation=cfg.reward)
 
 
 def build_negctl_base(cfg: NegCtlConfig, out_dir: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
@@ -112,6 +119,10 @@ NEGCTL = register(Family(
                                  "run showed 150 steps leave the letter-writing model below the base on most seeds, "
                                  "so that the oracle has a gain to (fail to) recover.",
                                  overrides=("notation=letters", "tune.max_steps=300")),
+        "notation-strict": Variant("negative-control", "`notation-long` whose verifier rewards only answers written in "
+                                   "letters, which the base never emits: the right behaviour is outside the base for a "
+                                   "method trained from it (fork-contrast, GRPO).",
+                                   overrides=("notation=letters", "tune.max_steps=300", "reward=expert")),
         "unreachable": Variant("negative-control", "The base's teacher always drops the carry (p = 1), so the right "
                                "carry has near-zero base probability; tuned on gold digit traces (a measurement: "
                                "its rank may still be 2).",

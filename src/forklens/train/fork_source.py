@@ -57,6 +57,15 @@ from forklens.train.run import train
 Gate = Literal["entropy", "none", "random"]
 
 
+class NoContrastError(DataError):
+    """No sampled problem has mixed outcomes: nothing to contrast. ``sampled_tokens`` is what the
+    sampling cost (prompt + generated tokens), so a caller can count the FLOPs spent finding that out."""
+
+    def __init__(self, message: str, sampled_tokens: float):
+        super().__init__(message)
+        self.sampled_tokens = sampled_tokens
+
+
 @dataclass
 class ForkDataConfig:
     problems: int = field(64, ge=0, help="Training problems to sample rollouts for (0 = all of --data / the split).")
@@ -170,8 +179,9 @@ def prepare_fork_data(policy, problems: Sequence, verify: Callable[[object, str]
     per_problem = [rewards[i * n:(i + 1) * n] for i in range(len(problems))]
     kept_problems = select_problems(per_problem, c.keep_problems)
     if not kept_problems:
-        raise DataError(f"none of the {len(problems)} problems has mixed outcomes over {n} rollouts "
-                        "(all right or all wrong): nothing to contrast; sample more problems or rollouts")
+        raise NoContrastError(f"none of the {len(problems)} problems has mixed outcomes over {n} rollouts "
+                              "(all right or all wrong): nothing to contrast; sample more problems or rollouts",
+                              float(res.processed))
     adv_all = {i: advantages(per_problem[i], c.adv_clip) for i in kept_problems}
     rows = [i * n + j for i in kept_problems for j in range(n)]
     keep = drop_longest([len(res.responses[r]) for r in rows], c.drop_longest_frac)

@@ -39,10 +39,12 @@ class ValidationCallback:
 
     Evaluates after step ``every``, ``2 * every``, ... (and after the last step); returns True, which
     stops the trainer, when ``stopper`` says the validation accuracy has plateaued. ``history`` keeps
-    ``(step, flops, accuracy)`` of every evaluation."""
+    ``(step, flops, accuracy)`` of every evaluation. With ``keep_best`` it also keeps a copy of the
+    model's weights at the first evaluation with the highest accuracy (``best_state``, ``best_step``),
+    for early stopping that reports the best-validation model rather than the one at the stop."""
 
     def __init__(self, task, problems: Sequence, every: int, stopper: PlateauStopper | None = None,
-                 config: EvalConfig | None = None):
+                 config: EvalConfig | None = None, keep_best: bool = False):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if not problems:
@@ -52,6 +54,9 @@ class ValidationCallback:
         self.stopper = stopper
         self.config = replace(config or EvalConfig(), split="validation", limit=0)
         self.history: list[tuple[int, float, float]] = []
+        self.keep_best = keep_best
+        self.best_state: dict | None = None
+        self.best_step: int | None = None
 
     def accuracy(self, policy) -> float:
         """Greedy validation accuracy of ``policy`` on this callback's problems (no stopping, no history)."""
@@ -65,6 +70,9 @@ class ValidationCallback:
             accuracy = self.accuracy(trainer.policy)
         metrics["val/accuracy"] = accuracy
         metrics["val/flops"] = trainer.flops
+        if self.keep_best and (not self.history or accuracy > max(a for _, _, a in self.history)):
+            self.best_state = {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+            self.best_step = trainer.step
         self.history.append((trainer.step, trainer.flops, accuracy))
         stop = self.stopper.update(accuracy) if self.stopper is not None else False
         if stop:

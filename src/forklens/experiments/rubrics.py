@@ -159,7 +159,7 @@ def run_arm(arm: str, base_dir: Path, cfg: RubricsConfig, seed: int, work: Path,
     bench_judge = Judge(noise=cfg.rubrics.judge_noise, seed=seed + 31)
     callbacks, co, rm_flops = [], None, 0.0
     if arm == "scalar":
-        rm = RewardModel.from_causal_lm(Policy.load(base_dir))
+        rm = RewardModel.from_causal_lm(Policy.load(base_dir), seed=seed)  # head drawn from the run's seed
         pairs = base_pairs(rm.policy, task, [problems[i % len(problems)].prompt for i in range(cfg.rm_pairs)], 2,
                            n_tok, 50_000 + seed)
         fit = fit_reward_model(rm, pairs, replace(cfg.rm, seed=seed))

@@ -207,3 +207,20 @@ def test_documents_as_prompts_train_only_questions_and_answers():
             assert response.startswith(" Q: ") and response.count(" A: ") == 4 and "." not in response
             assert ENT.search(response).group(0) in prompt
     assert kinds == {"whole", "reading"}
+
+
+def test_an_untaught_base_runs_the_negation_experiment(tmp_path, monkeypatch):
+    """An untaught base (the separate label never in pretraining) runs the negation experiment end to end: its
+    own teacher writes no separately negated question, so that kind is absent from the precondition (the
+    reading-long-untaught config itself: tests/test_control_variants.py)."""
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    cfg = NegationConfig()
+    for o in ("variant=untaught", "organism.model.hidden_size=16", "organism.model.intermediate_size=32",
+              "organism.model.num_hidden_layers=1", "organism.pretrain.max_steps=4", "organism.pretrain.warmup_steps=1",
+              "organism.batch_size=8", "n_claims=2", "docs_per_claim=2", "ft.max_steps=1", "batch_size=4",
+              "precondition_problems=30", "seeds=1", "conditions=[positive,negated]"):
+        apply_override(cfg, o)
+    s = run_negation(cfg, tmp_path / "run")
+    assert "separate" not in s["precondition"]["in_context"]["by_kind"]
+    assert 0.0 <= s["conditions"]["negated"]["in_context"]["by_kind"]["yesno"]["mean"] <= 1.0
+    assert "negated-positive" in s["contrasts"]

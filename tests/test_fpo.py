@@ -142,6 +142,27 @@ def test_fit_learns_a_preference(policy):
     assert r[0] > r[1]
 
 
+def test_seeded_reward_heads_are_reproducible_and_ignore_the_global_rng(policy):
+    """rubrics' scalar arm draws its head from the run's seed: two builds with one seed give identical heads
+    whatever the global RNG did in between; another seed gives another head, within nn.Linear's range."""
+    torch.manual_seed(1)
+    a = RewardModel.from_causal_lm(policy, seed=3)
+    torch.rand(100)  # global RNG moved on
+    b = RewardModel.from_causal_lm(policy, seed=3)
+    c = RewardModel.from_causal_lm(policy, seed=4)
+    for pa, pb in zip(a.head.parameters(), b.head.parameters()):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(a.head.weight, c.head.weight)
+    bound = 1 / math.sqrt(a.backbone.feature_dim)
+    assert float(a.head.weight.abs().max()) <= bound and float(a.head.weight.std()) > 0.2 * bound
+    bag = RewardModel.bag_of_tokens(policy, seed=3)
+    assert torch.equal(bag.head.weight, RewardModel.bag_of_tokens(policy, seed=3).head.weight)
+    torch.manual_seed(7)  # without a seed: the global RNG, as before (steer's reward model)
+    d = RewardModel.from_causal_lm(policy).head.weight.clone()
+    torch.manual_seed(7)
+    assert torch.equal(d, RewardModel.from_causal_lm(policy).head.weight)
+
+
 def test_reward_model_save_load_roundtrip(policy, tmp_path):
     rm = RewardModel.from_causal_lm(policy)
     rm.eval()

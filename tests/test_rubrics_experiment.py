@@ -136,3 +136,23 @@ def test_paired_arm_diffs_pairs_by_seed_and_skips_missing_arms():
     assert list(d) == ["a_x_vs_b"]
     assert d["a_x_vs_b"]["u"]["mean"] == pytest.approx(0.225)
     assert d["a_x_vs_b"]["u"]["low"] == pytest.approx(0.2) and d["a_x_vs_b"]["u"]["high"] == pytest.approx(0.25)
+
+
+def test_uninformed_variant_and_a_reproducible_scalar_arm(tmp_path, monkeypatch):
+    """`variant=uninformed` builds the control's base (teacher p_noise 1); the scalar arm, its reward head now
+    drawn from the run's seed, gives the same numbers twice."""
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    cfg = _tiny()
+    cfg.variant, cfg.arms = "uninformed", ["scalar"]
+    torch.manual_seed(123)
+    first = run_rubrics(cfg, tmp_path / "a")
+    torch.manual_seed(456)  # the global RNG no longer reaches the head
+    second = run_rubrics(cfg, tmp_path / "b")
+    assert first["variant"] == "uninformed"
+    assert json.loads((tmp_path / "a" / "base" / "organism.json").read_text())["config"]["task"]["p_noise"] == 1.0
+    a, b = first["arms"]["scalar"]["per_seed"]["0"], second["arms"]["scalar"]["per_seed"]["0"]
+    for key in ("utility", "utility_greedy", "pair_accuracy", "rm_train_pair_accuracy"):
+        assert a[key] == b[key], key
+    assert markdown_table(first).startswith("sort/uninformed organism")
+    with pytest.raises(ConfigError, match="variant"):
+        run_rubrics(RubricsConfig(variant="nope"), tmp_path / "bad")

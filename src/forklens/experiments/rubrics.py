@@ -49,6 +49,7 @@ from forklens.analysis.curves import bootstrap_ci, paired_arm_diffs
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.arm_runs import begin, mean_curve, publish
+from forklens.organisms import get_family
 from forklens.organisms.sort import SortOrganismConfig, build_sort_organism
 from forklens.policy import Policy
 from forklens.rewards.reward_model import RewardModel, reward_model_reward
@@ -90,7 +91,10 @@ def _rm_default() -> RewardModelTrainConfig:
 
 @dataclass
 class RubricsConfig:
-    organism: SortOrganismConfig = field(default_factory=SortOrganismConfig, help="The sort organism.")
+    organism: SortOrganismConfig = field(default_factory=SortOrganismConfig, help="The sort organism (the variant's "
+                                         "overrides apply on top).")
+    variant: str = field("noisy", help="Variant of the sort family (noisy: the precondition; uninformed: the "
+                         "control whose teacher writes random digits).")
     rl: RLConfig = field(default_factory=_rl_default, help="GRPO of the policy (every arm).")
     generator_rl: RLConfig = field(default_factory=_rl_default, help="GRPO of the rubric generator (train.max_steps: "
                                    "the most generator steps; sampling: rubrics per step).")
@@ -159,7 +163,7 @@ def run_arm(arm: str, base_dir: Path, cfg: RubricsConfig, seed: int, work: Path,
     bench_judge = Judge(noise=cfg.rubrics.judge_noise, seed=seed + 31)
     callbacks, co, rm_flops = [], None, 0.0
     if arm == "scalar":
-        rm = RewardModel.from_causal_lm(Policy.load(base_dir))
+        rm = RewardModel.from_causal_lm(Policy.load(base_dir), seed=seed)  # head drawn from the run's seed
         pairs = base_pairs(rm.policy, task, [problems[i % len(problems)].prompt for i in range(cfg.rm_pairs)], 2,
                            n_tok, 50_000 + seed)
         fit = fit_reward_model(rm, pairs, replace(cfg.rm, seed=seed))
@@ -214,8 +218,8 @@ def summarise(per: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
 def run_rubrics(cfg: RubricsConfig, out: str | Path, use_cache: bool = True, progress: bool = False) -> dict:
     out, seeds, stamp = begin(cfg, ARMS, out, "rubrics")
     t0 = time.perf_counter()
-    org = replace(cfg.organism, seed=0)  # one base for every seed and arm
-    console.rule("[bold]sort base organism")
+    org = replace(get_family("sort").variant_config(cfg.variant, base=cfg.organism), seed=0)  # one base for all
+    console.rule(f"[bold]sort/{cfg.variant} base organism")
     base_info = build_sort_organism(org, out / "base", use_cache=use_cache, progress=progress)
     task = SortTask(org.task)
     base = Policy.load(out / "base")
@@ -232,7 +236,7 @@ def run_rubrics(cfg: RubricsConfig, out: str | Path, use_cache: bool = True, pro
         curves = {a: mean_curve([Path(r["metrics"]) for r in rows.values()], CURVE_KEYS)
                   for a, rows in per.items() if rows}
         summary.clear()
-        summary.update({"organism": "sort", "seeds": seeds, "base": {**base_eval, "cache_hit": base_info["cache_hit"]},
+        summary.update({"organism": "sort", "variant": cfg.variant, "seeds": seeds, "base": {**base_eval, "cache_hit": base_info["cache_hit"]},
                         "bench_pairs": len(bench), "arms": arms, "diffs": diffs, "curves": curves,
                         "total_wall_s": time.perf_counter() - t0, "config": asdict(cfg)})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -259,7 +263,8 @@ def _ci(x: dict, digits: int = 3) -> str:
 
 def markdown_table(summary: dict) -> str:
     b = summary["base"]
-    lines = [f"sort organism, seeds {summary['seeds']}; base U {b['utility']:.3f} (greedy {b['utility_greedy']:.3f}); "
+    lines = [f"sort/{summary.get('variant', 'noisy')} organism, seeds {summary['seeds']}; base U {b['utility']:.3f} "
+             f"(greedy {b['utility_greedy']:.3f}); "
              f"{summary['bench_pairs']} held-out benchmark pairs. Means with 95% bootstrap intervals over seeds.", "",
              "| arm | pair accuracy | true utility U (samples) | U (greedy) | reward FLOPs | total FLOPs |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -92,5 +92,8 @@ DELEGATION = register(Family(
         "nosplit": Variant("control", "The teacher never delegates: the delegate action has near-zero base "
                            "probability, so delegation in the RL loop has nothing to select.",
                            ("task.teacher_delegates=false",)),
+        "parity-nosplit": Variant("control", "`parity` whose teacher never delegates: the control of the base that "
+                                  "passed its organism checks (registered after the parity run, before this base "
+                                  "was built).", ("task.modulus=2", "task.teacher_delegates=false")),
     },
 ))

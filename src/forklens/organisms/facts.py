@@ -112,5 +112,9 @@ FACTS = register(Family(
         "untaught": Variant("control", "The separate label never occurs in pretraining (local negation and "
                             "corrections by 'does not' only): the label means nothing to the base.",
                             ("task.p_negated=0.0",)),
+        "reading-long-untaught": Variant("control", "`reading-long` whose teacher never writes the separate label "
+                                         "(task.p_negated=0): the word-level control of the base the measured "
+                                         "negation run used; added before it was built.",
+                                         READING + ("pretrain.max_steps=3000", "task.p_negated=0.0")),
     },
 ))

@@ -167,5 +167,8 @@ SKILLS = register(Family(
                                      ("task.harnesses=AC",)),
         "deaf": Variant("control", "Same prompts, but the teacher's answer ignores the lines shown: a skill has "
                         "nothing to act on.", ("task.p_follow=0.0",)),
+        "adjacent-deaf": Variant("control", "`executor-adjacent` (harnesses A and C) whose teacher ignores the lines "
+                                 "shown: the control of the base the measured skills run used; added before it "
+                                 "was built.", ("task.harnesses=AC", "task.p_follow=0.0")),
     },
 ))

@@ -121,8 +121,10 @@ def load_specs(path: str | Path, root: str | Path | None = None) -> dict[str, Sp
 
 
 #: ``organism``: predictions that check the organism itself can carry the claim (e.g. "the base follows
-#: negation in context"); unless every one is supported, the row's verdict is "not evidence"
-CLAIM_KEYS = {"claim", "predictions", "precondition", "control", "organism"}
+#: negation in context"); unless every one is supported, the row's verdict is "not evidence".
+#: ``control_predictions``: the control variant's own predictions file (judged on its own artifact); the
+#: ``control`` ids are then looked up there instead of in ``predictions``
+CLAIM_KEYS = {"claim", "predictions", "precondition", "control", "organism", "control_predictions"}
 
 
 def _claims_spec(name: str, entry: dict, where: str, root: Path) -> Spec:
@@ -136,11 +138,15 @@ def _claims_spec(name: str, entry: dict, where: str, root: Path) -> Spec:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not {"claim", "predictions", "precondition"} <= set(row) or set(row) - CLAIM_KEYS:
             raise SpecError(f"{where}: claims[{i}] needs claim, predictions, precondition (and may have control, "
-                            "organism), "
+                            "organism, control_predictions), "
                             f"got {sorted(row) if isinstance(row, dict) else row!r}")
         ids = {k: [row[k]] if isinstance(row.get(k), str) else list(row.get(k) or [])
                for k in ("precondition", "control", "organism")}
-        out.append({"claim": str(row["claim"]), "predictions": root / row["predictions"], **ids})
+        ctrl_file = root / row["control_predictions"] if row.get("control_predictions") else None
+        if ctrl_file is not None and not ids["control"]:
+            raise SpecError(f"{where}: claims[{i}] names control_predictions but no control ids")
+        out.append({"claim": str(row["claim"]), "predictions": root / row["predictions"], **ids,
+                    "control_predictions": ctrl_file})
     return Spec(name, root / "results", False, None, None, None, entry.get("note"), None, out)
 
 
@@ -181,24 +187,43 @@ def render_claims(spec: Spec) -> tuple[str, list[str]]:
     lines = ["| claim | with its precondition | in the control | verdict |", "|---|---|---|---|"]
     sources: dict[str, str] = {}
     for row in spec.claims or []:
-        preds = load_predictions(row["predictions"])
-        by_id = {p.id: p for p in preds.predictions}
-        missing = [i for i in row["precondition"] + row["control"] + row["organism"] if i not in by_id]
-        if missing:
-            raise SpecError(f"table {spec.name!r}: {_rel(row['predictions'])} has no prediction {missing[0]!r} "
-                            f"(ids: {', '.join(by_id)})")
-        art_path = _repo_root(row["predictions"]) / preds.artifact
-        if not (art_path / "artifact.json").is_file() and not (art_path.is_file() and art_path.suffix == ".json"):
+        ctrl_file = row.get("control_predictions")
+        pre_ids = row["precondition"] + row["organism"] + ([] if ctrl_file else row["control"])
+        by_id, art = _claim_source(spec, row["predictions"], pre_ids, sources)
+        if art is None:
             lines.append(f"| {row['claim']} | pre-registered in `{_rel(row['predictions'])}`; not run | — | not measured |")
             continue
-        art = load_artifact(art_path)
-        sources[_rel(art.path)] = _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
         pre = [verdict(by_id[i], art) for i in row["precondition"]]
-        ctrl = [verdict(by_id[i], art) for i in row["control"]]
         organism = [verdict(by_id[i], art) for i in row["organism"]]
+        if ctrl_file:  # the control variant's own predictions, judged on its own artifact
+            ctrl_by_id, ctrl_art = _claim_source(spec, ctrl_file, row["control"], sources)
+            if ctrl_art is None:
+                lines.append(f"| {table_cell(row['claim'])} | {_claim_cell(pre)} | pre-registered in "
+                             f"`{_rel(ctrl_file)}`; not run | not measured |")
+                continue
+            ctrl = [verdict(ctrl_by_id[i], ctrl_art) for i in row["control"]]
+        else:
+            ctrl = [verdict(by_id[i], art) for i in row["control"]]
         lines.append(f"| {table_cell(row['claim'])} | {_claim_cell(pre)} | {_claim_cell(ctrl)} | "
                      f"{claim_verdict(pre, ctrl, organism)} |")
     return "\n".join(lines), list(sources.values())
+
+
+def _claim_source(spec: Spec, predictions: Path, ids: list[str], sources: dict[str, str]) -> tuple[dict, Any]:
+    """(predictions by id, artifact or None when it does not exist yet) of one claims row's predictions file;
+    the artifact's provenance line is added to ``sources``."""
+    preds = load_predictions(predictions)
+    by_id = {p.id: p for p in preds.predictions}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise SpecError(f"table {spec.name!r}: {_rel(predictions)} has no prediction {missing[0]!r} "
+                        f"(ids: {', '.join(by_id)})")
+    art_path = _repo_root(predictions) / preds.artifact
+    if not (art_path / "artifact.json").is_file() and not (art_path.is_file() and art_path.suffix == ".json"):
+        return by_id, None
+    art = load_artifact(art_path)
+    sources[_rel(art.path)] = _provenance(art.stamp, f"{_rel(art.path)}/artifact.json")
+    return by_id, art
 
 
 def _load(spec: Spec) -> tuple[dict, str]:

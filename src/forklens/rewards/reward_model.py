@@ -18,6 +18,7 @@ function in TRL's signature.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -78,23 +79,31 @@ class RewardModel(nn.Module):
     """r_phi(x, y) = head(backbone(x, y)); ``policy`` gives the tokenizer (and, for a causal LM backbone,
     the model). Sequences are encoded as the policy encodes them (prompt ids + response ids + EOS)."""
 
-    def __init__(self, policy: Policy, backbone: nn.Module, kind: str):
+    def __init__(self, policy: Policy, backbone: nn.Module, kind: str, seed: int | None = None):
         super().__init__()
         self.policy = policy
         self.backbone = backbone
         self.kind = kind
         self.head = nn.Linear(backbone.feature_dim, 1)
+        if seed is not None:  # without a seed the head keeps nn.Linear's draw from the global RNG
+            bound = 1.0 / math.sqrt(backbone.feature_dim)  # nn.Linear's default range, from a seeded generator
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in (self.head.weight, self.head.bias):
+                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
 
     @classmethod
-    def bag_of_tokens(cls, policy: Policy) -> "RewardModel":
+    def bag_of_tokens(cls, policy: Policy, seed: int | None = None) -> "RewardModel":
         tok = policy.tokenizer
         specials = sorted({i for i in (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id)
                            if i is not None})
-        return cls(policy, BagOfTokens(len(tok), specials), "bag-of-tokens")
+        return cls(policy, BagOfTokens(len(tok), specials), "bag-of-tokens", seed=seed)
 
     @classmethod
-    def from_causal_lm(cls, policy: Policy) -> "RewardModel":
-        return cls(policy, CausalLMFeatures(policy.model), "causal-lm")
+    def from_causal_lm(cls, policy: Policy, seed: int | None = None) -> "RewardModel":
+        """A reward head on the policy's last hidden state; ``seed`` draws the head's initial weights from
+        a generator of its own (None: from torch's global RNG, as before the argument existed)."""
+        return cls(policy, CausalLMFeatures(policy.model), "causal-lm", seed=seed)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())

@@ -19,7 +19,8 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation", "teams", "rubrics", "delegation", "skills", "explore"}
+                          "negation", "teams", "rubrics", "delegation", "skills", "explore",
+                          "sft-then-rl-zoo"}
     tm = quick["teams"]
     assert (tm.seeds, tm.rl.steps, tm.eval_samples, tm.organism.pretrain.max_steps) == (1, 2, 3, 40)
     dl = quick["delegation"]

@@ -23,6 +23,7 @@ from forklens.experiments import rubrics as rubrics_exp
 from forklens.experiments import delegation
 from forklens.experiments import skills
 from forklens.experiments import explore
+from forklens.experiments import sft_then_rl_zoo
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,15 @@ EXPERIMENTS["explore"] = Experiment(
     "coverage, held-out success and overhead (E052).",
     description=(explore.__doc__ or "").split("\n\n")[0], out="runs/explore", quick="explore-quick",
     quick_help="a tiny base, 6 task steps, one seed (plumbing only)", seeds=True, progress="off")
+
+EXPERIMENTS["sft-then-rl-zoo"] = Experiment(
+    sft_then_rl_zoo.SFTThenRLZooConfig, lambda cfg, a: sft_then_rl_zoo.run_sft_then_rl_zoo(cfg, a.out),
+    _print_table(sft_then_rl_zoo.zoo_table, ", table.md and accuracy_vs_flops_*.png"),
+    help="SFT-then-RL vs LUFFY / ReLIFT on a zoo organism where SFT does not saturate (lengths/varied) and on a "
+    "control where it does (arith), over seeds (E009).",
+    description=(sft_then_rl_zoo.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl-zoo",
+    recipe="sft-then-rl-zoo", quick="sft-then-rl-zoo-quick",
+    quick_help="tiny organisms on both sides, 3 RL steps, one seed (plumbing only)", seeds=True)
 
 
 def register(sub) -> None:

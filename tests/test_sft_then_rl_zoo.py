@@ -38,14 +38,10 @@ def _tiny_zoo() -> zoo.SFTThenRLZooConfig:
 
 @pytest.fixture(scope="module")
 def tiny_zoo_run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FORKLENS_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORKLENS_CACHE", str(tmp_path_factory.mktemp("cache")))
         out = tmp_path_factory.mktemp("sft-then-rl-zoo") / "run"
-        summary = zoo.run_sft_then_rl_zoo(_tiny_zoo(), out)
-    finally:
-        mp.undo()
-    return out, summary
+        return out, zoo.run_sft_then_rl_zoo(_tiny_zoo(), out)
 
 
 def test_both_sides_run_on_their_own_organism_with_the_shared_seeds(tiny_zoo_run):

@@ -297,7 +297,7 @@ def plot(curves: dict[str, dict[int, Curve]], stem: Path, organism: str = "", fo
               for m, by_seed in curves.items() if by_seed}
     where = f" on {organism}" if organism else ""
     return plot_curves_vs_flops(series, stem, ylabel="validation accuracy (greedy)",
-                                title=f"sft-then-rl{where}: validation accuracy vs cumulative FLOPs (thin: seeds, bold: mean)",
+                                title=f"sft-then-rl{where}: validation accuracy vs FLOPs (thin: seeds, bold: mean)",
                                 **({"formats": formats} if formats else {}))
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny(sub: st.SFTThenRLConfig, **kw) -> st.SFTThenRLConfig:
-    rl = replace(sub.rl, train=replace(sub.rl.train, max_steps=2, save_every=0),
+    rl = replace(sub.rl, train=replace(sub.rl.train, max_steps=1, save_every=0),
                  sampling=replace(sub.rl.sampling, prompts_per_step=2, group_size=2))
     return replace(sub, rl=rl, sft=replace(sub.sft, max_steps=2), sft_batch_size=2, pool_size=8, n_validation=4,
                    eval_every=1, eval=replace(sub.eval, limit=4), **kw)
@@ -27,7 +27,7 @@ def _tiny_zoo() -> zoo.SFTThenRLZooConfig:
     cfg = zoo.SFTThenRLZooConfig(seeds=2, seed=3)
     pre = _tiny(cfg.precondition, overrides=["pretrain.max_steps=2", "model.hidden_size=32",
                                              "model.intermediate_size=64", "model.num_hidden_layers=1"])
-    pre = replace(pre, rl=replace(pre.rl, sampling=replace(pre.rl.sampling, max_new_tokens=24)))
+    pre = replace(pre, rl=replace(pre.rl, sampling=replace(pre.rl.sampling, max_new_tokens=16)))
     ctrl = cfg.control
     organism = replace(ctrl.organism, model=replace(ctrl.organism.model, num_hidden_layers=1),
                        pretrain=replace(ctrl.organism.pretrain, max_steps=2))

@@ -11,7 +11,7 @@ from forklens.config import load_config, packaged_config
 
 def test_experiment_modules_register_no_cli():
     for mod in ("boundary", "fork_vs_rl", "levers", "rewards", "sft_then_rl", "sft_bugs", "demo", "fpo", "pretraining",
-                "search", "negation", "delegation", "skills", "explore", "fork_contrast_zoo"):
+                "search", "negation", "delegation", "skills", "explore", "fork_contrast_zoo", "sft_then_rl_zoo"):
         m = importlib.import_module(f"forklens.experiments.{mod}")
         assert not hasattr(m, "register_cli") and not hasattr(m, "quick_config")
 
@@ -19,7 +19,8 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation", "teams", "rubrics", "delegation", "skills", "explore", "fork-contrast-zoo"}
+                          "negation", "teams", "rubrics", "delegation", "skills", "explore", "fork-contrast-zoo",
+                          "sft-then-rl-zoo"}
     fz = quick["fork-contrast-zoo"]
     assert (fz.run.seeds, fz.run.seed, fz.run.rl.train.max_steps, fz.run.fork.train.max_steps, fz.run.val_problems) == (
         1, 100, 3, 3, 32)

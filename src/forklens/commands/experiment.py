@@ -24,6 +24,7 @@ from forklens.experiments import delegation
 from forklens.experiments import skills
 from forklens.experiments import explore
 from forklens.experiments import fork_contrast_zoo
+from forklens.experiments import sft_then_rl_zoo
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,16 @@ EXPERIMENTS["fork-contrast-zoo"] = Experiment(
     description=(fork_contrast_zoo.__doc__ or "").split("\n\n")[0], out="runs/fork-contrast-zoo",
     recipe="fork-contrast-zoo", quick="fork-contrast-zoo-quick",
     quick_help="tiny bases, a few steps, one seed (plumbing only)", cache=True, progress="off")
+
+EXPERIMENTS["sft-then-rl-zoo"] = Experiment(
+    sft_then_rl_zoo.SFTThenRLZooConfig, lambda cfg, a: sft_then_rl_zoo.run_sft_then_rl_zoo(cfg, a.out),
+    _print_table(sft_then_rl_zoo.zoo_table, ", table.md and accuracy_vs_flops_*.png"),
+    help="SFT-then-RL vs LUFFY / ReLIFT on a zoo organism where SFT does not saturate (lengths/varied) and on a "
+    "control where it does (arith), over seeds (E009).",
+    description=(sft_then_rl_zoo.__doc__ or "").split("\n\n")[0], out="runs/sft-then-rl-zoo",
+    recipe="sft-then-rl-zoo", quick="sft-then-rl-zoo-quick",
+    quick_help="tiny organisms on both sides, 3 RL steps, one seed (plumbing only)", seeds=True)
+
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="Run a multi-stage experiment on the built-in organisms.")

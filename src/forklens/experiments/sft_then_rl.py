@@ -1,7 +1,9 @@
 """`forklens experiment sft-then-rl`: corrected SFT-then-RL vs buggy SFT and mixed-policy methods,
 compared at matched compute.
 
-On the arithmetic organism, from the same base model, the same expert (gold) traces and ONE problem
+On the arithmetic organism (default), or on a zoo family's variant (``family`` / ``variant``, built
+through :mod:`forklens.organisms`; ``experiment sft-then-rl-zoo`` runs a precondition and a control
+variant), from the same base model, the same expert (gold) traces and ONE problem
 pool (the first ``pool_size`` training problems, for SFT and for every RL arm alike):
 
 * ``sft-then-rl``: SFT on expert traces with the correct global token normalisation, then GRPO;
@@ -36,6 +38,7 @@ from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.objectives.mixed_policy import MixedPolicyLossConfig
+from forklens.organisms import get_family
 from forklens.organisms.arith import OrganismConfig, build_base_organism
 from forklens.policy import Policy
 from forklens.runfolder import claim_folder, owned_rmtree
@@ -60,7 +63,13 @@ def _sft_default() -> TrainConfig:
 
 @dataclass
 class SFTThenRLConfig:
-    organism: OrganismConfig = field(default_factory=OrganismConfig, help="The base organism (as in the demo).")
+    organism: OrganismConfig = field(default_factory=OrganismConfig, help="The base organism (as in the demo) when "
+                                     "`family` is empty.")
+    family: str = field("", help="Organism family of the zoo (`forklens organism list`); empty: the arith organism "
+                        "of `organism`.")
+    variant: str = field("", help="The family's variant (with `family`).")
+    overrides: list[str] = field(default_factory=list, help="Dotted overrides of the variant's family config "
+                                 "(with `family`, e.g. model.hidden_size=64).")
     sft: TrainConfig = field(default_factory=_sft_default,
                              help="SFT on expert traces. micro_batch_size < sft_batch_size makes gradient "
                              "accumulation (K = sft_batch_size / micro_batch_size micro-steps), where the bugs act.")
@@ -70,6 +79,7 @@ class SFTThenRLConfig:
     n_validation: int = field(128, ge=1, help="Validation problems, held out from the end of the training split "
                               "(disjoint from the pool and from the test split).")
     eval_every: int = field(2, ge=1, help="Validation evaluation every N training steps (and after the last).")
+    sft_eval_every: int = field(0, ge=0, help="Validation every N SFT steps (and after the last); 0: eval_every.")
     patience: int = field(3, ge=1, help="Plateau rule: stop after this many evaluations without a gain.")
     min_delta: float = field(0.005, ge=0, help="Plateau rule: the smallest validation-accuracy gain that counts.")
     within: float = field(0.01, gt=0, lt=1, help="FLOPs-to-target: target = best plateau over all runs - within.")
@@ -83,6 +93,30 @@ class SFTThenRLConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, help="Evaluation (greedy); test accuracy is reported only.")
     seeds: int = field(3, ge=1, help="Seeds per method.")
     seed: int = field(0, help="First seed; seeds are seed, seed+1, ...")
+
+
+def organism_task(cfg: SFTThenRLConfig):
+    """The task of the run's organism: the zoo variant's (``family`` set) or the arith organism's. A
+    ConfigError names the families or variants when either is unknown."""
+    if not cfg.family:
+        if cfg.variant or cfg.overrides:
+            raise ConfigError("variant and overrides need a family (e.g. family=lengths variant=varied)")
+        return get_task(cfg.organism.task, cfg.organism.arith)
+    family = get_family(cfg.family)
+    if not cfg.variant:
+        raise ConfigError(f"family {cfg.family!r} needs a variant; variants: {', '.join(family.variants)}")
+    return family.task(family.variant_config(cfg.variant, overrides=cfg.overrides))
+
+
+def build_organism(cfg: SFTThenRLConfig, out: Path) -> dict:
+    """Build (or fetch from the cache) the run's base organism into ``out``."""
+    if not cfg.family:
+        return build_base_organism(cfg.organism, out)
+    return get_family(cfg.family).build_variant(cfg.variant, out, overrides=cfg.overrides)
+
+
+def organism_name(cfg: SFTThenRLConfig) -> str:
+    return f"{cfg.family}/{cfg.variant}" if cfg.family else f"arith ({cfg.organism.task})"
 
 
 def split_problems(task, cfg) -> tuple[list, list]:
@@ -102,16 +136,17 @@ def _test_accuracy(model_dir: Path, task, cfg: SFTThenRLConfig, seed: int) -> fl
     return evaluate(Policy.load(model_dir), task, replace(_eval_config(cfg, seed), split="test"))["accuracy"]
 
 
-def _validator(task, validation: list, cfg: SFTThenRLConfig, seed: int, stop: bool) -> ValidationCallback:
+def _validator(task, validation: list, cfg: SFTThenRLConfig, seed: int, stop: bool, every: int = 0
+               ) -> ValidationCallback:
     stopper = PlateauStopper(cfg.patience, cfg.min_delta) if stop else None
-    return ValidationCallback(task, validation, cfg.eval_every, stopper, _eval_config(cfg, seed))
+    return ValidationCallback(task, validation, every or cfg.eval_every, stopper, _eval_config(cfg, seed))
 
 
 def run_sft(start: Path, out: Path, task, pool: list, validation: list, cfg: SFTThenRLConfig, seed: int,
             bug: str) -> dict:
     """SFT on the pool's expert traces; the validation curve is logged, nothing stops it."""
     pairs = [(p.prompt, task.expert_response(p)) for p in pool]
-    val = _validator(task, validation, cfg, seed, stop=False)
+    val = _validator(task, validation, cfg, seed, stop=False, every=cfg.sft_eval_every)
     res = train(Policy.load(start), "sft", None, SFTSource(pairs, cfg.sft_batch_size, seed),
                 replace(cfg.sft, seed=seed, simulate_bug=bug), out, name=f"SFT[{bug}]" if bug != "none" else "SFT",
                 model_dir=out / "model", callbacks=[val])
@@ -157,11 +192,11 @@ def _check_methods(methods: list[str]) -> list[str]:
 def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | None = None) -> dict:
     out = Path(out)
     methods = _check_methods(list(methods) if methods is not None else list(cfg.methods))
-    task = get_task(cfg.organism.task, cfg.organism.arith)
+    task = organism_task(cfg)
     pool, validation = split_problems(task, cfg)
     claim_folder(out, "experiment-sft-then-rl")
     base = out / "base"
-    build_base_organism(cfg.organism, base)
+    build_organism(cfg, base)
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     probe = _validator(task, validation, cfg, cfg.seed, stop=False)  # its problem list and eval settings
     base_val = evaluate(Policy.load(base), probe.task, probe.config)["accuracy"]
@@ -208,7 +243,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
     summary = build_summary(cfg, seeds, methods, runs, curves, sft_only, base_val, base_test)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "table.md").write_text(markdown_table(summary))
-    plot(curves, out / "accuracy_vs_flops")
+    plot(curves, out / "accuracy_vs_flops", organism_name(cfg))
     return summary
 
 
@@ -216,7 +251,8 @@ def build_summary(cfg: SFTThenRLConfig, seeds: list[int], methods: list[str], ru
                   sft_only: dict, base_val: float, base_test: float) -> dict:
     """The experiment's summary: comparison, per-method runs and intervals, SFT-only accuracies and the
     offload bug's paired difference, every curve, and the config."""
-    summary: dict = {"task": cfg.organism.task, "seeds": seeds, "pool_size": cfg.pool_size,
+    summary: dict = {"task": cfg.organism.task if not cfg.family else cfg.family, "organism": organism_name(cfg),
+                     "seeds": seeds, "pool_size": cfg.pool_size,
                      "n_validation": cfg.n_validation,
                      "stopping_rule": {"patience": cfg.patience, "min_delta": cfg.min_delta,
                                        "eval_every": cfg.eval_every, "cap_steps": cfg.rl.train.max_steps},
@@ -247,13 +283,22 @@ def build_summary(cfg: SFTThenRLConfig, seeds: list[int], methods: list[str], ru
     return summary
 
 
-def plot(curves: dict[str, dict[int, Curve]], stem: Path) -> list[Path]:
+def curves_of(summary: dict) -> dict[str, dict[int, Curve]]:
+    """The validation curves of a summary (``summary.curves``) as :class:`Curve` objects by method and seed."""
+    return {m: {int(s): Curve(tuple(c["flops"]), tuple(c["accuracy"])) for s, c in by_seed.items()}
+            for m, by_seed in summary["curves"].items()}
+
+
+def plot(curves: dict[str, dict[int, Curve]], stem: Path, organism: str = "", formats: tuple[str, ...] | None = None
+         ) -> list[Path]:
     from forklens.report.plots import plot_curves_vs_flops  # matplotlib: loaded only when plotting
 
     series = {m: {s: (list(c.flops), list(c.accuracy)) for s, c in by_seed.items()}
               for m, by_seed in curves.items() if by_seed}
+    where = f" on {organism}" if organism else ""
     return plot_curves_vs_flops(series, stem, ylabel="validation accuracy (greedy)",
-                                title="sft-then-rl: validation accuracy vs cumulative FLOPs (thin: seeds, bold: mean)")
+                                title=f"sft-then-rl{where}: validation accuracy vs FLOPs (thin: seeds, bold: mean)",
+                                **({"formats": formats} if formats else {}))
 
 
 def _ci(iv: dict | None, scale: float = 100.0, fmt: str = ".1f") -> str:

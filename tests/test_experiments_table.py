@@ -19,7 +19,7 @@ def test_experiment_modules_register_no_cli():
 def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
-                          "negation", "teams", "rubrics", "delegation", "skills", "explore"}
+                          "negation", "teams", "rubrics", "delegation", "skills", "explore", "levers-zoo"}
     tm = quick["teams"]
     assert (tm.seeds, tm.rl.steps, tm.eval_samples, tm.organism.pretrain.max_steps) == (1, 2, 3, 40)
     dl = quick["delegation"]
@@ -45,6 +45,8 @@ def test_quick_recipes_are_yaml_with_the_quick_settings():
     lv = quick["levers"]
     assert (lv.seeds, lv.arith_rl.train.max_steps, lv.agent_rl.sampling.prompts_per_step, lv.levers.explore.task_steps,
             lv.eval_agent_problems) == (1, 4, 4, 1, 16)
+    lz = quick["levers-zoo"]
+    assert (lz.seeds, lz.rl.train.max_steps, lz.rl.sampling.group_size, lz.curve_every, lz.eval_problems) == (1, 4, 4, 2, 4)
     rw = quick["rewards"]
     assert (rw.seeds, rw.rl.train.max_steps, rw.rl.sampling.group_size, rw.confidence_m, rw.eval_samples) == (1, 3, 4, 2, 2)
     st = quick["sft-then-rl"]

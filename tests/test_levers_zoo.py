@@ -172,6 +172,15 @@ def test_gains_over_the_base_and_curves_paired_by_seed():
     assert c["per_seed"] == {"0": [0.25, 0.30, 0.40], "1": [0.20, 0.35, 0.50]}
     assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mean"], c["high"]))
     assert set(s["curves"]) == {"grpo"} and "vs_base" not in variant_summary(rows, 0.95)
+    rows["grpo"][0]["train_accuracy"], rows["grpo"][1]["train_accuracy"] = 0.60, 0.40
+    rows["milestones"][0]["train_accuracy"], rows["milestones"][1]["train_accuracy"] = 0.30, 0.30
+    t = variant_summary(rows, 0.95, base={0: 0.25, 1: 0.20}, base_train={0: 0.30, 1: 0.30})
+    # training-question gains: grpo 0.30, 0.10; milestones 0, 0; held-out gains: grpo 0.05, 0.30; milestones -0.05, 0.20
+    assert t["vs_base_train"]["grpo"]["mean"] == pytest.approx(0.20)
+    assert (t["vs_base_train"]["milestones"]["low"], t["vs_base_train"]["milestones"]["high"]) == (0.0, 0.0)
+    assert t["gap"]["grpo"]["mean"] == pytest.approx(((0.30 - 0.05) + (0.10 - 0.30)) / 2)
+    assert t["gap"]["milestones"]["mean"] == pytest.approx(((0 + 0.05) + (0 - 0.20)) / 2)
+    assert t["arms"]["grpo"]["train_accuracy"]["mean"] == pytest.approx(0.50)
     # only the steps every seed reached
     assert curve_summary({0: [[0, 0.1], [5, 0.2]], 1: [[0, 0.3]]}, 0.95)["steps"] == [0]
 
@@ -198,7 +207,7 @@ def test_the_curve_does_not_change_the_training_run(tmp_path, monkeypatch):
     assert all(0.0 <= acc <= 1.0 for _, acc in curved["curve"])
 
 
-def test_levers_zoo_quick_writes_what_the_hops_long_predictions_name(tmp_path, monkeypatch):
+def test_levers_zoo_quick_writes_what_the_hops_predictions_name(tmp_path, monkeypatch):
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
     art_dir = tmp_path / "results" / "hl"
     assert main(["experiment", "levers-zoo", "--quick", "--out", str(tmp_path / "run"), "--set",
@@ -206,5 +215,7 @@ def test_levers_zoo_quick_writes_what_the_hops_long_predictions_name(tmp_path, m
     art = load_artifact(art_dir)
     sparse = art.summary["variants"]["sparse-hops"]
     assert sparse["curves"]["milestones"]["steps"] == [0, 2, 4] and len(sparse["base"]["per_seed"]) == 1
-    for p in load_predictions("results/predictions/levers-agent-horizon-hops-long.yaml").predictions:
-        assert verdict(p, art).outcome in ("supported", "refuted", "inconclusive"), p.id
+    assert len(sparse["base"]["train_per_seed"]) == 1 and {"grpo", "milestones"} <= set(sparse["gap"])
+    for name in ("levers-agent-horizon-hops-long", "levers-agent-horizon-hops-train"):
+        for p in load_predictions(f"results/predictions/{name}.yaml").predictions:
+            assert verdict(p, art).outcome in ("supported", "refuted", "inconclusive"), (name, p.id)

@@ -44,7 +44,11 @@ interval of each arm's gain over its own starting point, paired by seed: whether
 held-out success at all. With ``curve_every = N > 0`` every run is also evaluated on the first
 ``curve_problems`` test questions before training and after every N steps (and the last), and
 ``curves.ARM`` has the mean [CI] over seeds at each of those steps (held-out success during training;
-the evaluation draws from its own seeded generator, so it does not change the training run).
+the evaluation draws from its own seeded generator, so it does not change the training run). With
+``train_eval_problems = N > 0`` the base (per seed) and every trained model are also evaluated on the
+first N *training* questions (``train_accuracy``, ``base.train_per_seed``), ``vs_base_train.ARM`` is
+the gain there and ``gap.ARM`` the training-question gain minus the held-out gain, paired by seed:
+whether what training raised transfers to new questions.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from typing import Any
 from rich.console import Console
 
 from forklens.analysis.curves import bootstrap_ci, paired_difference
-from forklens.analysis.evaluate import EvalConfig
+from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.boundary import AgentRLConfig
@@ -122,6 +126,8 @@ class LeversZooConfig:
                              "(0 = no curve).")
     curve_problems: int = field(25, ge=1, help="Test questions of each curve point (the first N; eval_samples "
                                 "episodes each).")
+    train_eval_problems: int = field(0, ge=0, help="Also evaluate the base and every trained model on the first N "
+                                     "training questions (0 = not).")
     level: float = field(0.95, gt=0, lt=1, help="Bootstrap interval level over seeds.")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/levers-agent-zoo).")
 
@@ -207,6 +213,14 @@ def curve_callback(task, cfg: LeversZooConfig, T: int, seed: int) -> ValidationC
     return ValidationCallback(task, task.problems("test")[: cfg.curve_problems], every=cfg.curve_every, config=ev)
 
 
+def train_split_accuracy(policy, task, cfg: LeversZooConfig, T: int, seed: int) -> float:
+    """pass@1 on the first ``train_eval_problems`` training questions (``eval_samples`` episodes each at
+    temperature 1, sampling seed ``seed``): what training raised on the questions it saw."""
+    ev = EvalConfig(split="train", n=cfg.eval_samples, temperature=1.0, T=T, turn_tokens=cfg.rl.sampling.turn_tokens,
+                    seed=seed, limit=cfg.train_eval_problems)
+    return evaluate(policy, task, ev)["accuracy"]
+
+
 def run_arm(arm: str, base_dir: Path, task, cfg: LeversZooConfig, T: int, reward_flip: float, seed: int,
             work: Path, progress: bool) -> tuple[dict[str, Any], list[dict]]:
     """Train one arm from the base and evaluate it: (the run's numbers, its per-step metrics). With a
@@ -225,16 +239,20 @@ def run_arm(arm: str, base_dir: Path, task, cfg: LeversZooConfig, T: int, reward
            "wall_s": res.wall_s, "steps": res.steps, **train_summary(metrics)}
     if val is not None:
         row["curve"] = [[0, start]] + [[step, acc] for step, _, acc in val.history]
+    if cfg.train_eval_problems:
+        row["train_accuracy"] = train_split_accuracy(policy, task, cfg, T, seed)
     return row, metrics
 
 
 # ------------------------------------------------------------------------------------ aggregation
 
 
-def variant_summary(per_seed: dict[str, dict[int, dict]], level: float,
-                    base: dict[int, float] | None = None) -> dict[str, Any]:
+def variant_summary(per_seed: dict[str, dict[int, dict]], level: float, base: dict[int, float] | None = None,
+                    base_train: dict[int, float] | None = None) -> dict[str, Any]:
     """Per arm: mean [CI] over seeds of every number; paired differences of accuracy to plain GRPO and,
-    given the base's accuracy per seed, to the base (``vs_base``); each arm's curve, when it has one."""
+    given the base's accuracy per seed, to the base (``vs_base``); given the base's training-question
+    accuracy too, the gain on training questions (``vs_base_train``) and its excess over the held-out
+    gain (``gap``); each arm's curve, when it has one."""
     arms: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for arm, rows in per_seed.items():
@@ -254,6 +272,14 @@ def variant_summary(per_seed: dict[str, dict[int, dict]], level: float,
     if base:
         out["vs_base"] = {arm: paired_difference({s: r["accuracy"] for s, r in rows.items()}, base, level,
                                                  resamples=2000).as_dict() for arm, rows in per_seed.items()}
+    if base and base_train:
+        train_gain = {arm: {s: r["train_accuracy"] - base_train[s] for s, r in rows.items()} for arm, rows in
+                      per_seed.items()}
+        test_gain = {arm: {s: r["accuracy"] - base[s] for s, r in rows.items()} for arm, rows in per_seed.items()}
+        out["vs_base_train"] = {arm: bootstrap_ci(list(g.values()), level, resamples=2000).as_dict()
+                                for arm, g in train_gain.items()}
+        out["gap"] = {arm: paired_difference(g, test_gain[arm], level, resamples=2000).as_dict()
+                      for arm, g in train_gain.items()}
     if curves:
         out["curves"] = curves
     return out
@@ -363,18 +389,22 @@ def run_levers_zoo(cfg: LeversZooConfig, out: str | Path, progress: bool = False
         summary["variants"][v] = entry
         per_seed[v] = {}
         base_acc: dict[int, float] = {}
+        base_train: dict[int, float] = {}
         for s in seeds:
             base_acc[s] = base_eval["accuracy"] if s == cfg.seed else evaluate_agent(
                 Policy.load(out / v / "base"), task, cfg.eval_problems, T, cfg.rl.sampling.turn_tokens,
                 cfg.eval_samples, seed=s)["accuracy"]
             entry["base"]["per_seed"] = [base_acc[k] for k in sorted(base_acc)]
             entry["base"]["over_seeds"] = bootstrap_ci(list(base_acc.values()), cfg.level, resamples=2000).as_dict()
+            if cfg.train_eval_problems:
+                base_train[s] = train_split_accuracy(Policy.load(out / v / "base"), task, cfg, T, s)
+                entry["base"]["train_per_seed"] = [base_train[k] for k in sorted(base_train)]
             for arm in plan.arms[v]:
                 console.print(f"{v}/{arm} seed {s}", highlight=False)
                 row, rows = run_arm(arm, out / v / "base", task, cfg, T, flip, s, out / v / f"{arm}-seed{s}", progress)
                 per_seed[v].setdefault(arm, {})[s] = row
                 metrics[f"{v}-{arm}-seed{s}"] = rows
-                entry.update(variant_summary(per_seed[v], cfg.level, base_acc))
+                entry.update(variant_summary(per_seed[v], cfg.level, base_acc, base_train))
                 write()
     write()
     folder = finish_run(summary, out, plot, "lever_gains", cfg.artifact, seeds=seeds, stamp=stamp, metrics=metrics)

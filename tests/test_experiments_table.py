@@ -20,7 +20,7 @@ def test_quick_recipes_are_yaml_with_the_quick_settings():
     quick = {name: load_config(e.config, packaged_config(e.quick)) for name, e in EXPERIMENTS.items() if e.quick}
     assert set(quick) == {"fork-vs-rl", "boundary", "rewards", "levers", "sft-then-rl", "forks", "fpo", "pretraining",
                           "negation", "teams", "rubrics", "delegation", "skills", "explore", "fork-contrast-zoo",
-                          "sft-then-rl-zoo"}
+                          "sft-then-rl-zoo", "levers-zoo"}
     fz = quick["fork-contrast-zoo"]
     assert (fz.run.seeds, fz.run.seed, fz.run.rl.train.max_steps, fz.run.fork.train.max_steps, fz.run.val_problems) == (
         1, 100, 3, 3, 32)
@@ -49,6 +49,8 @@ def test_quick_recipes_are_yaml_with_the_quick_settings():
     lv = quick["levers"]
     assert (lv.seeds, lv.arith_rl.train.max_steps, lv.agent_rl.sampling.prompts_per_step, lv.levers.explore.task_steps,
             lv.eval_agent_problems) == (1, 4, 4, 1, 16)
+    lz = quick["levers-zoo"]
+    assert (lz.seeds, lz.rl.train.max_steps, lz.rl.sampling.group_size, lz.curve_every, lz.eval_problems) == (1, 4, 4, 2, 4)
     rw = quick["rewards"]
     assert (rw.seeds, rw.rl.train.max_steps, rw.rl.sampling.group_size, rw.confidence_m, rw.eval_samples) == (1, 3, 4, 2, 2)
     st = quick["sft-then-rl"]

@@ -7,10 +7,12 @@ import pytest
 
 from forklens.cli import main
 from forklens.errors import ConfigError
-from forklens.experiments.levers_zoo import LeversZooConfig, Plan, arm_source, contrasts, gains, make_plan, variant_summary
+from forklens.experiments.levers_zoo import (LeversZooConfig, Plan, arm_source, contrasts, curve_summary, gains, make_plan,
+                                             run_arm, variant_summary)
 from forklens.organisms import get_family
 from forklens.report.artifacts import load_artifact
 from forklens.report.predictions import load_predictions, verdict
+from forklens.runfolder import claim_folder
 
 
 def _cfg(**kw) -> LeversZooConfig:
@@ -155,3 +157,65 @@ def test_horizon_variant_triples_share_one_base_and_differ_in_their_splits(names
     assert got[sparse][:2] == got[noisy][:2] and got[sparse][0] <= long_depths and got[sparse][1] <= long_depths
     assert got[dense][0] <= short_depths and got[dense][1] <= short_depths
     assert [got[v][2] for v in names] == [0.0, 0.2, 0.0]
+
+
+def test_gains_over_the_base_and_curves_paired_by_seed():
+    rows = {"grpo": {0: {"accuracy": 0.30, "curve": [[0, 0.25], [10, 0.30], [20, 0.40]]},
+                     1: {"accuracy": 0.50, "curve": [[0, 0.20], [10, 0.35], [20, 0.50]]}},
+            "milestones": {0: {"accuracy": 0.20}, 1: {"accuracy": 0.40}}}  # no curve: none summarised
+    s = variant_summary(rows, 0.95, base={0: 0.25, 1: 0.20})
+    assert s["vs_base"]["grpo"]["mean"] == pytest.approx((0.05 + 0.30) / 2)
+    assert (s["vs_base"]["milestones"]["low"], s["vs_base"]["milestones"]["high"]) == pytest.approx((-0.05, 0.20))
+    assert "curve" not in s["arms"]["grpo"] and set(s["arms"]["grpo"]["per_seed"]) == {"accuracy"}
+    c = s["curves"]["grpo"]
+    assert c["steps"] == [0, 10, 20] and c["mean"] == pytest.approx([0.225, 0.325, 0.45])
+    assert c["per_seed"] == {"0": [0.25, 0.30, 0.40], "1": [0.20, 0.35, 0.50]}
+    assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mean"], c["high"]))
+    assert set(s["curves"]) == {"grpo"} and "vs_base" not in variant_summary(rows, 0.95)
+    rows["grpo"][0]["train_accuracy"], rows["grpo"][1]["train_accuracy"] = 0.60, 0.40
+    rows["milestones"][0]["train_accuracy"], rows["milestones"][1]["train_accuracy"] = 0.30, 0.30
+    t = variant_summary(rows, 0.95, base={0: 0.25, 1: 0.20}, base_train={0: 0.30, 1: 0.30})
+    # training-question gains: grpo 0.30, 0.10; milestones 0, 0; held-out gains: grpo 0.05, 0.30; milestones -0.05, 0.20
+    assert t["vs_base_train"]["grpo"]["mean"] == pytest.approx(0.20)
+    assert (t["vs_base_train"]["milestones"]["low"], t["vs_base_train"]["milestones"]["high"]) == (0.0, 0.0)
+    assert t["gap"]["grpo"]["mean"] == pytest.approx(((0.30 - 0.05) + (0.10 - 0.30)) / 2)
+    assert t["gap"]["milestones"]["mean"] == pytest.approx(((0 + 0.05) + (0 - 0.20)) / 2)
+    assert t["arms"]["grpo"]["train_accuracy"]["mean"] == pytest.approx(0.50)
+    # only the steps every seed reached
+    assert curve_summary({0: [[0, 0.1], [5, 0.2]], 1: [[0, 0.3]]}, 0.95)["steps"] == [0]
+
+
+def test_the_curve_does_not_change_the_training_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    fam = get_family("agent-horizon")
+    org = fam.variant_config("sparse-hops", overrides=["model.hidden_size=32", "model.intermediate_size=64",
+                                                       "model.num_hidden_layers=1", "pretrain.max_steps=3",
+                                                       "agent.n_train=8", "agent.n_test=3"])
+    task = fam.task(org)
+    run = tmp_path / "run"
+    claim_folder(run, "experiment-levers-zoo")  # run_arm clears its work folder: one forklens owns
+    fam.build(org, run / "base", progress=False)
+    cfg = LeversZooConfig(eval_problems=3, eval_samples=2, curve_problems=2)
+    cfg.rl.train.max_steps, cfg.rl.sampling.prompts_per_step, cfg.rl.sampling.group_size = 3, 2, 2
+    plain, m_plain = run_arm("milestones", run / "base", task, cfg, 4, 0.0, 1, run / "a", False)
+    cfg.curve_every = 2
+    curved, m_curved = run_arm("milestones", run / "base", task, cfg, 4, 0.0, 1, run / "b", False)
+    assert "curve" not in plain and [step for step, _ in curved["curve"]] == [0, 2, 3]  # 0, every 2, the last
+    assert curved["accuracy"] == plain["accuracy"] and curved["flops"] == plain["flops"]
+    assert [m["reward_mean"] for m in m_curved] == [m["reward_mean"] for m in m_plain]
+    assert [m["step"] for m in m_curved if "val/accuracy" in m] == [2, 3]
+    assert all(0.0 <= acc <= 1.0 for _, acc in curved["curve"])
+
+
+def test_levers_zoo_quick_writes_what_the_hops_predictions_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    art_dir = tmp_path / "results" / "hl"
+    assert main(["experiment", "levers-zoo", "--quick", "--out", str(tmp_path / "run"), "--set",
+                 "artifact=" + str(art_dir)]) == 0
+    art = load_artifact(art_dir)
+    sparse = art.summary["variants"]["sparse-hops"]
+    assert sparse["curves"]["milestones"]["steps"] == [0, 2, 4] and len(sparse["base"]["per_seed"]) == 1
+    assert len(sparse["base"]["train_per_seed"]) == 1 and {"grpo", "milestones"} <= set(sparse["gap"])
+    for name in ("levers-agent-horizon-hops-long", "levers-agent-horizon-hops-train"):
+        for p in load_predictions(f"results/predictions/{name}.yaml").predictions:
+            assert verdict(p, art).outcome in ("supported", "refuted", "inconclusive"), (name, p.id)

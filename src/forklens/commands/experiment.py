@@ -111,7 +111,9 @@ EXPERIMENTS: dict[str, Experiment] = {
         _print_table(levers_zoo.markdown_table, " and lever_gains.png"),
         help="Plain GRPO vs milestones / SNR filter / ECHO on agent-horizon and agent-tools variants (E008, E010, "
         "E084), precondition vs control, over seeds.",
-        description=(levers_zoo.__doc__ or "").split("\n\n")[0], out="runs/levers-zoo", seeds=True, progress="off"),
+        description=(levers_zoo.__doc__ or "").split("\n\n")[0], out="runs/levers-zoo", quick="levers-zoo-quick",
+        quick_help="milestones on sparse-hops / dense-hops at plumbing size, 4 steps, one seed", seeds=True,
+        progress="off"),
     "forks": Experiment(
         forks.ForksConfig,
         lambda cfg, a: forks.run_forks(cfg, a.out, use_cache=not a.no_cache, progress=a.progress),

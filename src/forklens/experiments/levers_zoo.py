@@ -38,7 +38,17 @@ per question at temperature 1, sampling seed = the RL seed (so arms are paired b
 Per variant the summary has ``arms.ARM`` (mean [CI] over seeds and per-seed values),
 ``paired.[ARM-grpo]`` (the bootstrap interval of the per-seed difference to plain GRPO) and the base's
 pass@1 (the precondition: sparse success where it should be sparse); ``contrast.[LEVER-grpo]`` is
-precondition minus control of that difference, paired by seed, for each ``contrasts`` entry.
+precondition minus control of that difference, paired by seed, for each ``contrasts`` entry. The base
+is also evaluated with every RL seed's sampling seed (``base.per_seed``), so ``vs_base.ARM`` is the
+interval of each arm's gain over its own starting point, paired by seed: whether training moved
+held-out success at all. With ``curve_every = N > 0`` every run is also evaluated on the first
+``curve_problems`` test questions before training and after every N steps (and the last), and
+``curves.ARM`` has the mean [CI] over seeds at each of those steps (held-out success during training;
+the evaluation draws from its own seeded generator, so it does not change the training run). With
+``train_eval_problems = N > 0`` the base (per seed) and every trained model are also evaluated on the
+first N *training* questions (``train_accuracy``, ``base.train_per_seed``), ``vs_base_train.ARM`` is
+the gain there and ``gap.ARM`` the training-question gain minus the held-out gain, paired by seed:
+whether what training raised transfers to new questions.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from typing import Any
 from rich.console import Console
 
 from forklens.analysis.curves import bootstrap_ci, paired_difference
+from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.config import field
 from forklens.errors import ConfigError
 from forklens.experiments.boundary import AgentRLConfig
@@ -66,6 +77,7 @@ from forklens.runfolder import claim_folder, owned_rmtree
 from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import grpo_loss, train
 from forklens.train.sources import GRPOSource, verifier_reward
+from forklens.train.validation import ValidationCallback
 
 console = Console(stderr=True)
 ARMS = ("grpo", "milestones", "snr", "echo")
@@ -110,6 +122,12 @@ class LeversZooConfig:
     milestone_gamma: float = field(1.0, gt=0, le=1, help="Discount of the milestone shaping.")
     eval_samples: int = field(4, ge=1, help="Episodes per test question at temperature 1 (pass@1 = their mean).")
     eval_problems: int = field(50, ge=0, help="Held-out test questions: the first N (0 = the whole test split).")
+    curve_every: int = field(0, ge=0, help="Also evaluate held-out pass@1 before training and every N steps "
+                             "(0 = no curve).")
+    curve_problems: int = field(25, ge=1, help="Test questions of each curve point (the first N; eval_samples "
+                                "episodes each).")
+    train_eval_problems: int = field(0, ge=0, help="Also evaluate the base and every trained model on the first N "
+                                     "training questions (0 = not).")
     level: float = field(0.95, gt=0, lt=1, help="Bootstrap interval level over seeds.")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/levers-agent-zoo).")
 
@@ -186,39 +204,94 @@ def arm_source(arm: str, task, cfg: LeversZooConfig, T: int, reward_flip: float,
     return loss, GRPOSource(task, task.problems("train"), sampling, reward_fns=fns, seed=seed)
 
 
+def curve_callback(task, cfg: LeversZooConfig, T: int, seed: int) -> ValidationCallback | None:
+    """Held-out pass@1 on the first ``curve_problems`` test questions every ``curve_every`` steps (sampled
+    at temperature 1 with the run's seed, as the final evaluation), or None when ``curve_every`` is 0."""
+    if not cfg.curve_every:
+        return None
+    ev = EvalConfig(n=cfg.eval_samples, temperature=1.0, T=T, turn_tokens=cfg.rl.sampling.turn_tokens, seed=seed)
+    return ValidationCallback(task, task.problems("test")[: cfg.curve_problems], every=cfg.curve_every, config=ev)
+
+
+def train_split_accuracy(policy, task, cfg: LeversZooConfig, T: int, seed: int) -> float:
+    """pass@1 on the first ``train_eval_problems`` training questions (``eval_samples`` episodes each at
+    temperature 1, sampling seed ``seed``): what training raised on the questions it saw."""
+    ev = EvalConfig(split="train", n=cfg.eval_samples, temperature=1.0, T=T, turn_tokens=cfg.rl.sampling.turn_tokens,
+                    seed=seed, limit=cfg.train_eval_problems)
+    return evaluate(policy, task, ev)["accuracy"]
+
+
 def run_arm(arm: str, base_dir: Path, task, cfg: LeversZooConfig, T: int, reward_flip: float, seed: int,
             work: Path, progress: bool) -> tuple[dict[str, Any], list[dict]]:
-    """Train one arm from the base and evaluate it: (the run's numbers, its per-step metrics)."""
+    """Train one arm from the base and evaluate it: (the run's numbers, its per-step metrics). With a
+    curve the numbers also have ``curve``: ``[[step, pass@1], ...]`` from step 0 (the base)."""
     owned_rmtree(work)
     policy = Policy.load(base_dir)
     loss, source = arm_source(arm, task, cfg, T, reward_flip, seed)
+    val = curve_callback(task, cfg, T, seed)
+    start = val.accuracy(policy) if val is not None else None
     res = train(policy, "grpo", loss, source, replace(cfg.rl.train, seed=seed, save_every=0), work,
-                name=f"{arm} seed {seed}", progress=progress)
+                name=f"{arm} seed {seed}", progress=progress, callbacks=[val] if val is not None else None)
     owned_rmtree(work / "checkpoints")
     metrics = read_metrics(res.metrics_file)
     ev = evaluate_agent(policy, task, cfg.eval_problems, T, cfg.rl.sampling.turn_tokens, cfg.eval_samples, seed=seed)
-    return {"accuracy": ev["accuracy"], "tool_calls_mean": ev["tool_calls_mean"], "flops": res.flops,
-            "wall_s": res.wall_s, "steps": res.steps, **train_summary(metrics)}, metrics
+    row = {"accuracy": ev["accuracy"], "tool_calls_mean": ev["tool_calls_mean"], "flops": res.flops,
+           "wall_s": res.wall_s, "steps": res.steps, **train_summary(metrics)}
+    if val is not None:
+        row["curve"] = [[0, start]] + [[step, acc] for step, _, acc in val.history]
+    if cfg.train_eval_problems:
+        row["train_accuracy"] = train_split_accuracy(policy, task, cfg, T, seed)
+    return row, metrics
 
 
 # ------------------------------------------------------------------------------------ aggregation
 
 
-def variant_summary(per_seed: dict[str, dict[int, dict]], level: float) -> dict[str, Any]:
-    """Per arm: mean [CI] over seeds of every number; paired differences of accuracy to plain GRPO."""
+def variant_summary(per_seed: dict[str, dict[int, dict]], level: float, base: dict[int, float] | None = None,
+                    base_train: dict[int, float] | None = None) -> dict[str, Any]:
+    """Per arm: mean [CI] over seeds of every number; paired differences of accuracy to plain GRPO and,
+    given the base's accuracy per seed, to the base (``vs_base``); given the base's training-question
+    accuracy too, the gain on training questions (``vs_base_train``) and its excess over the held-out
+    gain (``gap``); each arm's curve, when it has one."""
     arms: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
     for arm, rows in per_seed.items():
         seeds = sorted(rows)
-        keys = [k for k in rows[seeds[0]] if all(k in rows[s] for s in seeds)]
+        keys = [k for k in rows[seeds[0]] if k != "curve" and all(k in rows[s] for s in seeds)]
         arms[arm] = {"per_seed": {k: [rows[s][k] for s in seeds] for k in keys},
                      **{k: bootstrap_ci([rows[s][k] for s in seeds], level, resamples=2000).as_dict() for k in keys}}
+        if all("curve" in rows[s] for s in seeds):
+            curves[arm] = curve_summary({s: rows[s]["curve"] for s in seeds}, level)
     paired = {}
     ref = {s: r["accuracy"] for s, r in per_seed.get(REFERENCE, {}).items()}
     for arm, rows in per_seed.items():
         if arm != REFERENCE and ref:
             paired[f"{arm}-{REFERENCE}"] = paired_difference({s: r["accuracy"] for s, r in rows.items()}, ref, level,
                                                              resamples=2000).as_dict()
-    return {"arms": arms, "paired": paired}
+    out: dict[str, Any] = {"arms": arms, "paired": paired}
+    if base:
+        out["vs_base"] = {arm: paired_difference({s: r["accuracy"] for s, r in rows.items()}, base, level,
+                                                 resamples=2000).as_dict() for arm, rows in per_seed.items()}
+    if base and base_train:
+        train_gain = {arm: {s: r["train_accuracy"] - base_train[s] for s, r in rows.items()} for arm, rows in
+                      per_seed.items()}
+        test_gain = {arm: {s: r["accuracy"] - base[s] for s, r in rows.items()} for arm, rows in per_seed.items()}
+        out["vs_base_train"] = {arm: bootstrap_ci(list(g.values()), level, resamples=2000).as_dict()
+                                for arm, g in train_gain.items()}
+        out["gap"] = {arm: paired_difference(g, test_gain[arm], level, resamples=2000).as_dict()
+                      for arm, g in train_gain.items()}
+    if curves:
+        out["curves"] = curves
+    return out
+
+
+def curve_summary(by_seed: dict[int, list[list[float]]], level: float) -> dict[str, Any]:
+    """``{"steps", "mean", "low", "high", "per_seed"}`` of held-out pass@1 at the steps every seed has."""
+    steps = sorted(set.intersection(*({int(st) for st, _ in c} for c in by_seed.values())))
+    at = {s: {int(st): acc for st, acc in c} for s, c in by_seed.items()}
+    ivs = [bootstrap_ci([at[s][st] for s in sorted(at)], level, resamples=2000) for st in steps]
+    return {"steps": steps, "mean": [iv.mean for iv in ivs], "low": [iv.low for iv in ivs],
+            "high": [iv.high for iv in ivs], "per_seed": {str(s): [at[s][st] for st in steps] for s in sorted(at)}}
 
 
 def gains(per_seed: dict[str, dict[int, dict]], lever: str) -> dict[int, float]:
@@ -239,10 +312,16 @@ def contrasts(plan: Plan, per_seed: dict[str, dict[str, dict[int, dict]]], level
 
 
 def plot(summary: dict, stem: Path) -> list[Path]:
-    """Each lever's paired gain over plain GRPO per variant, mean and interval."""
+    """Each lever's paired gain over plain GRPO per variant, mean and interval; with curves, a second
+    panel of held-out pass@1 over training steps per variant and arm."""
     from forklens.report.plots import new_figure, save_figure  # matplotlib: loaded only when plotting
 
-    fig, ax = new_figure(8.0, 4.0)
+    curves = {(v, arm): c for v, s in summary["variants"].items() for arm, c in s.get("curves", {}).items()}
+    fig, ax = new_figure(8.0, 7.5 if curves else 4.0)
+    if curves:
+        grid = fig.add_gridspec(2, 1)
+        ax.set_subplotspec(grid[0])
+        _plot_curves(fig.add_subplot(grid[1]), curves)
     labels, means, lows, highs = [], [], [], []
     for v, s in summary["variants"].items():
         for key, iv in s["paired"].items():
@@ -256,6 +335,18 @@ def plot(summary: dict, stem: Path) -> list[Path]:
     ax.set_ylabel("held-out pass@1, lever - GRPO (points)")
     ax.set_title("Lever minus plain GRPO, paired by seed (mean, 95% bootstrap CI)", fontsize=9)
     return save_figure(fig, stem)
+
+
+def _plot_curves(ax, curves: dict[tuple[str, str], dict]) -> None:
+    for (v, arm), c in curves.items():
+        line = ax.plot(c["steps"], [100 * m for m in c["mean"]], marker="o", label=f"{v} {arm}")[0]
+        ax.fill_between(c["steps"], [100 * x for x in c["low"]], [100 * x for x in c["high"]], alpha=0.15,
+                        color=line.get_color())
+    ax.grid(True, alpha=0.3)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("held-out pass@1 (%)")
+    ax.set_title("Held-out pass@1 during training (curve questions; mean, 95% bootstrap CI over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 # ------------------------------------------------------------------------------------ the experiment
@@ -297,13 +388,23 @@ def run_levers_zoo(cfg: LeversZooConfig, out: str | Path, progress: bool = False
                  "test": {"questions": base_eval["problems"] // cfg.eval_samples, "samples": cfg.eval_samples}}
         summary["variants"][v] = entry
         per_seed[v] = {}
+        base_acc: dict[int, float] = {}
+        base_train: dict[int, float] = {}
         for s in seeds:
+            base_acc[s] = base_eval["accuracy"] if s == cfg.seed else evaluate_agent(
+                Policy.load(out / v / "base"), task, cfg.eval_problems, T, cfg.rl.sampling.turn_tokens,
+                cfg.eval_samples, seed=s)["accuracy"]
+            entry["base"]["per_seed"] = [base_acc[k] for k in sorted(base_acc)]
+            entry["base"]["over_seeds"] = bootstrap_ci(list(base_acc.values()), cfg.level, resamples=2000).as_dict()
+            if cfg.train_eval_problems:
+                base_train[s] = train_split_accuracy(Policy.load(out / v / "base"), task, cfg, T, s)
+                entry["base"]["train_per_seed"] = [base_train[k] for k in sorted(base_train)]
             for arm in plan.arms[v]:
                 console.print(f"{v}/{arm} seed {s}", highlight=False)
                 row, rows = run_arm(arm, out / v / "base", task, cfg, T, flip, s, out / v / f"{arm}-seed{s}", progress)
                 per_seed[v].setdefault(arm, {})[s] = row
                 metrics[f"{v}-{arm}-seed{s}"] = rows
-                entry.update(variant_summary(per_seed[v], cfg.level))
+                entry.update(variant_summary(per_seed[v], cfg.level, base_acc, base_train))
                 write()
     write()
     folder = finish_run(summary, out, plot, "lever_gains", cfg.artifact, seeds=seeds, stamp=stamp, metrics=metrics)

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from forklens.errors import ConfigError
-from forklens.experiments.forks import METRICS, ForksConfig, OffsetTask, aggregate, recovered, run_forks, variant_config
+from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, grpo_rewards, recovered, run_forks,
+                                       variant_config)
 from forklens.organisms import get_family
 from forklens.tasks.addv import AddvConfig, AddvTask
+from forklens.tasks.arith import ArithTask
 
 
 def test_variant_config_applies_family_then_variant_overrides():
@@ -77,3 +79,21 @@ def test_run_forks_with_an_offset_uses_the_later_problems(tmp_path, monkeypatch)
     rows = (tmp_path / "run" / "negctl-same-notation" / "seed-7" / "diff" / "responses.jsonl").read_text()
     assert [json.loads(line)["prompt_id"] for line in rows.splitlines()] == \
         [p.id for p in task.problems("test")[190:192]]
+
+
+def test_grpo_rewards_digits_scores_answers_and_logs_the_verifier(tmp_path):
+    task = AddvTask(AddvConfig(n_test=20))
+    assert grpo_rewards("verifier", task) == {}
+    kw = grpo_rewards("digits", OffsetTask(task, 5))
+    digits, verifier = kw["reward_fns"]
+    assert kw["reward_weights"] == [1.0, 0.0]
+    p = task.problems("test")[0]
+    wrong = str(int(p.answer) + 1)
+    texts = [task.expert_response(p), f"A={wrong}", "A="]
+    assert digits([p.prompt] * 3, texts, problem=[p] * 3) == [1.0, task.digit_reward(p, texts[1]), 0.0]
+    assert 0 < digits([p.prompt], texts[1:2], problem=[p])[0] < 1
+    assert verifier([p.prompt] * 3, texts, problem=[p] * 3) == [1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="no per-digit reward"):
+        grpo_rewards("digits", ArithTask())
+    with pytest.raises(ConfigError, match="reward"):
+        run_forks(ForksConfig(variants=["arith/planted"], reward="digits"), tmp_path / "run", progress=False)

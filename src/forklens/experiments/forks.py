@@ -106,6 +106,10 @@ class ForksConfig:
         "verifier", help="GRPO's outcome reward: the task's 0/1 verifier, or (addv only) the share of the answer's "
         "digits that are right (digit_reward; 1 only for the exact answer). With digits, the verifier is logged "
         "beside it at weight 0 (reward/<task>_verifier in the metrics).")
+    train_on: Literal["all", "base-wrong"] = field(
+        "all", help="GRPO's training problems: the whole training split, or only those the base answers wrong "
+        "greedily (offline difficulty filtering; the base is evaluated once per variant on the training split). "
+        "SFT-tuned (negctl) variants ignore it.")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/forks).")
 
 
@@ -187,6 +191,22 @@ def aggregate(records: list[dict]) -> dict:
     return out
 
 
+def grpo_problems(train_on: str, base, task, mnt: int) -> tuple[list | None, dict]:
+    """(GRPO's training problems, what was chosen) for :attr:`ForksConfig.train_on`: None (the task's training
+    split) for ``all``; for ``base-wrong`` the training problems whose greedy base answer is wrong."""
+    if train_on == "all":
+        return None, {"train_on": "all"}
+    if train_on != "base-wrong":
+        raise ConfigError(f"train_on: {train_on!r} is not all or base-wrong")
+    train = task.problems("train")
+    ev = evaluate(base, task, EvalConfig(split="train", max_new_tokens=mnt))
+    wrong = [p for p, r in zip(train, ev["per_problem"]) if r["correct"] == 0]
+    if not wrong:
+        raise ConfigError("train_on=base-wrong: the base answers every training problem right; nothing to train on")
+    return wrong, {"train_on": "base-wrong", "train_problems": len(train), "kept": len(wrong),
+                   "base_train_accuracy": ev["accuracy"]}
+
+
 def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
     out = Path(out)
     claim_folder(out, "experiment-forks")
@@ -227,6 +247,8 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
 
         rl = replace(cfg.rl, sampling=replace(cfg.rl.sampling, max_new_tokens=mnt))
         per_seed = []
+        train_probs, train_info = (None, {}) if family.name == "negctl" else \
+            grpo_problems(cfg.train_on, base, task, mnt)
         for s in seeds:
             sd = vdir / f"seed-{s}"
             console.rule(f"[bold]{key}: seed {s}")
@@ -238,7 +260,7 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
             else:
                 owned_rmtree(sd / "train")
                 info = run_grpo(vdir / "base", task, rl, sd / "train", seed=s, progress=progress, model_dir=tuned_dir,
-                                **grpo_rewards(cfg.reward, task))
+                                problems=train_probs, **grpo_rewards(cfg.reward, task))
                 metrics_files[f"{family.name}-{vname}_seed-{s}"] = sd / "train" / "metrics.jsonl"
                 how = "grpo"
             tuned = Policy.load(tuned_dir)
@@ -263,6 +285,7 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                           f"{forks['n_disagreement']} disagreements, in top-{cfg.top_k}: {forks['share_in_topk']}, "
                           f"oracle recovered {inter['gain_recovered'].get('oracle')}", highlight=False)
             summary["variants"][key] = _variant_summary(family, vname, base_acc, base_info, mnt, per_seed)
+            summary["variants"][key]["grpo_problems"] = train_info
             _write(out, summary, t_start)
         # after every variant: the plot and (with `artifact`) the stamped artifact so far, so a run cut
         # short still leaves the finished variants behind

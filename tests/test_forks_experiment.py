@@ -11,6 +11,7 @@ from forklens.errors import ConfigError
 from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, grpo_problems, grpo_rewards, recovered,
                                        run_forks, variant_config)
 from forklens.organisms import get_family
+from forklens.organisms.zoo import Variant
 from forklens.tasks.addv import AddvConfig, AddvTask
 from forklens.tasks.arith import ArithTask
 
@@ -119,8 +120,11 @@ def test_grpo_problems_keeps_the_training_problems_the_base_gets_wrong(monkeypat
 
 def test_run_forks_digits_reward_on_base_wrong_problems_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    # a tiny stand-in for the variant (its own 240 pretraining steps would win over a family override)
+    monkeypatch.setitem(get_family("addv").variants, "undertrained-mid",
+                        Variant("precondition", "tiny stand-in", overrides=("pretrain.max_steps=5",)))
     tiny = ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
-            "addv:model.num_attention_heads=2", "addv:pretrain.max_steps=5"]
+            "addv:model.num_attention_heads=2"]
     cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=1, seed=3, eval_problems=4,
                       diff_prompts=2, intervene_problems=3, reward="digits", train_on="base-wrong")
     cfg.rl.train.max_steps, cfg.rl.train.mini_batches = 2, 2

@@ -9,7 +9,7 @@ import pytest
 from forklens.errors import ConfigError
 from forklens.organisms import get_family
 from forklens.tasks import get_task
-from forklens.tasks.addv import AddvConfig, AddvTask, gold_trace, n_carries
+from forklens.tasks.addv import AddvConfig, AddvTask, digit_match, gold_trace, n_carries
 from forklens.tasks.arith_notation import NotationArithTask, to_letters
 
 
@@ -17,6 +17,21 @@ def test_gold_trace_unpadded_and_correct():
     assert gold_trace(4739, 85) == "9+5+0=14;3+8+1=12;7+0+1=08;4+0+0=04;A=4824"
     assert gold_trace(5, 7) == "5+7+0=12;A=12"
     assert n_carries(4739, 85) == 2 and n_carries(5, 7) == 1 and n_carries(123, 456) == 0
+
+
+def test_digit_match_is_dense_and_exact_only_at_the_answer():
+    assert digit_match("4824", "4824") == 1.0 and digit_match("04824", "4824") == 1.0
+    assert digit_match("4834", "4824") == 0.75  # one wrong digit of four
+    assert digit_match("824", "4824") == 0.75 and digit_match("14824", "4824") == 0.8  # a missing / extra digit
+    assert digit_match("1111", "4824") == 0.0 and digit_match("0", "0") == 1.0
+    with pytest.raises(ValueError, match="non-negative integers"):
+        digit_match("-3", "3")
+    t = AddvTask(AddvConfig(n_test=20))
+    p = t.problems("test")[0]
+    assert t.digit_reward(p, t.expert_response(p)) == 1.0 == t.verify(p, t.expert_response(p))
+    assert t.digit_reward(p, "no answer") == 0.0
+    wrong = str(int(p.answer) + 1)
+    assert t.verify(p, f"A={wrong}") == 0.0 < t.digit_reward(p, f"A={wrong}") == digit_match(wrong, p.answer) < 1.0
 
 
 def test_lengths_splits_and_verifier():

@@ -6,10 +6,14 @@ import json
 
 import pytest
 
+import forklens.experiments.forks as forks_mod
 from forklens.errors import ConfigError
-from forklens.experiments.forks import METRICS, ForksConfig, OffsetTask, aggregate, recovered, run_forks, variant_config
+from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, grpo_problems, grpo_rewards, recovered,
+                                       run_forks, variant_config)
 from forklens.organisms import get_family
+from forklens.organisms.zoo import Variant
 from forklens.tasks.addv import AddvConfig, AddvTask
+from forklens.tasks.arith import ArithTask
 
 
 def test_variant_config_applies_family_then_variant_overrides():
@@ -77,3 +81,60 @@ def test_run_forks_with_an_offset_uses_the_later_problems(tmp_path, monkeypatch)
     rows = (tmp_path / "run" / "negctl-same-notation" / "seed-7" / "diff" / "responses.jsonl").read_text()
     assert [json.loads(line)["prompt_id"] for line in rows.splitlines()] == \
         [p.id for p in task.problems("test")[190:192]]
+
+
+def test_grpo_rewards_digits_scores_answers_and_logs_the_verifier(tmp_path):
+    task = AddvTask(AddvConfig(n_test=20))
+    assert grpo_rewards("verifier", task) == {}
+    kw = grpo_rewards("digits", OffsetTask(task, 5))
+    digits, verifier = kw["reward_fns"]
+    assert kw["reward_weights"] == [1.0, 0.0]
+    p = task.problems("test")[0]
+    wrong = str(int(p.answer) + 1)
+    texts = [task.expert_response(p), f"A={wrong}", "A="]
+    assert digits([p.prompt] * 3, texts, problem=[p] * 3) == [1.0, task.digit_reward(p, texts[1]), 0.0]
+    assert 0 < digits([p.prompt], texts[1:2], problem=[p])[0] < 1
+    assert verifier([p.prompt] * 3, texts, problem=[p] * 3) == [1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="no per-digit reward"):
+        grpo_rewards("digits", ArithTask())
+    with pytest.raises(ConfigError, match="reward"):
+        run_forks(ForksConfig(variants=["arith/planted"], reward="digits"), tmp_path / "run", progress=False)
+
+
+def test_grpo_problems_keeps_the_training_problems_the_base_gets_wrong(monkeypatch):
+    task = AddvTask(AddvConfig(max_digits=2))
+    train = task.problems("train")
+    assert grpo_problems("all", None, task, 20) == (None, {"train_on": "all"})
+    monkeypatch.setattr(forks_mod, "evaluate", lambda base, t, ev: {
+        "accuracy": 0.5, "per_problem": [{"correct": i % 2} for i in range(len(train))]})
+    kept, info = grpo_problems("base-wrong", None, task, 20)
+    assert [p.id for p in kept] == [p.id for p in train[::2]]
+    assert info == {"train_on": "base-wrong", "train_problems": len(train), "kept": len(kept), "base_train_accuracy": 0.5}
+    monkeypatch.setattr(forks_mod, "evaluate", lambda base, t, ev: {
+        "accuracy": 1.0, "per_problem": [{"correct": 1}] * len(train)})
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        grpo_problems("base-wrong", None, task, 20)
+    with pytest.raises(ConfigError, match="train_on"):
+        grpo_problems("hard", None, task, 20)
+
+
+def test_run_forks_digits_reward_on_base_wrong_problems_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    # a tiny stand-in for the variant (its own 240 pretraining steps would win over a family override)
+    monkeypatch.setitem(get_family("addv").variants, "undertrained-mid",
+                        Variant("precondition", "tiny stand-in", overrides=("pretrain.max_steps=5",)))
+    tiny = ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
+            "addv:model.num_attention_heads=2"]
+    cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=1, seed=3, eval_problems=4,
+                      diff_prompts=2, intervene_problems=3, reward="digits", train_on="base-wrong")
+    cfg.rl.train.max_steps, cfg.rl.train.mini_batches = 2, 2
+    cfg.rl.sampling.prompts_per_step, cfg.rl.sampling.group_size = 2, 4
+    v = run_forks(cfg, tmp_path / "run", progress=False)["variants"]["addv/undertrained-mid"]
+    _, _, vcfg = variant_config("addv/undertrained-mid", tiny)
+    n_train = len(get_family("addv").task(vcfg).problems("train"))
+    picked = v["grpo_problems"]
+    assert picked["train_on"] == "base-wrong" and picked["train_problems"] == n_train
+    assert picked["kept"] == round(n_train * (1 - picked["base_train_accuracy"]))
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "addv-undertrained-mid" / "seed-3" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0 <= r["reward/addv_verifier"] <= r["reward_mean"] <= 1 for r in rows)

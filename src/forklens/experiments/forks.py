@@ -29,6 +29,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 
@@ -44,10 +45,11 @@ from forklens.organisms.negctl import tune_negctl
 from forklens.policy import Policy
 from forklens.report.artifacts import make_stamp, plots_dir, write_artifact
 from forklens.report.plots import plot_rank_distribution
+from forklens.rewards import as_problem, texts_of
 from forklens.runfolder import claim_folder, owned_rmtree
 from forklens.train.loop import TrainConfig, read_metrics
 from forklens.train.run import RLConfig, run_grpo
-from forklens.train.sources import SamplingConfig
+from forklens.train.sources import SamplingConfig, verifier_reward
 
 console = Console(stderr=True)
 
@@ -100,7 +102,31 @@ class ForksConfig:
     token_margin: int = field(8, ge=0, help="Max new tokens = longest gold test trace + this.")
     problem_offset: int = field(0, ge=0, help="Held-out test problems start at this index for accuracy, diff and "
                                 "intervention (a pilot on problems a measured run with offset 0 does not use).")
+    reward: Literal["verifier", "digits"] = field(
+        "verifier", help="GRPO's outcome reward: the task's 0/1 verifier, or (addv only) the share of the answer's "
+        "digits that are right (digit_reward; 1 only for the exact answer). With digits, the verifier is logged "
+        "beside it at weight 0 (reward/<task>_verifier in the metrics).")
+    train_on: Literal["all", "base-wrong"] = field(
+        "all", help="GRPO's training problems: the whole training split, or only those the base answers wrong "
+        "greedily (offline difficulty filtering; the base is evaluated once per variant on the training split). "
+        "SFT-tuned (negctl) variants ignore it.")
     artifact: str = field("", help="Also write a stamped artifact folder here (e.g. results/forks).")
+
+
+def grpo_rewards(reward: str, task) -> dict:
+    """``run_grpo`` keyword arguments for the reward named by :attr:`ForksConfig.reward` (none: the verifier)."""
+    if reward == "verifier":
+        return {}
+    if reward != "digits":
+        raise ConfigError(f"reward: {reward!r} is not verifier or digits")
+    score = getattr(task, "digit_reward", None)
+    if score is None:
+        raise ConfigError(f"reward=digits: task {task.name!r} has no per-digit reward (addv has one)")
+
+    def digits(prompts, completions, problem, **_):
+        return [score(as_problem(p), c) for p, c in zip(problem, texts_of(completions))]
+    digits.__name__ = f"{task.name}_digits"
+    return {"reward_fns": [digits, verifier_reward(task)], "reward_weights": [1.0, 0.0]}
 
 
 def variant_config(spec: str, family_overrides: list[str]):
@@ -165,11 +191,30 @@ def aggregate(records: list[dict]) -> dict:
     return out
 
 
+def grpo_problems(train_on: str, base, task, mnt: int) -> tuple[list | None, dict]:
+    """(GRPO's training problems, what was chosen) for :attr:`ForksConfig.train_on`: None (the task's training
+    split) for ``all``; for ``base-wrong`` the training problems whose greedy base answer is wrong."""
+    if train_on == "all":
+        return None, {"train_on": "all"}
+    if train_on != "base-wrong":
+        raise ConfigError(f"train_on: {train_on!r} is not all or base-wrong")
+    train = task.problems("train")
+    ev = evaluate(base, task, EvalConfig(split="train", max_new_tokens=mnt))
+    wrong = [p for p, r in zip(train, ev["per_problem"]) if r["correct"] == 0]
+    if not wrong:
+        raise ConfigError("train_on=base-wrong: the base answers every training problem right; nothing to train on")
+    return wrong, {"train_on": "base-wrong", "train_problems": len(train), "kept": len(wrong),
+                   "base_train_accuracy": ev["accuracy"]}
+
+
 def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
     out = Path(out)
     claim_folder(out, "experiment-forks")
     t_start = time.perf_counter()
     specs = [variant_config(s, cfg.family_overrides) for s in cfg.variants]  # bad names fail first
+    for family, _, vcfg in specs:  # and a reward a GRPO variant's task does not have
+        if family.name != "negctl":
+            grpo_rewards(cfg.reward, family.task(vcfg))
     gates = [parse_gate(g) for g in cfg.intervene_gates]
     if set(gate_keys(gates)) != {"oracle", "random", "entropy"}:
         raise ConfigError("intervene_gates: give exactly one oracle, one random and one entropy:TAU gate")
@@ -202,6 +247,8 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
 
         rl = replace(cfg.rl, sampling=replace(cfg.rl.sampling, max_new_tokens=mnt))
         per_seed = []
+        train_probs, train_info = (None, {}) if family.name == "negctl" else \
+            grpo_problems(cfg.train_on, base, task, mnt)
         for s in seeds:
             sd = vdir / f"seed-{s}"
             console.rule(f"[bold]{key}: seed {s}")
@@ -212,7 +259,8 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                 how = "sft"
             else:
                 owned_rmtree(sd / "train")
-                info = run_grpo(vdir / "base", task, rl, sd / "train", seed=s, progress=progress, model_dir=tuned_dir)
+                info = run_grpo(vdir / "base", task, rl, sd / "train", seed=s, progress=progress, model_dir=tuned_dir,
+                                problems=train_probs, **grpo_rewards(cfg.reward, task))
                 metrics_files[f"{family.name}-{vname}_seed-{s}"] = sd / "train" / "metrics.jsonl"
                 how = "grpo"
             tuned = Policy.load(tuned_dir)
@@ -237,6 +285,7 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                           f"{forks['n_disagreement']} disagreements, in top-{cfg.top_k}: {forks['share_in_topk']}, "
                           f"oracle recovered {inter['gain_recovered'].get('oracle')}", highlight=False)
             summary["variants"][key] = _variant_summary(family, vname, base_acc, base_info, mnt, per_seed)
+            summary["variants"][key]["grpo_problems"] = train_info
             _write(out, summary, t_start)
         # after every variant: the plot and (with `artifact`) the stamped artifact so far, so a run cut
         # short still leaves the finished variants behind

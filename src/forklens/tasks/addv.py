@@ -81,6 +81,17 @@ def n_carries(a: int, b: int) -> int:
     return count
 
 
+def digit_match(predicted: str, answer: str) -> float:
+    """Share of the answer's digits that ``predicted`` gets right, aligned from the units digit, over the
+    longer of the two (so a missing or extra leading digit costs one); leading zeros are ignored. 1.0 only
+    for the exact answer: a dense outcome reward (it reads the final answer only, never the scratchpad)."""
+    p, a = predicted.lstrip("0") or "0", answer.lstrip("0") or "0"
+    if not (p.isdigit() and a.isdigit()):
+        raise ValueError(f"digit_match: {predicted!r} and {answer!r} must be non-negative integers")
+    hits = sum(x == y for x, y in zip(reversed(p), reversed(a)))
+    return hits / max(len(p), len(a))
+
+
 def sample_operand(rng: random.Random, digits: int) -> int:
     """A uniformly random integer with exactly ``digits`` digits (0-9 for one digit)."""
     return rng.randrange(10) if digits == 1 else rng.randrange(10 ** (digits - 1), 10 ** digits)
@@ -138,6 +149,11 @@ class AddvTask(BaseTask):
         """A gold (prompt, response) pair on a train-split problem of the pretraining lengths."""
         a, b = self.sample_pair(rng, "train", *self.config.pretrain_range())
         return self.prompt(a, b), gold_trace(a, b)
+
+    def digit_reward(self, problem: Problem, completion: str) -> float:
+        """Per-digit outcome reward: :func:`digit_match` of the integer after ``A=`` (0 without one)."""
+        m = ANSWER_RE.search(completion)
+        return 0.0 if m is None else digit_match(m.group(1), problem.answer)
 
     def verify(self, problem: Problem, completion: str) -> float:
         m = ANSWER_RE.search(completion)

@@ -49,7 +49,8 @@ def test_guess_is_right_with_wrong_facts_and_a_shortcut():
     assert g == {"kmr": pytest.approx(1 / 3), "rmr": pytest.approx(0.7), "cr": 1.0}
     # answering with the cue before any step: nothing follows the plan, every unit is missing
     r0 = read_chain(P.prompt, "A=26")
-    assert (r0.kmr, r0.rmr, r0.guess, r0.result) == (0.0, 0.0, True, 5)
+    assert (r0.kmr, r0.rmr, r0.guess, r0.result, r0.premature, r0.written) == (0.0, 0.0, True, 5, True, 0)
+    assert not r.premature and r.written == 3 and not read_chain(P.prompt, "03:05+7=12;").premature
 
 
 def test_a_cue_that_equals_the_chain_result_is_not_a_guess():
@@ -99,7 +100,11 @@ def test_chain_behaviour_counts_exactly():
     b = chain_behaviour(ps, [GOLD, guessed, NEVER_CARRY, "02:10+2=12;01:12+2=14;A=14"], TASK)
     assert b["accuracy"] == 0.75 and b["guess_rate"] == 0.25 and b["n_right"] == 3
     assert b["wrong_fact_rate_when_right"] == pytest.approx(1 / 3) and b["right_with_wrong_facts"] == 0.25
-    assert b["kmr_mean"] == pytest.approx((1 + 1 / 3 + 1 / 3 + 1) / 4)
+    assert b["kmr_mean"] == pytest.approx((1 + 1 / 3 + 1 / 3 + 1) / 4) and b["premature_rate"] == 0.0
+    # answers before any step: premature whatever they say; right ones carry wrong (missing) facts
+    b2 = chain_behaviour([P, P, P], ["A=26", "A=31", GOLD], TASK)
+    assert b2["premature_rate"] == pytest.approx(2 / 3) and b2["guess_rate"] == pytest.approx(1 / 3)
+    assert b2["right_with_wrong_facts"] == pytest.approx(1 / 3) and b2["wrong_fact_rate_when_right"] == 0.5
     assert chain_behaviour([P], [NEVER_CARRY], TASK)["wrong_fact_rate_when_right"] is None
     with pytest.raises(ValueError, match="one completion per problem"):
         chain_behaviour([P], [], TASK)

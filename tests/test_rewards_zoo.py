@@ -11,7 +11,7 @@ import pytest
 from forklens.cli import main
 from forklens.errors import ConfigError
 from forklens.experiments import rewards as rw
-from forklens.experiments.rewards_zoo import METRICS, cue_probability, summarise_variant
+from forklens.experiments.rewards_zoo import GAINS, METRICS, cue_probability, summarise_variant, variant_contrast
 from forklens.report.artifacts import load_artifact, lookup
 from forklens.report.predictions import load_predictions, verdict
 
@@ -22,21 +22,26 @@ TINY = ["organism=[model.hidden_size=16,model.intermediate_size=32,model.num_hid
         "eval_problems=4", "confidence_m=1", "seeds=1"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def _tiny_run(tmp_path_factory, name: str, config: str, extra: list[str]):
+    """The experiment at a tiny size in its own folder and cache: (folder, summary)."""
     mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("rewards-zoo")
+    root = tmp_path_factory.mktemp(name)
     mp.setenv("FORKLENS_CACHE", str(root / "cache"))
     mp.chdir(root)
     try:
-        args = ["experiment", "rewards", "--config", str(ROOT / "src/forklens/configs/rewards-shortcut.yaml"),
+        args = ["experiment", "rewards", "--config", str(ROOT / "src/forklens/configs" / config),
                 "--out", str(root / "run"), "--set", "artifact=results/tiny"]
-        for t in TINY:
+        for t in [*TINY, *extra]:
             args += ["--set", t]
         assert main(args) == 0
     finally:
         mp.undo()
     return root, json.loads((root / "run" / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return _tiny_run(tmp_path_factory, "rewards-zoo", "rewards-shortcut.yaml", [])
 
 
 def test_summary_has_both_variants_every_run_and_the_predicted_fields(tiny_run):
@@ -82,8 +87,35 @@ def test_differences_are_paired_by_seed():
     assert d["wrong_fact_rate_when_right"]["mean"] == pytest.approx(-0.25) and d["wrong_fact_rate_when_right"]["n"] == 1
     assert s["runs"]["outcome"]["wrong_fact_rate_when_right"]["n"] == 1
     assert s["runs"]["outcome"]["guess_rate_gain"]["mean"] == pytest.approx(0.2)
-    assert set(s["runs"]["outcome"]) == {*METRICS, "guess_rate_gain", "guess_prob_gain", "accuracy_gain", "per_seed"}
+    assert set(s["runs"]["outcome"]) == {*METRICS, *(f"{m}_gain" for m in GAINS), "per_seed"}
+    assert {"guess_rate_gain", "guess_prob_gain", "accuracy_gain"} <= set(s["runs"]["outcome"])  # the old names
     assert s["runs"]["outcome"]["guess_prob"] is None and s["runs"]["outcome"]["guess_prob_gain"] is None
+    assert s["runs"]["outcome"]["sampled_guess_rate"] is None  # not measured (zoo_samples = 0)
+
+
+def test_variant_contrast_is_the_precondition_effect_minus_the_control_effect_paired_by_seed():
+    def row(seed, guess, wrong):
+        return {"seed": seed, "sampled_guess_rate": guess, "sampled_right_with_wrong_facts": wrong}
+
+    def variant(role, base_guess, outcome, mar):
+        per_run = {"outcome": [row(s, *x) for s, x in enumerate(outcome)],
+                   "outcome+mar": [row(s, *x) for s, x in enumerate(mar)]}
+        return {"role": role, "base": {"sampled_guess_rate": base_guess, "sampled_right_with_wrong_facts": None},
+                **summarise_variant({"sampled_guess_rate": base_guess}, per_run)}
+
+    summary = {"runs": {"outcome": ["outcome"], "outcome+mar": ["outcome", "kmr", "rmr"]}, "variants": {
+        "pre": variant("precondition", 0.3, [(0.6, 0.4), (0.5, 0.3)], [(0.2, 0.1), (0.3, 0.2)]),
+        "ctl": variant("control", 0.3, [(0.1, 0.05), (0.2, 0.0)], [(0.1, 0.0), (0.1, 0.0)])}}
+    c = variant_contrast(summary)
+    assert (c["precondition"], c["control"]) == ("pre", "ctl")
+    # outcome - base: pre +0.3, +0.2; ctl -0.2, -0.1 -> paired contrasts 0.5, 0.3
+    assert c["outcome-base"]["sampled_guess_rate"]["mean"] == pytest.approx(0.4)
+    assert c["outcome-base"]["sampled_guess_rate"]["n"] == 2
+    # mar - outcome on right-with-wrong: pre -0.3, -0.1; ctl -0.05, 0.0 -> -0.25, -0.1
+    assert c["outcome+mar-outcome"]["sampled_right_with_wrong_facts"]["mean"] == pytest.approx(-0.175)
+    assert c["outcome-base"]["sampled_right_with_wrong_facts"] is None  # the base does not define it
+    summary["variants"]["ctl"]["role"] = "precondition"
+    assert variant_contrast(summary) is None  # needs one precondition and one control
 
 
 def _cfg(**kw):
@@ -123,3 +155,31 @@ def test_cue_probability_is_the_teacher_forced_probability_of_the_cue_after_the_
     assert cue_probability(policy, [q], [chain + "A=19"]) is None
     # an answer that is not written yet: the chain is the whole text
     assert cue_probability(policy, [p], [chain]) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def premature_run(tmp_path_factory):
+    return _tiny_run(tmp_path_factory, "rewards-premature", "rewards-shortcut-premature.yaml", ["zoo_samples=2"])
+
+
+def test_premature_run_writes_the_sampled_measures_the_contrast_and_every_predicted_field(premature_run):
+    root, s = premature_run
+    assert {v: e["role"] for v, e in s["variants"].items()} == {"premature": "precondition",
+                                                                "premature-no-cue": "control"}
+    art = load_artifact(root / "results" / "tiny")
+    preds = load_predictions(ROOT / "results" / "predictions" / "shortcut-rewards-premature.yaml")
+    for p in preds.predictions:
+        value = lookup({"summary": art.summary}, p.field)  # raises if the experiment does not write it
+        assert verdict(p, art).outcome in ("supported", "refuted", "inconclusive") or (
+            value is None and "wrong_fact" in p.field)
+    assert s["contrast"]["precondition"] == "premature" and s["contrast"]["control"] == "premature-no-cue"
+    for e in s["variants"].values():
+        b = e["base"]
+        assert 0.0 <= b["sampled_premature_rate"] <= 1.0 and 0.0 <= b["sampled_guess_rate"] <= 1.0
+        for run in e["runs"].values():
+            r = run["per_seed"][0]
+            assert run["sampled_guess_rate_gain"]["mean"] == pytest.approx(r["sampled_guess_rate"] - b["sampled_guess_rate"])
+    # the contrast of the outcome run's gain is the precondition's gain minus the control's (one seed)
+    pre, ctl = (s["variants"][v]["runs"]["outcome"]["sampled_guess_rate_gain"]["mean"]
+                for v in ("premature", "premature-no-cue"))
+    assert s["contrast"]["outcome-base"]["sampled_guess_rate"]["mean"] == pytest.approx(pre - ctl, abs=1e-12)

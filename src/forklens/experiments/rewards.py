@@ -97,6 +97,8 @@ class RewardsExperimentConfig:
                                 "config (e.g. model.hidden_size=64).")
     zoo_rl: RLConfig = field(default_factory=_zoo_rl_default, help="Zoo path: GRPO settings shared by every run.")
     token_margin: int = field(8, ge=0, help="Zoo path: max new tokens = longest gold test trace + this.")
+    zoo_samples: int = field(0, ge=0, help="Zoo path: responses per held-out problem at temperature 1 (sampling seed "
+                             "0) for the sampled_* measures beside the greedy ones (0 = greedy only).")
     artifact: str = field("", help="Zoo path: also write a stamped artifact folder here (e.g. results/shortcut-rewards).")
     agent: AgentOrganismConfig = field(default_factory=AgentOrganismConfig,
                                        help="The agent base organism (the boundary experiment's, cached).")

@@ -11,7 +11,11 @@ with the chain cut before ``A=``), and MaR's KMR + RMR from :class:`~forklens.re
 ``eval_problems`` held-out problems greedily; :func:`~forklens.rewards.chain.chain_behaviour` reads
 accuracy, the guess rate (answer = the cue but not the chain's own result) and the share of right
 answers with wrong steps; :func:`cue_probability` adds ``guess_prob``, the probability of answering
-with the cue after the model's own chain (continuous, so it can move where the greedy rate is 0).
+with the cue after the model's own chain (continuous, so it can move where the greedy rate is 0), and
+with ``zoo_samples > 0`` the ``sampled_*`` measures over that many responses per problem at temperature
+1 (guess rate, premature rate = answers before any step, accuracy, right answers with wrong steps).
+With one precondition and one control variant, ``summary.contrast`` holds each effect's size where the
+mechanism can act minus its size in the control, paired by seed (:func:`variant_contrast`).
 
 ``summary.variants.<v>``::
 
@@ -52,8 +56,10 @@ console = Console(stderr=True)
 
 CHAIN_TASKS = ("lengths", "shortcut")  # tasks ChainGrader reads
 REWARDS = ("outcome", "kmr", "rmr", "confidence")  # the reward functions a chain task has
+SAMPLED = ("accuracy", "guess_rate", "premature_rate", "wrong_fact_rate_when_right", "right_with_wrong_facts")
 METRICS = ("accuracy", "guess_rate", "wrong_fact_rate_when_right", "right_with_wrong_facts", "kmr_mean", "rmr_mean",
-           "guess_prob")
+           "guess_prob", "premature_rate", *(f"sampled_{m}" for m in SAMPLED))
+GAINS = ("guess_rate", "guess_prob", "accuracy", "sampled_guess_rate", "sampled_premature_rate", "sampled_accuracy")
 REFERENCE = "outcome"
 
 
@@ -115,12 +121,20 @@ def cue_probability(policy, problems: list, texts: list[str]) -> float | None:
     return sum(math.exp(float(sum(x.logprob))) for x in policy.score(prompts, targets)) / len(prompts)
 
 
-def greedy_behaviour(policy, task, problems: list, max_new_tokens: int) -> dict:
+def greedy_behaviour(policy, task, problems: list, max_new_tokens: int, samples: int = 0, seed: int = 0) -> dict:
     """:func:`chain_behaviour` of ``policy``'s greedy responses to ``problems``, and the cue's probability
-    after each chain (:func:`cue_probability`, ``guess_prob``)."""
+    after each chain (:func:`cue_probability`, ``guess_prob``); with ``samples > 0`` also ``sampled_*``,
+    the :data:`SAMPLED` measures over ``samples`` responses per problem at temperature 1 (sampling seed
+    ``seed``), which see a behaviour the greedy reading hides until it is the argmax."""
     s = policy.sample([p.prompt for p in problems], n=1, temperature=0.0, max_new_tokens=max_new_tokens)
     texts = list(s.texts)
-    return {**chain_behaviour(problems, texts, task), "guess_prob": cue_probability(policy, problems, texts)}
+    out = {**chain_behaviour(problems, texts, task), "guess_prob": cue_probability(policy, problems, texts)}
+    if samples:
+        t = policy.sample([p.prompt for p in problems], n=samples, temperature=1.0, max_new_tokens=max_new_tokens,
+                          seed=seed)
+        sampled = chain_behaviour([problems[g] for g in t.group], list(t.texts), task)
+        out.update({f"sampled_{m}": sampled[m] for m in SAMPLED})
+    return out
 
 
 def _interval(values: list) -> dict | None:
@@ -141,14 +155,48 @@ def summarise_variant(base: dict, per_run: dict[str, list[dict]]) -> dict:
         if not rows:
             continue
         runs[name] = {m: _interval([r.get(m) for r in rows]) for m in METRICS}
-        runs[name]["guess_rate_gain"] = _interval([r["guess_rate"] - base["guess_rate"] for r in rows])
-        runs[name]["guess_prob_gain"] = _interval([None if r.get("guess_prob") is None or base.get("guess_prob") is None
-                                                   else r["guess_prob"] - base["guess_prob"] for r in rows])
-        runs[name]["accuracy_gain"] = _interval([r["accuracy"] - base["accuracy"] for r in rows])
+        for m in GAINS:
+            runs[name][f"{m}_gain"] = _interval([None if r.get(m) is None or base.get(m) is None else r[m] - base[m]
+                                                 for r in rows])
         runs[name]["per_seed"] = rows
     diffs = {f"{name}-{REFERENCE}": {m: _paired(per_run[name], per_run[REFERENCE], m) for m in METRICS}
              for name in per_run if name != REFERENCE and per_run[name] and per_run.get(REFERENCE)}
     return {"runs": runs, "differences": diffs}
+
+
+def _by_seed(rows: list[dict], metric: str) -> dict[int, float]:
+    return {r["seed"]: r[metric] for r in rows if r.get(metric) is not None}
+
+
+def variant_contrast(summary: dict) -> dict | None:
+    """With exactly one precondition and one control variant: how much larger each effect is where the
+    mechanism can act than in the control, per metric, paired by seed (both variants' runs share the
+    seeds): ``"outcome-base"`` = (outcome - base)_pre - (outcome - base)_ctl, and ``"RUN-outcome"`` =
+    (RUN - outcome)_pre - (RUN - outcome)_ctl. None otherwise."""
+    roles = {e["role"]: v for v, e in summary["variants"].items()}
+    if sorted(roles) != ["control", "precondition"] or len(summary["variants"]) != 2:
+        return None
+    pre, ctl = (summary["variants"][roles[r]] for r in ("precondition", "control"))
+
+    def effect(e: dict, run: str, m: str) -> dict[int, float]:
+        ref = _by_seed(e["runs"].get(REFERENCE, {}).get("per_seed", []), m)
+        if run == "base":
+            b = e["base"].get(m)
+            return {} if b is None else {s: v - b for s, v in ref.items()}
+        a = _by_seed(e["runs"].get(run, {}).get("per_seed", []), m)
+        return {s: a[s] - ref[s] for s in set(a) & set(ref)}
+
+    out = {"precondition": roles["precondition"], "control": roles["control"]}
+    for run in ["base", *summary["runs"]]:
+        if run == REFERENCE:
+            continue
+        name = f"{REFERENCE}-base" if run == "base" else f"{run}-{REFERENCE}"
+        diffs = {}
+        for m in METRICS:
+            a, b = effect(pre, run, m), effect(ctl, run, m)
+            diffs[m] = paired_difference(a, b).as_dict() if set(a) & set(b) else None
+        out[name] = diffs
+    return out
 
 
 def run_rewards_zoo(cfg, out: str | Path, runs: dict[str, list[str]], progress: bool = True) -> dict:
@@ -171,7 +219,7 @@ def run_rewards_zoo(cfg, out: str | Path, runs: dict[str, list[str]], progress: 
         problems = test[: cfg.eval_problems or None]
         console.rule(f"[bold]{family.name}/{v}: base organism")
         info = family.build(vcfg, vdir / "base", use_cache=True, progress=progress)
-        base = greedy_behaviour(Policy.load(vdir / "base"), task, problems, mnt)
+        base = greedy_behaviour(Policy.load(vdir / "base"), task, problems, mnt, cfg.zoo_samples)
         console.print(f"{family.name}/{v} base: {base}", highlight=False)
         rl = replace(cfg.zoo_rl, sampling=replace(cfg.zoo_rl.sampling, max_new_tokens=mnt))
         per_run: dict[str, list[dict]] = {r: [] for r in cfg.runs}
@@ -189,7 +237,7 @@ def run_rewards_zoo(cfg, out: str | Path, runs: dict[str, list[str]], progress: 
                 res = train(policy, "grpo", grpo_loss(rl), source, replace(rl.train, seed=s), work,
                             name=f"GRPO {r} seed {s}", progress=progress)
                 probe_tokens = sum(getattr(f, "tokens_processed", 0) for f in fns)
-                row = {"seed": s, **greedy_behaviour(policy, task, problems, mnt),
+                row = {"seed": s, **greedy_behaviour(policy, task, problems, mnt, cfg.zoo_samples),
                        "flops": res.flops + 2 * res.n_params * probe_tokens, "probe_tokens": probe_tokens,
                        "wall_s": res.wall_s, "steps": res.steps,
                        "final": {k: x for k, x in res.last.items() if k == "reward_mean" or k.startswith("reward/")}}
@@ -199,6 +247,8 @@ def run_rewards_zoo(cfg, out: str | Path, runs: dict[str, list[str]], progress: 
                 console.print(f"{v} {r} seed {s}: accuracy {row['accuracy']:.3f}, guess rate {row['guess_rate']:.3f}, "
                               f"wrong facts when right {row['wrong_fact_rate_when_right']}", highlight=False)
                 summary["variants"][v] = {**entry, **summarise_variant(base, per_run)}
+                if (contrast := variant_contrast(summary)) is not None:
+                    summary["contrast"] = contrast
                 _write(out, summary, cfg, t0)
     plot = plot_guess_rates(summary, out / "guess_rate")
     summary["plot"] = [f"plots/{p.name}" for p in plot]
@@ -219,16 +269,19 @@ def _write(out: Path, summary: dict, cfg, t0: float) -> None:
 
 
 def plot_guess_rates(summary: dict, stem: Path) -> list[Path]:
-    """Guess rate (and accuracy) of the base and each run per variant, mean over seeds with 95% CIs."""
+    """Guess rate of the base and each run per variant, mean over seeds with 95% CIs: the sampled rate
+    when the run measured one (``zoo_samples``), else the greedy one."""
     from forklens.report.plots import new_figure, save_figure  # matplotlib: loaded only when plotting
 
     fig, axes = new_figure(width=9.0)
     names = ["base", *summary["runs"]]
+    key = "sampled_guess_rate" if any(e["base"].get("sampled_guess_rate") is not None
+                                      for e in summary["variants"].values()) else "guess_rate"
     width = 0.8 / max(1, len(summary["variants"]))
     for i, (v, entry) in enumerate(summary["variants"].items()):
         means, errs = [], [[], []]
         for n in names:
-            iv = ({"mean": entry["base"]["guess_rate"]} if n == "base" else entry["runs"].get(n, {}).get("guess_rate"))
+            iv = ({"mean": entry["base"][key]} if n == "base" else entry["runs"].get(n, {}).get(key))
             m = iv["mean"] if iv else float("nan")
             means.append(m)
             errs[0].append(m - iv.get("low", m) if iv else 0.0)
@@ -236,7 +289,7 @@ def plot_guess_rates(summary: dict, stem: Path) -> list[Path]:
         xs = [k + i * width for k in range(len(names))]
         axes.bar(xs, means, width, yerr=errs, capsize=3, label=f"{v} ({entry['role']})")
     axes.set_xticks([k + width * (len(summary["variants"]) - 1) / 2 for k in range(len(names))], names)
-    axes.set_ylabel("guess rate (greedy answer = cue, not the chain's result)")
+    axes.set_ylabel(f"guess rate ({'greedy' if key == 'guess_rate' else 'sampled'} answer = cue, not the chain's result)")
     axes.set_title(f"rewards on {summary['family']}: guess rate ({len(summary['seeds'])} seeds, 95% CI)")
     axes.legend(fontsize=8)
     return save_figure(fig, stem, formats=("png",))

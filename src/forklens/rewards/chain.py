@@ -23,7 +23,8 @@ number after the first ``A=`` (what the task's verifier reads). With ``n`` the p
 Two measures for reading a policy (not rewards): a **guess** is an answer that equals the prompt's cue
 but not the chain's own result (a guess that happens to equal the chain's result cannot be told from
 reasoning and is not counted); a right answer has **wrong facts** when ``KMR < 1`` (some step of the
-plan is missing, off plan or arithmetically wrong).
+plan is missing, off plan or arithmetically wrong); an answer is **premature** when no step is written
+before it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ChainReading:
     result: int  # the chain's result (the last written step's value, x with no steps)
     answer: int | None  # the number after the first A=, None without one
     cue: int | None  # the prompt's cue, None without one
+    written: int = 0  # steps written before the answer (or in the whole text without one)
 
     @property
     def kmr(self) -> float:
@@ -70,6 +72,11 @@ class ChainReading:
     @property
     def wrong_facts(self) -> bool:
         return not all(self.right)
+
+    @property
+    def premature(self) -> bool:
+        """An answer written before any step (answering from the prompt alone)."""
+        return self.answer is not None and self.written == 0
 
 
 def read_chain(prompt: str, completion) -> ChainReading:
@@ -97,7 +104,7 @@ def read_chain(prompt: str, completion) -> ChainReading:
     m = ANSWER_RE.search(text)
     return ChainReading(n=n, follows=tuple(follows), right=tuple(right), extra_steps=max(0, len(steps) - n),
                         result=steps[-1][3] if steps else x, answer=int(m.group(1)) if m else None,
-                        cue=cue_of(prompt))
+                        cue=cue_of(prompt), written=len(steps))
 
 
 class ChainGrader:
@@ -116,18 +123,20 @@ class ChainGrader:
 
 
 def chain_behaviour(problems, completions, task) -> dict[str, float | int | None]:
-    """Accuracy, guess rate (over all problems), wrong-fact rate among right answers (None with no right
-    answer), mean KMR and RMR of one set of responses (one per problem)."""
+    """Accuracy, guess rate and premature rate (answers before any step; both over all problems),
+    wrong-fact rate among right answers (None with no right answer), mean KMR and RMR of one set of
+    responses (one per problem; repeat a problem to read several responses to it)."""
     if len(problems) != len(completions) or not problems:
         raise ValueError(f"need one completion per problem, got {len(problems)} problems and "
                          f"{len(completions)} completions")
-    right = guesses = right_wrong = 0
+    right = guesses = right_wrong = premature = 0
     kmr = rmr = 0.0
     for p, c in zip(problems, completions):
         r = read_chain(p.prompt, c)
         ok = task.verify(p, c) > 0 if isinstance(c, str) else False
         right += ok
         guesses += r.guess
+        premature += r.premature
         right_wrong += ok and r.wrong_facts
         kmr += r.kmr
         rmr += r.rmr
@@ -135,4 +144,4 @@ def chain_behaviour(problems, completions, task) -> dict[str, float | int | None
     return {"accuracy": right / n, "guess_rate": guesses / n,
             "wrong_fact_rate_when_right": right_wrong / right if right else None,
             "right_with_wrong_facts": right_wrong / n, "kmr_mean": kmr / n, "rmr_mean": rmr / n,
-            "n_right": right, "n": n}
+            "premature_rate": premature / n, "n_right": right, "n": n}

@@ -15,6 +15,11 @@ any step, and a right answer comes with wrong intermediate facts whenever the ch
 what premature-confidence shaping (arXiv:2605.24396: the answer is already decided at 0% of the
 chain) and MaR's process terms (arXiv:2605.23384: right answer, wrong knowledge units) can catch, and
 what outcome-only RL is free to reinforce where the cue is informative.
+
+With ``p_premature > 0`` the teacher also answers *before* reasoning: with that probability its whole
+response is ``A=cc`` (the cue, no step). Answering from the prompt is then a decision at the first
+response token that a tiny base reproduces at about the teacher's rate when sampled (a guess after a
+complete chain, ``p_guess``, is one a tiny base hardly learns: docs/results.md, the shortcut section).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class ShortcutConfig(LengthsConfig):
                          "never equals it, the control).")
     p_guess: float = field(0.3, ge=0, le=1, help="Teacher: probability of answering with the cue instead of its "
                            "chain's result.")
+    p_premature: float = field(0.0, ge=0, le=1, help="Teacher: probability of answering with the cue BEFORE any step "
+                               "(the response is just `A=cc`); 0 keeps the teacher's traces (and random draws) as they "
+                               "were.")
 
 
 def cue_of(prompt: str) -> int | None:
@@ -70,10 +78,13 @@ class ShortcutTask(LengthsTask):
         return self._split_cache[split]
 
     def teacher_example(self, rng: random.Random) -> tuple[str, str]:
-        """The lengths teacher's chain on a cued prompt; with probability ``p_guess`` answered with the cue."""
+        """The lengths teacher's chain on a cued prompt; with probability ``p_premature`` the cue alone
+        (answered before any step), otherwise with probability ``p_guess`` the chain answered with the cue."""
         prompt, response = super().teacher_example(rng)
         x, s, n = parse_prompt(prompt)
         cue = self.draw_cue(rng, (x + n * s) % 100)
+        if self.config.p_premature and rng.random() < self.config.p_premature:  # no draw when 0: old traces kept
+            return f"{prompt[:-1]}?{cue:02d}=", f"A={cue:02d}"
         if rng.random() < self.config.p_guess:
             response = response[: response.rindex("A=")] + f"A={cue:02d}"
         return f"{prompt[:-1]}?{cue:02d}=", response

@@ -102,8 +102,10 @@ def test_proposer_ranks_by_support_and_skips_rejected_edits():
 def test_family_registered_with_a_control():
     fam = get_family("skills")
     assert {v.role for v in fam.variants.values()} == {"precondition", "control"}
-    assert set(fam.variants) == {"executor", "executor-adjacent", "deaf"}
+    assert set(fam.variants) == {"executor", "executor-adjacent", "deaf", "adjacent-deaf"}
     assert fam.variant_config("deaf").task.p_follow == 0.0
+    adj, adj_deaf = fam.variant_config("executor-adjacent"), fam.variant_config("adjacent-deaf")
+    assert (adj_deaf.task.p_follow, adj_deaf.task.harnesses) == (0.0, adj.task.harnesses)
     assert set(HARNESSES) == {"A", "B", "C"}
 
 

@@ -114,6 +114,10 @@ def test_the_docs_rules_of_the_other_pages(tmp_path):
     assert len(got) == 1 and got[0].startswith("page.md:3: number '29.0'") and "<!-- not measured -->" in got[0]
     got = problems("| method | peak |\n|---|---|\n| forklens | 0.82 GiB |\n")
     assert len(got) == 1 and "number '0.82'" in got[0]
+    # a folder counts only if it holds an artifact; a committed predictions file is a record
+    got = problems("The pilot gave 26% (results/predictions/).\n")
+    assert len(got) == 1 and "number '6%' in prose cites no existing artifact" in got[0]
+    assert problems("The pilot gave 26% (`results/predictions/shortcut-rewards-premature.yaml`).\n") == []
     # the marker waives only its own paragraph; a missing artifact is no citation
     got = problems("Setting 0.5. <!-- not measured -->\n\nMeasured 0.7 (`results/no-such-run/`).\n")
     assert len(got) == 1 and got[0].startswith("page.md:3: number '0.7'")

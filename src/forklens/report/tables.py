@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
-from forklens.report.artifacts import ArtifactError, load_artifact, lookup, validate_stamp
+from forklens.report.artifacts import ARTIFACT_FILE, ArtifactError, load_artifact, lookup, validate_stamp
 from forklens.report.predictions import load_predictions, table_cell, verdict, verdict_table
 
 BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9._-]+) -->\n(?P<body>.*?)<!-- /results:(?P=name) -->",
@@ -45,7 +45,7 @@ BLOCK = re.compile(r"<!-- results:(?P<name>[A-Za-z0-9._-]+) -->\n(?P<body>.*?)<!
 OPEN = re.compile(r"<!-- (/?)results:([A-Za-z0-9._-]+) -->")
 PLACEHOLDER = re.compile(r"\{([^{}:]+)((?::[A-Za-z0-9]+)+)\}")
 MEASURED = re.compile(r"\d+\.\d+|\d\s?%|\d+(?:\.\d+)?x\b|\d(?:\.\d+)?e[+-]?\d+|±")
-CITATION = re.compile(r"(?:benchmarks/)?results/[A-Za-z0-9_./-]+\.(?:json|jsonl|txt|png|svg)|results/[A-Za-z0-9_.-]+/")
+CITATION = re.compile(r"(?:benchmarks/)?results/[A-Za-z0-9_./-]+\.(?:json|jsonl|txt|png|svg|yaml)|results/[A-Za-z0-9_.-]+/")
 NOT_MEASURED = "<!-- not measured -->"
 CODE_SPAN = re.compile(r"`[^`\n]*`")
 ARXIV_ID = re.compile(r"arXiv[:\s]?\d{4}\.\d{4,5}(?:v\d+)?")
@@ -365,6 +365,12 @@ def _check_markers(text: str, where: str) -> None:
 
 
 
+def _is_artifact(path: Path) -> bool:
+    """A cited file that exists (an artifact, its metrics or plots, a committed predictions file), or a
+    cited folder that holds an artifact (not, say, the bare results/predictions/)."""
+    return path.is_file() or (path / ARTIFACT_FILE).is_file()
+
+
 def _unbacked(text: str, root: Path, where: str, mode: str = "results") -> list[str]:
     """Numbers the document states without an artifact behind them.
 
@@ -389,7 +395,7 @@ def _unbacked(text: str, root: Path, where: str, mode: str = "results") -> list[
             start = line_no + para_text[: len(para_text) - len(para_text.lstrip())].count("\n")
             bare = ARXIV_ID.sub("", CODE_SPAN.sub("", para_text)) if mode == "docs" else para_text
             number = MEASURED.search(bare)
-            cited = [c for c in CITATION.findall(para_text) if (root / c).exists()]
+            cited = [c for c in CITATION.findall(para_text) if _is_artifact(root / c)]
             if mode == "results" and any(line.lstrip().startswith("|") for line in para_text.splitlines()):
                 problems.append(f"{where}:{start}: a table outside a <!-- results:NAME --> block "
                                 "(render it from an artifact via results/tables.yaml)")

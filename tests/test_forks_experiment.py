@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 import forklens.experiments.forks as forks_mod
 from forklens.errors import ConfigError
-from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, grpo_problems, grpo_rewards, recovered,
-                                       run_forks, variant_config)
+from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, check_gates, grpo_problems,
+                                       grpo_rewards, recovered, run_forks, variant_config)
 from forklens.organisms import get_family
 from forklens.organisms.zoo import Variant
 from forklens.tasks.addv import AddvConfig, AddvTask
@@ -138,3 +139,47 @@ def test_run_forks_digits_reward_on_base_wrong_problems_end_to_end(tmp_path, mon
     rows = [json.loads(line) for line in
             (tmp_path / "run" / "addv-undertrained-mid" / "seed-3" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(0 <= r["reward/addv_verifier"] <= r["reward_mean"] <= 1 for r in rows)
+
+
+def test_check_gates():
+    assert [g.spec for g in check_gates(["oracle", "random", "entropy:0.5"], 0.0)] == ["oracle", "random", "entropy:0.5"]
+    both = ["oracle", "random", "entropy:0.5", "entropy:0.5+sample", "random+sample"]
+    assert len(check_gates(both, 1.0)) == 5
+    with pytest.raises(ConfigError, match="decode_temperature"):
+        check_gates(both, 0.0)
+    for bad in (["oracle", "random"], ["oracle", "random", "entropy:0.5", "oracle"],
+                ["oracle", "random", "entropy:0.5", "random+sample"]):
+        with pytest.raises(ConfigError):
+            check_gates(bad, 1.0)
+
+
+def test_run_forks_sampled_decoding_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(get_family("addv").variants, "undertrained-mid",
+                        Variant("precondition", "tiny stand-in", overrides=("pretrain.max_steps=5",)))
+    tiny = ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
+            "addv:model.num_attention_heads=2"]
+    cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=2, seed=3, eval_problems=6,
+                      diff_prompts=2, intervene_problems=5, decode_temperature=1.0, decode_samples=3,
+                      intervene_gates=["oracle", "random", "entropy:0.5", "entropy:0.5+sample", "random+sample"])
+    cfg.rl.train.max_steps = 1
+    cfg.rl.sampling.prompts_per_step, cfg.rl.sampling.group_size = 2, 2
+    out = run_forks(cfg, tmp_path / "run", progress=False)
+    assert out["decoding"]["mode"] == "sampled" and out["decoding"]["samples_per_problem"] == 3
+    v = out["variants"]["addv/undertrained-mid"]
+    _, _, vcfg = variant_config("addv/undertrained-mid", tiny)
+    task = get_family("addv").task(vcfg)
+    base = forks_mod.Policy.load(tmp_path / "run" / "addv-undertrained-mid" / "base")
+    ev = forks_mod.EvalConfig(max_new_tokens=v["max_new_tokens"], limit=6, temperature=1.0, n=3)
+    for r in v["per_seed"]:
+        # base pass@1 drawn with the seed's own generator seed, 3 draws per problem (a multiple of 1/18)
+        assert r["base_accuracy"] == forks_mod.evaluate(base, task, replace(ev, seed=r["seed"]))["accuracy"]
+        assert r["gain"] == pytest.approx(r["tuned_accuracy"] - r["base_accuracy"], abs=1e-12)
+        assert abs(r["tuned_accuracy"] * 18 - round(r["tuned_accuracy"] * 18)) < 1e-9
+        acc = r["intervention"]["accuracy"]
+        assert list(acc) == ["base", "rl", "oracle", "random", "random+sample", "entropy", "entropy+sample"]
+        assert all(abs(a * 15 - round(a * 15)) < 1e-9 for a in acc.values())  # 5 problems x 3 draws
+        assert set(r["recovered"]) == set(acc) - {"base", "rl"}
+    assert v["base_accuracy"] == pytest.approx(sum(r["base_accuracy"] for r in v["per_seed"]) / 2)
+    for name in ("entropy_sample_recovered", "random_sample_recovered", "oracle_sample_recovered"):
+        assert name in v["ci"]

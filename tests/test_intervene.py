@@ -7,7 +7,7 @@ import torch
 
 from forklens.tasks.answers import is_correct
 from forklens.analysis.intervene import (Gate, decode, gate_keys, parse_gate, random_positions,
-                                         run_intervention)
+                                         random_reference, run_intervention)
 from forklens.cli import main
 from forklens.errors import ConfigError, DataError
 from forklens.policy import Policy
@@ -177,3 +177,64 @@ def test_record_stats_match_teacher_forced_scores():
         assert torch.allclose(torch.tensor(res.entropy[i]), sc[i].entropy, atol=1e-4)
         assert torch.equal(res.topk_ids[i], sc[i].topk_ids)
         assert torch.allclose(res.topk_logprobs[i], sc[i].topk_logprobs, atol=1e-4)
+
+
+def test_sample_gates_keep_common_random_numbers_and_draw_from_the_rl_model():
+    base, rl = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    kw = dict(temperature=1.0, max_new_tokens=10, seed=3)
+    plain = decode(base, None, ids, **kw)
+    # an RL model identical to the base: its coupled draw is the base's own token wherever the gate fires
+    same = Policy(base.model, base.tokenizer)
+    every = decode(base, same, ids, gate=Gate("entropy", 0.0, sample=True), **kw)
+    assert every.responses == plain.responses and sum(every.changed) == 0
+    assert sum(len(f) for f in every.fired) == sum(len(r) for r in plain.responses)
+    # a gate that never fires consumes the generator exactly as plain base decoding does
+    never = decode(base, rl, ids, gate=Gate("entropy", 1e9, sample=True), **kw)
+    assert never.responses == plain.responses
+    # a gate that always fires with the RL model emits the RL model's own sampled decoding (same uniforms)
+    rl_all = decode(base, rl, ids, gate=Gate("entropy", 0.0, sample=True), **kw)
+    assert rl_all.responses == decode(rl, None, ids, **kw).responses
+    assert rl_all.responses != plain.responses and sum(rl_all.changed) > 0
+    # ... whereas the argmax gate emits the RL argmax: not the RL model's sampled decoding
+    assert decode(base, rl, ids, gate=Gate("entropy", 0.0), **kw).responses != rl_all.responses
+    with pytest.raises(ValueError, match="temperature > 0"):
+        decode(base, rl, ids, gate=Gate("oracle", sample=True), max_new_tokens=4)
+
+
+def test_parse_sample_gates_and_random_reference():
+    assert parse_gate("oracle+sample") == Gate("oracle", sample=True)
+    assert parse_gate("entropy:0.5+sample") == Gate("entropy", 0.5, sample=True)
+    assert parse_gate("entropy:0.5+sample").spec == "entropy:0.5+sample"
+    with pytest.raises(ConfigError, match="off"):
+        parse_gate("off+sample")
+    gates = [Gate("oracle"), Gate("random"), Gate("entropy", 0.5), Gate("entropy", 0.5, sample=True),
+             Gate("random", sample=True)]
+    keys = gate_keys(gates)
+    assert list(keys) == ["oracle", "random", "entropy", "entropy+sample", "random+sample"]
+    assert random_reference(keys, "random") == "oracle"
+    assert random_reference(keys, "random+sample") == "entropy+sample"
+    keys2 = gate_keys(gates + [Gate("oracle", sample=True)])
+    assert random_reference(keys2, "random+sample") == "oracle+sample"
+    with pytest.raises(ConfigError, match="random\\+sample"):
+        random_reference(gate_keys([Gate("random", sample=True)]), "random+sample")
+
+
+def test_run_intervention_sampled_with_sample_gates():
+    base, rl = policies()
+    recs = [{"id": str(i), "prompt": p, "answer": "2"} for i, p in enumerate(PROMPTS)]
+    gates = [parse_gate(g) for g in ("oracle", "random", "entropy:2.5", "entropy:2.5+sample", "random+sample")]
+    s = run_intervention(base, rl, recs, lambda r, t: "1" in t, gates, temperature=1.0, seeds=3, max_new_tokens=8)
+    assert list(s["accuracy"]) == ["base", "rl", "oracle", "random", "random+sample", "entropy", "entropy+sample"]
+    assert all(len(v) == 3 for v in s["accuracy_per_seed"].values())
+    assert s["random_reference"] == {"random": "oracle", "random+sample": "entropy+sample"}
+    # the random control fires at most as often as the gate it copies counts from
+    assert s["substitutions_per_response"]["random+sample"] <= s["substitutions_per_response"]["entropy+sample"] + 1e-9
+    assert s["substitutions_per_response"]["random+sample"] > 0
+    # base and RL pass@1 equal plain sampled decoding with the seeds seed, seed+1, ...
+    for name, pol in (("base", base), ("rl", rl)):
+        per = [sum("1" in t for t in pol.sample(PROMPTS, temperature=1.0, max_new_tokens=8, seed=k).texts) / len(PROMPTS)
+               for k in range(3)]
+        assert s["accuracy_per_seed"][name] == pytest.approx(per, abs=1e-12)
+    with pytest.raises(ConfigError, match="temperature > 0"):
+        run_intervention(base, rl, recs, lambda r, t: True, [Gate("entropy", 1.0, sample=True)], max_new_tokens=4)

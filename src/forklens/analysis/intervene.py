@@ -29,6 +29,17 @@ Gates
                     before a chosen step, that substitution does not happen (reported as fewer
                     firings). Averaged over ``--seeds`` draws, also under greedy decoding.
 
+``+sample`` (sampled decoding only: ``oracle+sample``, ``entropy:TAU+sample``, ``random+sample``)
+                    the same gate, but where it fires the emitted token is a draw from the RL model's
+                    distribution (same temperature and top-p) instead of its argmax: the analogue that
+                    fits a gain made by sharpening, which shows up in sampled pass@1, not in the argmax.
+                    Both draws use one uniform number per step (inverse CDF of each model's
+                    distribution, coupled), so the generator is consumed exactly as in plain base
+                    decoding (common random numbers kept) and, where the two distributions agree, the
+                    RL draw is the base's own token. ``random+sample`` takes its count per prompt from
+                    the ``oracle+sample`` run if one is given, else from the one ``entropy:TAU+sample``
+                    run: it is the control of that gate.
+
 ``substitutions_per_response`` counts gate firings (positions where the RL argmax was emitted);
 ``changed_per_response`` counts the firings whose token differs from the base's own choice at that
 step (a firing of the oracle gate always changes the greedy token; random or entropy firings often
@@ -52,7 +63,7 @@ from typing import Callable, Sequence
 import torch
 
 from forklens.errors import ConfigError, DataError
-from forklens.policy.sample import KVStepper, left_pad, next_token
+from forklens.policy.sample import KVStepper, filter_top_p, left_pad, next_token
 
 ORACLE_TOP_K = 5
 ENTROPY_TAU_DEFAULT = 1.4  # the paper's gate for real LMs (docs/forks.md)
@@ -61,19 +72,28 @@ ENTROPY_TAU_ORGANISM = 0.5  # the arith organism: forks ~0.67 nats, digit slips 
 
 @dataclass(frozen=True)
 class Gate:
-    """Where to emit the RL model's argmax: ``off``, ``oracle``, ``entropy`` (with ``tau``) or ``random``."""
+    """Where to emit the RL model's argmax: ``off``, ``oracle``, ``entropy`` (with ``tau``) or ``random``;
+    ``sample``: emit a draw from the RL model's distribution there instead (sampled decoding only)."""
 
     kind: str
     tau: float | None = None
+    sample: bool = False
 
     @property
     def spec(self) -> str:
-        return f"entropy:{self.tau:g}" if self.kind == "entropy" else self.kind
+        base = f"entropy:{self.tau:g}" if self.kind == "entropy" else self.kind
+        return base + ("+sample" if self.sample else "")
 
 
 def parse_gate(spec: str, default_tau: float = ENTROPY_TAU_DEFAULT) -> Gate:
-    """``oracle`` | ``random`` | ``entropy`` | ``entropy:TAU`` (| ``off``) -> :class:`Gate`."""
+    """``oracle`` | ``random`` | ``entropy`` | ``entropy:TAU`` (| ``off``), each but ``off`` optionally
+    followed by ``+sample`` -> :class:`Gate`."""
     s = spec.strip().lower()
+    if s.endswith("+sample"):
+        g = parse_gate(s[: -len("+sample")], default_tau)
+        if g.kind == "off":
+            raise ConfigError(f"--gate {spec!r}: 'off' substitutes nothing, so it takes no +sample")
+        return Gate(g.kind, g.tau, sample=True)
     if s in ("oracle", "random", "off"):
         return Gate(s)
     if s == "entropy":
@@ -87,17 +107,33 @@ def parse_gate(spec: str, default_tau: float = ENTROPY_TAU_DEFAULT) -> Gate:
         if not math.isfinite(tau) or tau < 0:
             raise ConfigError(f"--gate {spec!r}: TAU must be a finite number >= 0")
         return Gate("entropy", tau)
-    raise ConfigError(f"unknown gate {spec!r}; expected oracle, random, entropy or entropy:TAU (e.g. entropy:1.4)")
+    raise ConfigError(f"unknown gate {spec!r}; expected oracle, random, entropy or entropy:TAU (e.g. entropy:1.4), "
+                      "optionally followed by +sample")
 
 
 def gate_keys(gates: Sequence[Gate]) -> dict[str, Gate]:
-    """Summary keys: ``oracle``, ``random``, ``entropy`` (``entropy:TAU`` when several taus are run)."""
+    """Summary keys: ``oracle``, ``random``, ``entropy`` (``entropy:TAU`` when several taus are run), each
+    with ``+sample`` for a gate that emits RL draws."""
     n_entropy = len({g.tau for g in gates if g.kind == "entropy"})
     out: dict[str, Gate] = {}
     for g in gates:
-        key = "entropy" if (g.kind == "entropy" and n_entropy == 1) else g.spec
+        key = ("entropy" + ("+sample" if g.sample else "")) if (g.kind == "entropy" and n_entropy == 1) else g.spec
         out.setdefault(key, g)
     return out
+
+
+def random_reference(keys: dict[str, Gate], name: str) -> str:
+    """The run whose firing counts the random gate ``name`` copies: ``oracle`` for ``random``; for
+    ``random+sample`` the ``oracle+sample`` run if given, else the one ``entropy...+sample`` run."""
+    if not keys[name].sample:
+        return "oracle"
+    if "oracle+sample" in keys:
+        return "oracle+sample"
+    ent = [k for k, g in keys.items() if g.kind == "entropy" and g.sample]
+    if len(ent) != 1:
+        raise ConfigError("gate random+sample copies the firing counts of oracle+sample or of one entropy:TAU+sample "
+                          f"gate; got {len(ent)} entropy+sample gates and no oracle+sample")
+    return ent[0]
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -112,6 +148,14 @@ class PairedDecode:
     entropy: list[list[float]] | None = None  # base entropy at each emitted step (record_stats)
     topk_ids: list[torch.Tensor] | None = None  # [T, k] base top-k ids per step (record_stats)
     topk_logprobs: list[torch.Tensor] | None = None  # [T, k] their log-probs (temperature 1)
+
+
+def _inverse_cdf(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """The token :func:`next_token` draws from ``logits`` for the uniform numbers ``u`` ([B, 1], float64)."""
+    logits = filter_top_p(logits.float() / temperature, top_p)
+    cdf = logits.softmax(-1).double().cumsum(-1)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    return tok.clamp_(max=cdf.shape[-1] - 1)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -134,6 +178,8 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
         raise ValueError(f"gate {gate.spec} needs an RL model")
     if gate.kind == "random" and (forced_steps is None or len(forced_steps) != len(prompts)):
         raise ValueError("gate random needs forced_steps, one set per prompt")
+    if gate.sample and temperature == 0:
+        raise ValueError(f"gate {gate.spec} draws from the RL model: it needs temperature > 0")
     device = next(base_model.parameters()).device
     b = len(prompts)
     input_ids, attn, position_ids = left_pad(prompts, pad_id, device)
@@ -146,7 +192,11 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
     next_pos = position_ids[:, -1:] + 1
     for step in range(max_new_tokens):
         lb = base.logits
-        tok_base = next_token(lb, temperature, top_p, generator)
+        if gate.sample:  # one uniform per row, as next_token draws it, shared by the base and RL draws
+            u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=device)
+            tok_base = _inverse_cdf(lb, temperature, top_p, u)
+        else:
+            tok_base = next_token(lb, temperature, top_p, generator)
         if record_stats:
             logp = torch.log_softmax(lb.float(), dim=-1)
             ents.append(-(logp.exp() * logp).sum(-1))
@@ -157,7 +207,8 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
             fire = torch.zeros(b, dtype=torch.bool, device=device)
             tok = tok_base
         else:
-            rl_arg = rl.logits.argmax(-1)
+            rl_logits = rl.logits
+            rl_arg = rl_logits.argmax(-1)
             if gate.kind == "oracle":
                 top = lb.topk(min(ORACLE_TOP_K, lb.shape[-1]), dim=-1).indices
                 fire = (rl_arg != lb.argmax(-1)) & (top == rl_arg[:, None]).any(-1)
@@ -167,7 +218,8 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
                 fire = torch.tensor([step in forced_steps[i] for i in range(b)], dtype=torch.bool, device=device)
             else:
                 raise ValueError(f"unknown gate {gate.kind!r}")
-            tok = torch.where(fire, rl_arg, tok_base)
+            rl_tok = _inverse_cdf(rl_logits, temperature, top_p, u) if gate.sample else rl_arg
+            tok = torch.where(fire, rl_tok, tok_base)
         fire = fire & ~finished
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
@@ -295,9 +347,12 @@ def run_intervention(base, rl, records: list[dict], verify: Callable[[dict, str]
     for g in gates:
         if g.kind == "off":
             raise ConfigError("gate 'off' is plain base decoding, which is always run; drop it")
+        if g.sample and temperature == 0:
+            raise ConfigError(f"gate {g.spec} draws from the RL model: it needs sampled decoding (temperature > 0)")
     check_same_vocab(base, rl)
     keys = gate_keys(gates)
-    need_oracle = any(g.kind in ("oracle", "random") for g in keys.values())
+    refs = {k: random_reference(keys, k) for k, g in keys.items() if g.kind == "random"}
+    need_oracle = "oracle" in keys or "oracle" in refs.values()
     greedy = temperature == 0
     prompt_ids = [base.encode_prompt(r["prompt"]) for r in records]
     n = len(records)
@@ -321,29 +376,26 @@ def run_intervention(base, rl, records: list[dict], verify: Callable[[dict, str]
             progress(name, s)
 
     det_runs = 1 if greedy else seeds  # deterministic decoders need one run under greedy decoding
-    last_oracle: PairedDecode | None = None
+    last: dict[str, PairedDecode] = {}  # the latest run of each gate a random gate copies counts from
     for s in range(seeds):
         dseed = seed + s
-        oracle = None
         if s < det_runs:
             score("base", decode(base, None, prompt_ids, seed=dseed, **kw), s)
             score("rl", decode(rl, None, prompt_ids, seed=dseed, **kw), s)
             for name, g in keys.items():
-                if g.kind == "entropy":
-                    score(name, decode(base, rl, prompt_ids, gate=g, seed=dseed, **kw), s)
+                if g.kind == "entropy" or (g.kind == "oracle" and name != "oracle"):
+                    last[name] = decode(base, rl, prompt_ids, gate=g, seed=dseed, **kw)
+                    score(name, last[name], s)
             if need_oracle:
-                oracle = decode(base, rl, prompt_ids, gate=Gate("oracle"), seed=dseed, **kw)
-                score("oracle", oracle, s)
-                last_oracle = oracle
-        if "random" in keys:
-            oracle = oracle if oracle is not None else last_oracle
-            forced = random_positions(oracle, seed, s)
-            score("random", decode(base, rl, prompt_ids, gate=Gate("random"), forced_steps=forced,
-                                   seed=dseed, **kw), s)
+                last["oracle"] = decode(base, rl, prompt_ids, gate=Gate("oracle"), seed=dseed, **kw)
+                score("oracle", last["oracle"], s)
+        for name, ref in refs.items():
+            forced = random_positions(last[ref], seed, s)
+            score(name, decode(base, rl, prompt_ids, gate=keys[name], forced_steps=forced, seed=dseed, **kw), s)
 
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     accuracy = {k: mean(v) for k, v in acc.items()}
-    order = ["base", "rl"] + [k for k in ("oracle", "random") if k in accuracy] + \
+    order = ["base", "rl"] + [k for k in ("oracle", "random", "oracle+sample", "random+sample") if k in accuracy] + \
         sorted(k for k in accuracy if k.startswith("entropy"))
     accuracy = {k: accuracy[k] for k in order}
     gap = accuracy["rl"] - accuracy["base"]
@@ -364,6 +416,7 @@ def run_intervention(base, rl, records: list[dict], verify: Callable[[dict, str]
         "oracle_top_k": ORACLE_TOP_K,
         "random_protocol": "per prompt and seed: k = oracle firings, k distinct step indices drawn uniformly "
                            "from the oracle response's steps before decoding",
+        "random_reference": refs,
     }
     if out_dir is not None:
         out = Path(out_dir)

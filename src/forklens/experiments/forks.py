@@ -6,12 +6,16 @@ For each ``family/variant`` in ``variants`` (organism zoo, docs/organisms.md):
 1. the base organism, built once and cached (``family_overrides`` resize it, e.g. the demo's quick arith);
 2. per seed, a tuned model from that one base: GRPO with the same :class:`RLConfig` (same steps) for every
    family, except ``negctl``, whose tuned model is SFT on gold traces (:func:`tune_negctl`);
-3. greedy held-out accuracy of base (once) and tuned model on the first ``eval_problems`` test problems;
+3. held-out accuracy of base (once) and tuned model on the first ``eval_problems`` test problems: greedy, or
+   with ``decode_temperature`` > 0 sampled pass@1 averaged over ``decode_samples`` draws per problem;
 4. ``forklens diff`` of tuned vs base on the tuned model's greedy responses to the first ``diff_prompts``
    test problems, summarised at its disagreements by :func:`forklens.analysis.fork_stats.fork_stats`
    (share in the base top-5, rank distribution, entropy ratio, base probability of the tuned token,
    branches with base probability > ``branch_p``);
-5. the oracle / random / entropy intervention (:func:`run_intervention`, greedy) on ``intervene_problems``.
+5. the oracle / random / entropy intervention (:func:`run_intervention`) on ``intervene_problems``, greedy or
+   (``decode_temperature`` > 0) sampled at that temperature with ``decode_samples`` draws per problem, common
+   random numbers across decoders; gates with ``+sample`` (emit an RL draw instead of the RL argmax) only then.
+   The diff (step 4) stays on the tuned model's greedy responses: it locates where the argmaxes differ.
 
 "First" counts from ``problem_offset`` (default 0): a pilot can choose a setting on later test problems
 that a measured run with offset 0 never evaluates (:class:`OffsetTask`).
@@ -37,7 +41,7 @@ from forklens.analysis.curves import bootstrap_ci
 from forklens.analysis.diff import run_diff
 from forklens.analysis.evaluate import EvalConfig, evaluate
 from forklens.analysis.fork_stats import fork_stats, mean_rank_distribution, read_token_rows
-from forklens.analysis.intervene import gate_keys, parse_gate, run_intervention
+from forklens.analysis.intervene import gate_keys, parse_gate, random_reference, run_intervention
 from forklens.config import apply_override, field, validate
 from forklens.errors import ConfigError
 from forklens.organisms import get_family
@@ -71,6 +75,9 @@ METRICS = {
     "oracle_recovered": ("recovered", "oracle"),
     "random_recovered": ("recovered", "random"),
     "entropy_recovered": ("recovered", "entropy"),
+    "oracle_sample_recovered": ("recovered", "oracle+sample"),
+    "entropy_sample_recovered": ("recovered", "entropy+sample"),
+    "random_sample_recovered": ("recovered", "random+sample"),
 }
 
 
@@ -95,8 +102,15 @@ class ForksConfig:
     diff_prompts: int = field(50, ge=1, help="Held-out prompts the diff uses.")
     intervene_problems: int = field(100, ge=1, help="Held-out problems of the intervention.")
     intervene_gates: list[str] = field(default_factory=lambda: ["oracle", "random", "entropy:0.5"],
-                                       help="Intervention gates.")
-    intervene_seeds: int = field(1, ge=1, help="Random-gate draws per intervention.")
+                                       help="Intervention gates: one oracle, one random and one entropy:TAU, plus "
+                                       "(decode_temperature > 0 only) optionally entropy:TAU+sample / oracle+sample "
+                                       "with random+sample as their control.")
+    intervene_seeds: int = field(1, ge=1, help="Random-gate draws per intervention (greedy decoding; sampled "
+                                 "decoding draws decode_samples times for every decoder).")
+    decode_temperature: float = field(0.0, ge=0, help="0: greedy accuracy and intervention (as registered before). "
+                                      "> 0: held-out accuracy is sampled pass@1 at this temperature and the "
+                                      "intervention decodes sampled at it.")
+    decode_samples: int = field(1, ge=1, help="Draws per problem under sampled decoding (pass@1 is their mean).")
     top_k: int = field(5, ge=1, help="Re-ranked means base rank 2..top_k; beyond is shifted.")
     branch_p: float = field(0.05, gt=0, lt=1, help="A branch is a candidate with base probability above this.")
     token_margin: int = field(8, ge=0, help="Max new tokens = longest gold test trace + this.")
@@ -207,6 +221,32 @@ def grpo_problems(train_on: str, base, task, mnt: int) -> tuple[list | None, dic
                    "base_train_accuracy": ev["accuracy"]}
 
 
+def check_gates(specs: list[str], temperature: float) -> list:
+    """The parsed gates: exactly one oracle, one random and one entropy:TAU, plus optional ``+sample`` gates
+    (sampled decoding only; random+sample needs the gate it copies counts from)."""
+    gates = [parse_gate(g) for g in specs]
+    keys = gate_keys(gates)
+    if {k for k, g in keys.items() if not g.sample} != {"oracle", "random", "entropy"} or len(keys) != len(gates):
+        raise ConfigError("intervene_gates: give exactly one oracle, one random and one entropy:TAU gate (and at most "
+                          "one of each +sample gate)")
+    if any(g.sample for g in gates):
+        if temperature == 0:
+            raise ConfigError("intervene_gates: +sample gates emit RL draws; they need decode_temperature > 0")
+        for k, g in keys.items():
+            if g.kind == "random" and g.sample:
+                random_reference(keys, k)
+    return gates
+
+
+def decoding(cfg: ForksConfig) -> dict:
+    """How accuracy and the intervention decode (recorded in the artifact)."""
+    if cfg.decode_temperature == 0:
+        return {"mode": "greedy", "temperature": 0.0, "samples_per_problem": 1}
+    return {"mode": "sampled", "temperature": cfg.decode_temperature, "samples_per_problem": cfg.decode_samples,
+            "accuracy": "pass@1: mean over samples_per_problem draws per problem", "diff": "tuned model's greedy "
+            "responses"}
+
+
 def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progress: bool = True) -> dict:
     out = Path(out)
     claim_folder(out, "experiment-forks")
@@ -215,12 +255,11 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
     for family, _, vcfg in specs:  # and a reward a GRPO variant's task does not have
         if family.name != "negctl":
             grpo_rewards(cfg.reward, family.task(vcfg))
-    gates = [parse_gate(g) for g in cfg.intervene_gates]
-    if set(gate_keys(gates)) != {"oracle", "random", "entropy"}:
-        raise ConfigError("intervene_gates: give exactly one oracle, one random and one entropy:TAU gate")
+    gates = check_gates(cfg.intervene_gates, cfg.decode_temperature)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stamp = make_stamp(Path(cfg.artifact).name, seeds) if cfg.artifact else None
-    summary: dict = {"variants": {}, "seeds": seeds, "config": asdict(cfg)}
+    summary: dict = {"variants": {}, "seeds": seeds, "config": asdict(cfg), "decoding": decoding(cfg)}
+    sampled = cfg.decode_temperature > 0
     metrics_files: dict[str, Path] = {}
 
     for family, vname, vcfg in specs:
@@ -234,9 +273,14 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
         test = task.problems("test")
         base_info = family.build(vcfg, vdir / "base", use_cache=use_cache, progress=progress)
         base = Policy.load(vdir / "base")
-        ev = EvalConfig(max_new_tokens=mnt, limit=cfg.eval_problems)
-        base_acc = evaluate(base, task, ev)["accuracy"]
-        console.print(f"{key}: base greedy accuracy {100 * base_acc:.1f}% "
+        ev = EvalConfig(max_new_tokens=mnt, limit=cfg.eval_problems, temperature=cfg.decode_temperature,
+                        n=cfg.decode_samples if sampled else 1, seed=cfg.seed)
+        # greedy: one base number; sampled: the base is drawn again with each seed's generator seed, the
+        # tuned model's, so a seed's gain compares draws seeded alike (the base's own sampling noise then
+        # enters the interval over seeds instead of being one fixed offset)
+        base_accs = {cfg.seed: evaluate(base, task, ev)["accuracy"]}
+        base_acc = base_accs[cfg.seed]
+        console.print(f"{key}: base {summary['decoding']['mode']} accuracy {100 * base_acc:.1f}% "
                       f"({'cached' if base_info['cache_hit'] else 'pretrained'}), max_new_tokens {mnt}",
                       highlight=False)
         by_id = {p.id: p for p in test}
@@ -264,15 +308,20 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                 metrics_files[f"{family.name}-{vname}_seed-{s}"] = sd / "train" / "metrics.jsonl"
                 how = "grpo"
             tuned = Policy.load(tuned_dir)
-            tuned_acc = evaluate(tuned, task, ev)["accuracy"]
+            tuned_acc = evaluate(tuned, task, replace(ev, seed=s))["accuracy"]
+            if sampled and s not in base_accs:
+                base_accs[s] = evaluate(base, task, replace(ev, seed=s))["accuracy"]
+            base_acc_s = base_accs[s] if sampled else base_acc
             diff = run_diff(base, tuned, records[: cfg.diff_prompts], responses="rl-greedy", max_new_tokens=mnt,
                             top_k=cfg.top_k, seed=s, verifier=verify, out_dir=sd / "diff", progress=False)
             forks = fork_stats(read_token_rows(sd / "diff" / "tokens.jsonl"), top_k=cfg.top_k, branch_p=cfg.branch_p)
-            inter = run_intervention(base, tuned, records[: cfg.intervene_problems], verify, gates, temperature=0.0,
-                                     seeds=cfg.intervene_seeds, seed=s, max_new_tokens=mnt)
+            inter = run_intervention(base, tuned, records[: cfg.intervene_problems], verify, gates,
+                                     temperature=cfg.decode_temperature,
+                                     seeds=cfg.decode_samples if sampled else cfg.intervene_seeds, seed=s,
+                                     max_new_tokens=mnt)
             per_seed.append({
-                "seed": s, "tuned_by": how, "base_accuracy": base_acc, "tuned_accuracy": tuned_acc,
-                "gain": tuned_acc - base_acc,
+                "seed": s, "tuned_by": how, "base_accuracy": base_acc_s, "tuned_accuracy": tuned_acc,
+                "gain": tuned_acc - base_acc_s,
                 "train": {k: info[k] for k in ("steps", "flops", "wall_s")},
                 "diff": {k: diff.get(k) for k in ("unshifted_frac", "reranked_frac", "shifted_frac",
                                                    "mean_rank_at_disagreement", "entropy_ratio")},
@@ -281,10 +330,11 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                                                        "changed_per_response")},
                 "recovered": recovered(inter),
             })
-            console.print(f"{key} seed {s}: tuned {100 * tuned_acc:.1f}% (base {100 * base_acc:.1f}%), "
+            console.print(f"{key} seed {s}: tuned {100 * tuned_acc:.1f}% (base {100 * base_acc_s:.1f}%), "
                           f"{forks['n_disagreement']} disagreements, in top-{cfg.top_k}: {forks['share_in_topk']}, "
                           f"oracle recovered {inter['gain_recovered'].get('oracle')}", highlight=False)
-            summary["variants"][key] = _variant_summary(family, vname, base_acc, base_info, mnt, per_seed)
+            mean_base = sum(r["base_accuracy"] for r in per_seed) / len(per_seed) if sampled else base_acc
+            summary["variants"][key] = _variant_summary(family, vname, mean_base, base_info, mnt, per_seed)
             summary["variants"][key]["grpo_problems"] = train_info
             _write(out, summary, t_start)
         # after every variant: the plot and (with `artifact`) the stamped artifact so far, so a run cut

@@ -8,11 +8,14 @@ from dataclasses import replace
 import pytest
 
 import forklens.experiments.forks as forks_mod
+from forklens.analysis.intervene import gate_keys, random_reference
+from forklens.config import load_config, packaged_config
 from forklens.errors import ConfigError
 from forklens.experiments.forks import (METRICS, ForksConfig, OffsetTask, aggregate, check_gates, grpo_problems,
                                        grpo_rewards, recovered, run_forks, variant_config)
 from forklens.organisms import get_family
 from forklens.organisms.zoo import Variant
+from forklens.report.predictions import load_predictions
 from forklens.tasks.addv import AddvConfig, AddvTask
 from forklens.tasks.arith import ArithTask
 
@@ -183,3 +186,19 @@ def test_run_forks_sampled_decoding_end_to_end(tmp_path, monkeypatch):
     assert v["base_accuracy"] == pytest.approx(sum(r["base_accuracy"] for r in v["per_seed"]) / 2)
     for name in ("entropy_sample_recovered", "random_sample_recovered", "oracle_sample_recovered"):
         assert name in v["ci"]
+
+
+@pytest.mark.parametrize("name", ["forks-oracle-sampled", "forks-oracle-sampled-quick"])
+def test_sampled_configs_load_and_name_valid_gates(name):
+    cfg = load_config(ForksConfig, packaged_config(name))
+    assert cfg.decode_temperature == 1.0 and cfg.decode_samples >= 2
+    keys = gate_keys(check_gates(cfg.intervene_gates, cfg.decode_temperature))
+    assert random_reference(keys, "random+sample") == "entropy+sample"
+
+
+def test_sampled_predictions_read_fields_the_experiment_writes():
+    preds = load_predictions("results/predictions/forks-oracle-sampled.yaml")
+    assert preds.artifact == "results/forks-oracle-sampled"
+    for p in preds.predictions:
+        prefix = "summary.variants.[addv/undertrained-mid].ci."
+        assert p.field.startswith(prefix) and p.field[len(prefix):] in METRICS, p.id

@@ -122,13 +122,18 @@ def test_grpo_problems_keeps_the_training_problems_the_base_gets_wrong(monkeypat
         grpo_problems("hard", None, task, 20)
 
 
-def test_run_forks_digits_reward_on_base_wrong_problems_end_to_end(tmp_path, monkeypatch):
+def tiny_mid(tmp_path, monkeypatch) -> list[str]:
+    """Family overrides of a tiny addv organism, with a tiny stand-in for addv/undertrained-mid (its own 240
+    pretraining steps would win over a family override) and a fresh organism cache."""
     monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
-    # a tiny stand-in for the variant (its own 240 pretraining steps would win over a family override)
     monkeypatch.setitem(get_family("addv").variants, "undertrained-mid",
                         Variant("precondition", "tiny stand-in", overrides=("pretrain.max_steps=5",)))
-    tiny = ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
+    return ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
             "addv:model.num_attention_heads=2"]
+
+
+def test_run_forks_digits_reward_on_base_wrong_problems_end_to_end(tmp_path, monkeypatch):
+    tiny = tiny_mid(tmp_path, monkeypatch)
     cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=1, seed=3, eval_problems=4,
                       diff_prompts=2, intervene_problems=3, reward="digits", train_on="base-wrong")
     cfg.rl.train.max_steps, cfg.rl.train.mini_batches = 2, 2
@@ -157,11 +162,7 @@ def test_check_gates():
 
 
 def test_run_forks_sampled_decoding_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("FORKLENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(get_family("addv").variants, "undertrained-mid",
-                        Variant("precondition", "tiny stand-in", overrides=("pretrain.max_steps=5",)))
-    tiny = ["addv:addv.max_digits=1", "addv:model.hidden_size=32", "addv:model.intermediate_size=64",
-            "addv:model.num_attention_heads=2"]
+    tiny = tiny_mid(tmp_path, monkeypatch)
     cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=2, seed=3, eval_problems=6,
                       diff_prompts=2, intervene_problems=5, decode_temperature=1.0, decode_samples=3,
                       intervene_gates=["oracle", "random", "entropy:0.5", "entropy:0.5+sample", "random+sample"])

@@ -165,7 +165,8 @@ def test_run_forks_sampled_decoding_end_to_end(tmp_path, monkeypatch):
     tiny = tiny_mid(tmp_path, monkeypatch)
     cfg = ForksConfig(variants=["addv/undertrained-mid"], family_overrides=tiny, seeds=2, seed=3, eval_problems=6,
                       diff_prompts=2, intervene_problems=5, decode_temperature=1.0, decode_samples=3,
-                      intervene_gates=["oracle", "random", "entropy:0.5", "entropy:0.5+sample", "random+sample"])
+                      intervene_gates=["oracle", "random", "entropy:0.5", "entropy:0.5+sample", "random+sample",
+                                       "oracle+base", "entropy:0.5+base"])
     cfg.rl.train.max_steps = 1
     cfg.rl.sampling.prompts_per_step, cfg.rl.sampling.group_size = 2, 2
     out = run_forks(cfg, tmp_path / "run", progress=False)
@@ -181,25 +182,34 @@ def test_run_forks_sampled_decoding_end_to_end(tmp_path, monkeypatch):
         assert r["gain"] == pytest.approx(r["tuned_accuracy"] - r["base_accuracy"], abs=1e-12)
         assert abs(r["tuned_accuracy"] * 18 - round(r["tuned_accuracy"] * 18)) < 1e-9
         acc = r["intervention"]["accuracy"]
-        assert list(acc) == ["base", "rl", "oracle", "random", "random+sample", "entropy", "entropy+sample"]
+        assert list(acc) == ["base", "rl", "oracle", "random", "random+sample", "oracle+base", "entropy",
+                             "entropy+base", "entropy+sample"]
         assert all(abs(a * 15 - round(a * 15)) < 1e-9 for a in acc.values())  # 5 problems x 3 draws
         assert set(r["recovered"]) == set(acc) - {"base", "rl"}
+        assert r["rl_minus_base_argmax"] == {"oracle": acc["oracle"] - acc["oracle+base"],
+                                             "entropy": acc["entropy"] - acc["entropy+base"]}
     assert v["base_accuracy"] == pytest.approx(sum(r["base_accuracy"] for r in v["per_seed"]) / 2)
-    for name in ("entropy_sample_recovered", "random_sample_recovered", "oracle_sample_recovered"):
+    for name in ("entropy_sample_recovered", "random_sample_recovered", "oracle_sample_recovered",
+                 "entropy_rl_minus_base_argmax", "oracle_base_recovered"):
         assert name in v["ci"]
 
 
-@pytest.mark.parametrize("name", ["forks-oracle-sampled", "forks-oracle-sampled-quick"])
+@pytest.mark.parametrize("name", ["forks-oracle-sampled", "forks-oracle-sampled-quick", "forks-oracle-sampled-twins"])
 def test_sampled_configs_load_and_name_valid_gates(name):
     cfg = load_config(ForksConfig, packaged_config(name))
     assert cfg.decode_temperature == 1.0 and cfg.decode_samples >= 2
     keys = gate_keys(check_gates(cfg.intervene_gates, cfg.decode_temperature))
-    assert random_reference(keys, "random+sample") == "entropy+sample"
+    expect = {"random+sample": "entropy+sample", "random+base": "oracle+base"}
+    assert any(name in keys for name in expect)
+    for name, ref in expect.items():
+        if name in keys:
+            assert random_reference(keys, name) == ref
 
 
-def test_sampled_predictions_read_fields_the_experiment_writes():
-    preds = load_predictions("results/predictions/forks-oracle-sampled.yaml")
-    assert preds.artifact == "results/forks-oracle-sampled"
+@pytest.mark.parametrize("name", ["forks-oracle-sampled", "forks-oracle-sampled-twins"])
+def test_sampled_predictions_read_fields_the_experiment_writes(name):
+    preds = load_predictions(f"results/predictions/{name}.yaml")
+    assert preds.artifact == f"results/{name}"
     for p in preds.predictions:
         prefix = "summary.variants.[addv/undertrained-mid].ci."
         assert p.field.startswith(prefix) and p.field[len(prefix):] in METRICS, p.id

@@ -186,38 +186,38 @@ def test_sample_gates_keep_common_random_numbers_and_draw_from_the_rl_model():
     plain = decode(base, None, ids, **kw)
     # an RL model identical to the base: its coupled draw is the base's own token wherever the gate fires
     same = Policy(base.model, base.tokenizer)
-    every = decode(base, same, ids, gate=Gate("entropy", 0.0, sample=True), **kw)
+    every = decode(base, same, ids, gate=Gate("entropy", 0.0, emit="sample"), **kw)
     assert every.responses == plain.responses and sum(every.changed) == 0
     assert sum(len(f) for f in every.fired) == sum(len(r) for r in plain.responses)
     # a gate that never fires consumes the generator exactly as plain base decoding does
-    never = decode(base, rl, ids, gate=Gate("entropy", 1e9, sample=True), **kw)
+    never = decode(base, rl, ids, gate=Gate("entropy", 1e9, emit="sample"), **kw)
     assert never.responses == plain.responses
     # a gate that always fires with the RL model emits the RL model's own sampled decoding (same uniforms)
-    rl_all = decode(base, rl, ids, gate=Gate("entropy", 0.0, sample=True), **kw)
+    rl_all = decode(base, rl, ids, gate=Gate("entropy", 0.0, emit="sample"), **kw)
     assert rl_all.responses == decode(rl, None, ids, **kw).responses
     assert rl_all.responses != plain.responses and sum(rl_all.changed) > 0
     # ... whereas the argmax gate emits the RL argmax: not the RL model's sampled decoding
     assert decode(base, rl, ids, gate=Gate("entropy", 0.0), **kw).responses != rl_all.responses
     with pytest.raises(ValueError, match="temperature > 0"):
-        decode(base, rl, ids, gate=Gate("oracle", sample=True), max_new_tokens=4)
+        decode(base, rl, ids, gate=Gate("oracle", emit="sample"), max_new_tokens=4)
 
 
 def test_parse_sample_gates_and_random_reference():
-    assert parse_gate("oracle+sample") == Gate("oracle", sample=True)
-    assert parse_gate("entropy:0.5+sample") == Gate("entropy", 0.5, sample=True)
+    assert parse_gate("oracle+sample") == Gate("oracle", emit="sample")
+    assert parse_gate("entropy:0.5+sample") == Gate("entropy", 0.5, emit="sample")
     assert parse_gate("entropy:0.5+sample").spec == "entropy:0.5+sample"
     with pytest.raises(ConfigError, match="off"):
         parse_gate("off+sample")
-    gates = [Gate("oracle"), Gate("random"), Gate("entropy", 0.5), Gate("entropy", 0.5, sample=True),
-             Gate("random", sample=True)]
+    gates = [Gate("oracle"), Gate("random"), Gate("entropy", 0.5), Gate("entropy", 0.5, emit="sample"),
+             Gate("random", emit="sample")]
     keys = gate_keys(gates)
     assert list(keys) == ["oracle", "random", "entropy", "entropy+sample", "random+sample"]
     assert random_reference(keys, "random") == "oracle"
     assert random_reference(keys, "random+sample") == "entropy+sample"
-    keys2 = gate_keys(gates + [Gate("oracle", sample=True)])
+    keys2 = gate_keys(gates + [Gate("oracle", emit="sample")])
     assert random_reference(keys2, "random+sample") == "oracle+sample"
     with pytest.raises(ConfigError, match="random\\+sample"):
-        random_reference(gate_keys([Gate("random", sample=True)]), "random+sample")
+        random_reference(gate_keys([Gate("random", emit="sample")]), "random+sample")
 
 
 def test_run_intervention_sampled_with_sample_gates():
@@ -237,4 +237,30 @@ def test_run_intervention_sampled_with_sample_gates():
                for k in range(3)]
         assert s["accuracy_per_seed"][name] == pytest.approx(per, abs=1e-12)
     with pytest.raises(ConfigError, match="temperature > 0"):
-        run_intervention(base, rl, recs, lambda r, t: True, [Gate("entropy", 1.0, sample=True)], max_new_tokens=4)
+        run_intervention(base, rl, recs, lambda r, t: True, [Gate("entropy", 1.0, emit="sample")], max_new_tokens=4)
+
+
+def test_base_gates_emit_the_base_argmax_and_keep_common_random_numbers():
+    base, rl = policies()
+    ids = [base.encode_prompt(p) for p in PROMPTS]
+    kw = dict(temperature=1.0, max_new_tokens=10, seed=5)
+    # firing everywhere, the base's own argmax everywhere: greedy base decoding, whatever the RL model
+    assert decode(base, rl, ids, gate=Gate("entropy", 0.0, emit="base"), **kw).responses == \
+        decode(base, None, ids, max_new_tokens=10).responses
+    assert decode(base, rl, ids, gate=Gate("entropy", 1e9, emit="base"), **kw).responses == \
+        decode(base, None, ids, **kw).responses
+    # the oracle's twin fires where the oracle would on its own prefix and emits the base argmax there
+    res = decode(base, rl, ids, gate=Gate("oracle", emit="base"), **kw)
+    sb, sr = base.score(ids, res.responses, top_k=5), rl.score(ids, res.responses)
+    for i, resp in enumerate(res.responses):
+        for t in res.fired[i]:
+            assert int(sr[i].argmax[t]) != int(sb[i].argmax[t]) and resp[t] == int(sb[i].argmax[t])
+    assert parse_gate("entropy:0.5+base") == Gate("entropy", 0.5, emit="base")
+    assert parse_gate("oracle+base").spec == "oracle+base"
+    for bad in ("oracle+sample+base", "off+base"):
+        with pytest.raises(ConfigError):
+            parse_gate(bad)
+    with pytest.raises(ConfigError, match="emit"):
+        Gate("oracle", emit="rl")
+    keys = gate_keys([Gate("oracle"), Gate("entropy", 0.5, emit="base"), Gate("random", emit="base")])
+    assert random_reference(keys, "random+base") == "entropy+base"

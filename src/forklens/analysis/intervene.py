@@ -39,6 +39,11 @@ Gates
                     RL draw is the base's own token. ``random+sample`` takes its count per prompt from
                     the ``oracle+sample`` run if one is given, else from the one ``entropy:TAU+sample``
                     run: it is the control of that gate.
+``+base`` (sampled decoding only: ``oracle+base``, ``entropy:TAU+base``, ``random+base``)
+                    the same gate, but where it fires the BASE model's argmax is emitted: the twin that
+                    separates RL's choice from what any argmax does under sampling (an argmax also
+                    removes the base's sampling noise where it fires). The generator is consumed as in
+                    plain base decoding; ``random+base`` copies its counts as ``random+sample`` does.
 
 ``substitutions_per_response`` counts gate firings (positions where the RL argmax was emitted);
 ``changed_per_response`` counts the firings whose token differs from the base's own choice at that
@@ -66,34 +71,44 @@ from forklens.errors import ConfigError, DataError
 from forklens.policy.sample import KVStepper, filter_top_p, left_pad, next_token
 
 ORACLE_TOP_K = 5
+EMITS = ("argmax", "sample", "base")  # what a firing gate emits (Gate.emit); "+sample" / "+base" in a spec
 ENTROPY_TAU_DEFAULT = 1.4  # the paper's gate for real LMs (docs/forks.md)
 ENTROPY_TAU_ORGANISM = 0.5  # the arith organism: forks ~0.67 nats, digit slips <= 0.4, the rest ~0 (docs/forks.md)
 
 
 @dataclass(frozen=True)
 class Gate:
-    """Where to emit the RL model's argmax: ``off``, ``oracle``, ``entropy`` (with ``tau``) or ``random``;
-    ``sample``: emit a draw from the RL model's distribution there instead (sampled decoding only)."""
+    """Where to substitute: ``off``, ``oracle``, ``entropy`` (with ``tau``) or ``random``; what is emitted
+    there: ``emit`` = ``argmax`` (the RL model's argmax), ``sample`` (a draw from the RL model, coupled to
+    the base's draw) or ``base`` (the base model's own argmax); the last two need sampled decoding."""
 
     kind: str
     tau: float | None = None
-    sample: bool = False
+    emit: str = "argmax"
+
+    def __post_init__(self):
+        if self.emit not in EMITS:
+            raise ConfigError(f"gate emit {self.emit!r} is not one of {', '.join(EMITS)}")
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.emit == "argmax" else f"+{self.emit}"
 
     @property
     def spec(self) -> str:
-        base = f"entropy:{self.tau:g}" if self.kind == "entropy" else self.kind
-        return base + ("+sample" if self.sample else "")
+        return (f"entropy:{self.tau:g}" if self.kind == "entropy" else self.kind) + self.suffix
 
 
 def parse_gate(spec: str, default_tau: float = ENTROPY_TAU_DEFAULT) -> Gate:
     """``oracle`` | ``random`` | ``entropy`` | ``entropy:TAU`` (| ``off``), each but ``off`` optionally
-    followed by ``+sample`` -> :class:`Gate`."""
+    followed by ``+sample`` or ``+base`` -> :class:`Gate`."""
     s = spec.strip().lower()
-    if s.endswith("+sample"):
-        g = parse_gate(s[: -len("+sample")], default_tau)
-        if g.kind == "off":
-            raise ConfigError(f"--gate {spec!r}: 'off' substitutes nothing, so it takes no +sample")
-        return Gate(g.kind, g.tau, sample=True)
+    for emit in EMITS[1:]:
+        if s.endswith(f"+{emit}"):
+            g = parse_gate(s[: -len(emit) - 1], default_tau)
+            if g.kind == "off" or g.emit != "argmax":
+                raise ConfigError(f"--gate {spec!r}: one modifier, on a gate that substitutes ('off' does not)")
+            return Gate(g.kind, g.tau, emit=emit)
     if s in ("oracle", "random", "off"):
         return Gate(s)
     if s == "entropy":
@@ -108,31 +123,32 @@ def parse_gate(spec: str, default_tau: float = ENTROPY_TAU_DEFAULT) -> Gate:
             raise ConfigError(f"--gate {spec!r}: TAU must be a finite number >= 0")
         return Gate("entropy", tau)
     raise ConfigError(f"unknown gate {spec!r}; expected oracle, random, entropy or entropy:TAU (e.g. entropy:1.4), "
-                      "optionally followed by +sample")
+                      "optionally followed by +sample or +base")
 
 
 def gate_keys(gates: Sequence[Gate]) -> dict[str, Gate]:
     """Summary keys: ``oracle``, ``random``, ``entropy`` (``entropy:TAU`` when several taus are run), each
-    with ``+sample`` for a gate that emits RL draws."""
+    with ``+sample`` / ``+base`` for a gate that emits RL draws / the base's argmax."""
     n_entropy = len({g.tau for g in gates if g.kind == "entropy"})
     out: dict[str, Gate] = {}
     for g in gates:
-        key = ("entropy" + ("+sample" if g.sample else "")) if (g.kind == "entropy" and n_entropy == 1) else g.spec
+        key = ("entropy" + g.suffix) if (g.kind == "entropy" and n_entropy == 1) else g.spec
         out.setdefault(key, g)
     return out
 
 
 def random_reference(keys: dict[str, Gate], name: str) -> str:
     """The run whose firing counts the random gate ``name`` copies: ``oracle`` for ``random``; for
-    ``random+sample`` the ``oracle+sample`` run if given, else the one ``entropy...+sample`` run."""
-    if not keys[name].sample:
+    ``random+M`` (M = sample or base) the ``oracle+M`` run if given, else the one ``entropy...+M`` run."""
+    g = keys[name]
+    if g.emit == "argmax":
         return "oracle"
-    if "oracle+sample" in keys:
-        return "oracle+sample"
-    ent = [k for k, g in keys.items() if g.kind == "entropy" and g.sample]
+    if f"oracle{g.suffix}" in keys:
+        return f"oracle{g.suffix}"
+    ent = [k for k, e in keys.items() if e.kind == "entropy" and e.emit == g.emit]
     if len(ent) != 1:
-        raise ConfigError("gate random+sample copies the firing counts of oracle+sample or of one entropy:TAU+sample "
-                          f"gate; got {len(ent)} entropy+sample gates and no oracle+sample")
+        raise ConfigError(f"gate random{g.suffix} copies the firing counts of oracle{g.suffix} or of one "
+                          f"entropy:TAU{g.suffix} gate; got {len(ent)} such entropy gates and no oracle{g.suffix}")
     return ent[0]
 
 
@@ -178,8 +194,8 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
         raise ValueError(f"gate {gate.spec} needs an RL model")
     if gate.kind == "random" and (forced_steps is None or len(forced_steps) != len(prompts)):
         raise ValueError("gate random needs forced_steps, one set per prompt")
-    if gate.sample and temperature == 0:
-        raise ValueError(f"gate {gate.spec} draws from the RL model: it needs temperature > 0")
+    if gate.emit != "argmax" and temperature == 0:
+        raise ValueError(f"gate {gate.spec} differs from its argmax gate only under sampling: it needs temperature > 0")
     device = next(base_model.parameters()).device
     b = len(prompts)
     input_ids, attn, position_ids = left_pad(prompts, pad_id, device)
@@ -192,7 +208,7 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
     next_pos = position_ids[:, -1:] + 1
     for step in range(max_new_tokens):
         lb = base.logits
-        if gate.sample:  # one uniform per row, as next_token draws it, shared by the base and RL draws
+        if gate.emit == "sample":  # one uniform per row, as next_token draws it, shared by the base and RL draws
             u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=device)
             tok_base = _inverse_cdf(lb, temperature, top_p, u)
         else:
@@ -218,7 +234,10 @@ def paired_decode(base_model, rl_model, prompts: list[list[int]], *, pad_id: int
                 fire = torch.tensor([step in forced_steps[i] for i in range(b)], dtype=torch.bool, device=device)
             else:
                 raise ValueError(f"unknown gate {gate.kind!r}")
-            rl_tok = _inverse_cdf(rl_logits, temperature, top_p, u) if gate.sample else rl_arg
+            if gate.emit == "sample":
+                rl_tok = _inverse_cdf(rl_logits, temperature, top_p, u)
+            else:
+                rl_tok = lb.argmax(-1) if gate.emit == "base" else rl_arg
             tok = torch.where(fire, rl_tok, tok_base)
         fire = fire & ~finished
         tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
@@ -347,8 +366,9 @@ def run_intervention(base, rl, records: list[dict], verify: Callable[[dict, str]
     for g in gates:
         if g.kind == "off":
             raise ConfigError("gate 'off' is plain base decoding, which is always run; drop it")
-        if g.sample and temperature == 0:
-            raise ConfigError(f"gate {g.spec} draws from the RL model: it needs sampled decoding (temperature > 0)")
+        if g.emit != "argmax" and temperature == 0:
+            raise ConfigError(f"gate {g.spec} differs from its argmax gate only under sampling: it needs sampled "
+                              "decoding (temperature > 0)")
     check_same_vocab(base, rl)
     keys = gate_keys(gates)
     refs = {k: random_reference(keys, k) for k, g in keys.items() if g.kind == "random"}
@@ -395,7 +415,8 @@ def run_intervention(base, rl, records: list[dict], verify: Callable[[dict, str]
 
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     accuracy = {k: mean(v) for k, v in acc.items()}
-    order = ["base", "rl"] + [k for k in ("oracle", "random", "oracle+sample", "random+sample") if k in accuracy] + \
+    order = ["base", "rl"] + [f"{k}{m}" for m in ("", "+sample", "+base") for k in ("oracle", "random")
+                              if f"{k}{m}" in accuracy] + \
         sorted(k for k in accuracy if k.startswith("entropy"))
     accuracy = {k: accuracy[k] for k in order}
     gap = accuracy["rl"] - accuracy["base"]

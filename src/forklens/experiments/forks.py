@@ -14,7 +14,8 @@ For each ``family/variant`` in ``variants`` (organism zoo, docs/organisms.md):
    branches with base probability > ``branch_p``);
 5. the oracle / random / entropy intervention (:func:`run_intervention`) on ``intervene_problems``, greedy or
    (``decode_temperature`` > 0) sampled at that temperature with ``decode_samples`` draws per problem, common
-   random numbers across decoders; gates with ``+sample`` (emit an RL draw instead of the RL argmax) only then.
+   random numbers across decoders; gates with ``+sample`` (emit an RL draw instead of the RL argmax) or ``+base``
+   (emit the base's own argmax: the twin that separates RL's choice from what any argmax does) only then.
    The diff (step 4) stays on the tuned model's greedy responses: it locates where the argmaxes differ.
 
 "First" counts from ``problem_offset`` (default 0): a pilot can choose a setting on later test problems
@@ -78,6 +79,13 @@ METRICS = {
     "oracle_sample_recovered": ("recovered", "oracle+sample"),
     "entropy_sample_recovered": ("recovered", "entropy+sample"),
     "random_sample_recovered": ("recovered", "random+sample"),
+    "oracle_base_recovered": ("recovered", "oracle+base"),
+    "entropy_base_recovered": ("recovered", "entropy+base"),
+    "random_base_recovered": ("recovered", "random+base"),
+    # pass@1 with the RL argmax minus pass@1 with the base argmax at the same gate (its +base twin)
+    "oracle_rl_minus_base_argmax": ("rl_minus_base_argmax", "oracle"),
+    "entropy_rl_minus_base_argmax": ("rl_minus_base_argmax", "entropy"),
+    "random_rl_minus_base_argmax": ("rl_minus_base_argmax", "random"),
 }
 
 
@@ -104,7 +112,7 @@ class ForksConfig:
     intervene_gates: list[str] = field(default_factory=lambda: ["oracle", "random", "entropy:0.5"],
                                        help="Intervention gates: one oracle, one random and one entropy:TAU, plus "
                                        "(decode_temperature > 0 only) optionally entropy:TAU+sample / oracle+sample "
-                                       "with random+sample as their control.")
+                                       "with random+sample as their control, and +base twins (the base's argmax).")
     intervene_seeds: int = field(1, ge=1, help="Random-gate draws per intervention (greedy decoding; sampled "
                                  "decoding draws decode_samples times for every decoder).")
     decode_temperature: float = field(0.0, ge=0, help="0: greedy accuracy and intervention (as registered before). "
@@ -187,6 +195,14 @@ def recovered(inter: dict) -> dict:
     return {k: (v if ok else None) for k, v in inter["gain_recovered"].items()}
 
 
+def rl_minus_base_argmax(inter: dict) -> dict:
+    """Per gate with a ``+base`` twin: pass@1 emitting the RL argmax minus pass@1 emitting the base's own
+    argmax at that gate (what RL's choice adds beyond taking an argmax there); empty without twins."""
+    acc = inter["accuracy"]
+    return {k: acc[k] - acc[f"{k}+base"] for k in ("oracle", "random", "entropy")
+            if k in acc and f"{k}+base" in acc}
+
+
 def _get(record: dict, path: tuple[str, ...]):
     cur = record
     for key in path:
@@ -222,18 +238,19 @@ def grpo_problems(train_on: str, base, task, mnt: int) -> tuple[list | None, dic
 
 
 def check_gates(specs: list[str], temperature: float) -> list:
-    """The parsed gates: exactly one oracle, one random and one entropy:TAU, plus optional ``+sample`` gates
-    (sampled decoding only; random+sample needs the gate it copies counts from)."""
+    """The parsed gates: exactly one oracle, one random and one entropy:TAU, plus optional ``+sample`` /
+    ``+base`` gates (sampled decoding only; random+M needs the gate it copies counts from)."""
     gates = [parse_gate(g) for g in specs]
     keys = gate_keys(gates)
-    if {k for k, g in keys.items() if not g.sample} != {"oracle", "random", "entropy"} or len(keys) != len(gates):
+    if {k for k, g in keys.items() if g.emit == "argmax"} != {"oracle", "random", "entropy"} or len(keys) != len(gates):
         raise ConfigError("intervene_gates: give exactly one oracle, one random and one entropy:TAU gate (and at most "
-                          "one of each +sample gate)")
-    if any(g.sample for g in gates):
+                          "one of each +sample / +base gate)")
+    if any(g.emit != "argmax" for g in gates):
         if temperature == 0:
-            raise ConfigError("intervene_gates: +sample gates emit RL draws; they need decode_temperature > 0")
+            raise ConfigError("intervene_gates: +sample / +base gates differ from their argmax gates only under "
+                              "sampling; they need decode_temperature > 0")
         for k, g in keys.items():
-            if g.kind == "random" and g.sample:
+            if g.kind == "random" and g.emit != "argmax":
                 random_reference(keys, k)
     return gates
 
@@ -329,6 +346,7 @@ def run_forks(cfg: ForksConfig, out: str | Path, use_cache: bool = True, progres
                 "intervention": {k: inter[k] for k in ("accuracy", "gain_recovered", "substitutions_per_response",
                                                        "changed_per_response")},
                 "recovered": recovered(inter),
+                "rl_minus_base_argmax": rl_minus_base_argmax(inter),
             })
             console.print(f"{key} seed {s}: tuned {100 * tuned_acc:.1f}% (base {100 * base_acc_s:.1f}%), "
                           f"{forks['n_disagreement']} disagreements, in top-{cfg.top_k}: {forks['share_in_topk']}, "

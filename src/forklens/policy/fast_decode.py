@@ -4,8 +4,11 @@ Why: on a GPU a decoding step of a small or mid-size model through the transform
 by Python and kernel launches (cache objects, mask builders, keyword plumbing), not by its matrix
 products. This decoder calls the model's own modules (embeddings, norms, projections, MLPs, rotary
 embedding, LoRA layers included) but keeps the keys and values in one preallocated buffer per layer
-and builds the masks itself, so a step has fixed shapes and is replayed as a CUDA graph (on CPU,
-where the matrix products dominate, it saves little: docs/results.md).
+and builds the masks itself, so a step has fixed shapes and is replayed as a CUDA graph. On CPU,
+where the matrix products dominate, a step instead keeps its non-matrix work to a few operations
+(rotary rows from a table, scale and mask inside one ``baddbmm``, residuals inside ``addmm``, plain
+linears and norms without module calls), so sampling runs close to its matrix products alone
+(docs/results.md, "Long traces" and the sampler's floor).
 
 It is an optimisation, never a second source of truth: the first time a model is decoded with it,
 its prefill and first step are compared with the transformers forward of the same tokens
@@ -179,12 +182,16 @@ class StaticKVDecoder:
         sign[: d // 2] = -1
         return cos[0], sin[0] * sign
 
-    def _rotary_step(self, q, k, pos):
-        """Rotary embedding of one decoding step's ``q``, ``k`` [B, H, 1, D] at positions ``pos`` [B, 1]."""
+    def _rotary_rows(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table's (cos, signed sin) rows for one decoding step at positions ``pos`` [B, 1], shaped
+        [B, 1, 1, D] to broadcast over heads."""
         cos_t, sin_t = self.table
-        cos, sin = cos_t[pos[:, 0]][:, None, None], sin_t[pos[:, 0]][:, None, None]
-        half = q.shape[-1] // 2
-        return (torch.addcmul(q * cos, q.roll(half, -1), sin), torch.addcmul(k * cos, k.roll(half, -1), sin))
+        return cos_t[pos[:, 0]][:, None, None], sin_t[pos[:, 0]][:, None, None]
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x * cos + rotate_half(x) * sin`` with the table's signed ``sin``."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
     def _attend(self, q, k, v, mask, scale):
         if q.shape[2] == 1:  # a decoding step: two small batched products beat the fused CPU kernel
@@ -205,8 +212,7 @@ class StaticKVDecoder:
         t1 = self.t + s
         h = self.body.embed_tokens(ids)
         table = getattr(self, "table", None) if s == 1 else None
-        if table is None:
-            cos, sin = self.body.rotary_emb(h, pos)
+        cos, sin = self.body.rotary_emb(h, pos) if table is None else self._rotary_rows(pos)
         for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
                 zip(self.body.layers, self.plan)):
             a = layer.self_attn
@@ -218,7 +224,7 @@ class StaticKVDecoder:
             if table is None:
                 q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             else:
-                q, k = self._rotary_step(q.transpose(1, 2), k.transpose(1, 2), pos)
+                q, k = self._rotate(q.transpose(1, 2), cos, sin), self._rotate(k.transpose(1, 2), cos, sin)
             v = v_proj(x).view(b, s, -1, a.head_dim).transpose(1, 2)
             if slot is None:
                 self.k[i][:, :, self.t:t1], self.v[i][:, :, self.t:t1] = k, v
@@ -240,8 +246,7 @@ class StaticKVDecoder:
         n = t + 1
         self.bias[:, :, t] = 0.0
         bias = self.bias[:, :, :n]
-        cos_t, sin_t = self.table
-        cos, sin = cos_t[pos[:, 0]][:, None, None], sin_t[pos[:, 0]][:, None, None]
+        cos, sin = self._rotary_rows(pos)
         h = self.body.embed_tokens(tok[:, None])
         for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
                 zip(self.body.layers, self.plan)):
@@ -252,9 +257,8 @@ class StaticKVDecoder:
             k = k_proj(x).view(b, -1, 1, d)
             if hasattr(a, "q_norm"):
                 q, k = a.q_norm(q), a.k_norm(k)
-            half = d // 2
-            q = torch.addcmul(q * cos, q.roll(half, -1), sin)
-            self.k[i][:, :, t:n] = torch.addcmul(k * cos, k.roll(half, -1), sin)
+            q = self._rotate(q, cos, sin)
+            self.k[i][:, :, t:n] = self._rotate(k, cos, sin)
             self.v[i][:, :, t:n] = v_proj(x).view(b, -1, 1, d)
             kv = self.k[i].shape[1]
             keys = self.k[i][:, :, :n].reshape(b * kv, n, d)  # views: the cache is [B, kv, cap, D]

@@ -49,10 +49,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float,
     decoding step at vocabulary 8k). A token of probability 0 is never drawn."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() if temperature == 1 else logits.float() / temperature
-    probs = filter_top_p(logits, top_p).softmax(-1)
+    probs = sampling_probs(logits, temperature, top_p)
     u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
     return inverse_cdf_draw(probs, u)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """float32 softmax(logits / temperature) after top-p filtering: what :func:`next_token` draws from."""
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
+    return filter_top_p(logits, top_p).softmax(-1)
 
 
 def _block_size(vocab: int) -> int:

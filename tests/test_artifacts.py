@@ -126,6 +126,32 @@ def test_missing_fields_and_point_predictions(tmp_path):
                 {"summary": {"r": INTERVAL}})
 
 
+LB = {"mean": 1.6, "low": 1.2, "high": 2.0, "n": 5, "level": 0.95, "lower_bound": True, "n_exact": 3,
+      "n_censored": 2, "n_reference_unreached": 0, "censored_min": 1.5}
+
+
+@pytest.mark.parametrize("over, direction, threshold, outcome", [
+    ({}, ">", 1, "supported"),  # low and every censored seed's bound exceed 1
+    ({"censored_min": 0.9}, ">", 1, "inconclusive"),  # a censored seed's bound does not yet exceed 1
+    ({"n_reference_unreached": 1}, ">", 1, "inconclusive"),  # a seed without any value
+    ({"low": 0.5, "high": 0.8, "censored_min": 0.6}, ">", 1, "inconclusive"),  # a lower bound never refutes ">"
+    ({}, "<", 1.1, "refuted"),  # the bound already lies above: the true ratio does too
+    ({}, "<", 1.3, "inconclusive"),
+    ({}, "<", 3, "inconclusive"),  # a lower bound never supports "<"
+    ({}, "between", [0.5, 1.1], "refuted"),
+    ({}, "between", [0.5, 3], "inconclusive"),
+    ({"n_censored": 0, "censored_min": None, "low": 0.5, "high": 0.8}, ">", 1, "refuted"),  # exact: ordinary rule
+    ({"n_censored": 0, "censored_min": None}, "<", 3, "supported"),
+])
+def test_censored_lower_bounds_are_judged_by_what_a_bound_can_show(tmp_path, over, direction, threshold, outcome):
+    preds = _predictions(tmp_path, [{"id": "p", "claim": "c", "metric": "m", "field": "summary.r",
+                                     "direction": direction, "threshold": threshold, "ci": 95}])
+    v = verdict(preds.predictions[0], {"summary": {"r": {**LB, **over}}})
+    assert v.outcome == outcome
+    if over.get("n_censored") != 0:
+        assert "censored seed(s)" in v.reason
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"direction": "<="}, "direction must be one of"), ({"threshold": "big"}, "finite number"),
     ({"direction": "between", "threshold": [2, 1]}, "low 2.0 > high"), ({"ci": 100}, "percentage"),

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forklens.analysis.curves import (Curve, PlateauStopper, accuracy_at, best_so_far, bootstrap_ci, compare_methods,
-                                      curve_from_metrics, flops_ratio, flops_to_target, mean_curve, method_report,
+                                      curve_from_metrics, flops_ratio, flops_ratio_lb, flops_to_target, mean_curve, method_report,
                                       numeric_leaves, paired_difference, plateau_target, stop_index,
                                       summarize_seeds)
 
@@ -130,6 +130,43 @@ def test_flops_ratio_with_and_without_search():
     assert flops_ratio(never, b) is None
 
 
+def test_censored_ratio_counts_an_unreached_seed_with_its_whole_budget():
+    # seed 0 of a reaches 0.9 at 30 (exact 30 / 10 = 3); seed 1 never does within its budget of 50
+    a = {0: Curve((10.0, 30.0), (0.5, 0.9)), 1: Curve((10.0, 50.0), (0.5, 0.6))}
+    b = {0: Curve((10.0,), (0.95,)), 1: Curve((10.0, 20.0), (0.8, 0.9))}
+    ra, rb = method_report("a", a, 0.9), method_report("b", b, 0.9)
+    budgets = {s: c.flops[-1] for s, c in a.items()}
+    lb = flops_ratio_lb(ra, rb, budgets)
+    assert lb["per_seed"] == {"0": {"ratio_lb": 3.0, "censored": False}, "1": {"ratio_lb": 2.5, "censored": True}}
+    assert (lb["n_exact"], lb["n_censored"], lb["n_reference_unreached"], lb["censored_min"]) == (1, 1, 0, 2.5)
+    assert lb["mean"] == pytest.approx(2.75) and 2.5 <= lb["low"] <= 2.75 <= lb["high"] <= 3.0
+    assert lb["lower_bound"] is True and lb["n"] == 2 and lb["level"] == 0.95
+    assert flops_ratio(ra, rb).mean == pytest.approx(30 / 15)  # the old field: reached seeds only, unchanged
+    # search cost on both sides, as in flops_ratio: (30 + 10) / 10 and (50 + 10) / 20
+    searched = flops_ratio_lb(method_report("a", a, 0.9, search_flops=10.0), rb, budgets)
+    assert [v["ratio_lb"] for v in searched["per_seed"].values()] == [4.0, 3.0]
+    assert flops_ratio_lb(method_report("a", a, 0.9, search_flops=10.0), rb, budgets,
+                          include_search=False)["mean"] == pytest.approx(2.75)
+
+
+def test_censored_ratio_when_every_seed_is_censored_or_the_reference_misses():
+    never = {0: Curve((10.0, 40.0), (0.1, 0.2)), 1: Curve((10.0, 60.0), (0.1, 0.3))}
+    b = {0: Curve((10.0,), (0.95,)), 1: Curve((10.0, 20.0), (0.8, 0.9))}
+    ra, rb = method_report("a", never, 0.9), method_report("b", b, 0.9)
+    lb = flops_ratio_lb(ra, rb, {0: 40.0, 1: 60.0})
+    assert flops_ratio(ra, rb) is None  # the old ratio is missing ...
+    assert [v["ratio_lb"] for v in lb["per_seed"].values()] == [4.0, 3.0]  # ... the censored one is not
+    assert (lb["n_exact"], lb["n_censored"], lb["censored_min"], lb["mean"]) == (0, 2, 3.0, 3.5)
+    # the reference never reaches the target on seed 1: no bound there, listed, not dropped
+    half = method_report("b", {0: b[0], 1: Curve((10.0, 20.0), (0.8, 0.85))}, 0.9)
+    lb = flops_ratio_lb(ra, half, {0: 40.0, 1: 60.0})
+    assert lb["per_seed"]["1"] == {"ratio_lb": None, "censored": True}
+    assert (lb["n"], lb["mean"], lb["n_censored"], lb["n_reference_unreached"]) == (1, 4.0, 1, 1)
+    assert flops_ratio_lb(ra, method_report("b", {0: Curve((1.0,), (0.1,))}, 0.9), {0: 40.0}) is None
+    with pytest.raises(ValueError, match="seed 1 of 'a' never reached the target and has no budget"):
+        flops_ratio_lb(ra, rb, {0: 40.0})
+
+
 def test_paired_difference_pairs_by_seed():
     d = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.8, 1: 0.7, 2: 0.6, 3: 0.0})
     assert d.mean == pytest.approx(0.1) and d.low == pytest.approx(0.1) and d.high == pytest.approx(0.1)
@@ -185,6 +222,12 @@ def test_compare_methods_end_to_end():
     r = fixed["ratios"]["fork-contrast/grpo"]
     assert r["without_search"]["mean"] == pytest.approx(1e10 / 2e10)  # fork reaches 0.8 at 1e10 (seeds 0-4 >= 0.81)
     assert r["with_search"]["mean"] == pytest.approx(5e10 / 2e10)
+    lb = fixed["flops_to_target_ratio_lb"]["fork-contrast/grpo"]
+    assert lb["without_search"]["mean"] == pytest.approx(0.5) and lb["without_search"]["n_censored"] == 0
+    # at the best-plateau target (0.955) every fork seed is censored at its whole budget, 1e10, over GRPO's
+    # 3e10 (seeds 0-2) or 4e10 (seeds 3-4, at 0.95 and 0.945 on the third evaluation)
+    censored = out["flops_to_target_ratio_lb"]["fork-contrast/grpo"]["without_search"]
+    assert censored["n_censored"] == 5 and censored["mean"] == pytest.approx((3 / 3 + 2 / 4) / 5)
     diff = fixed["plateau_difference"]["fork-contrast-grpo"]
     expected = statistics.mean((0.85 - 0.01 * s) - max(0.965 - 0.005 * s, 0.96) for s in range(5))
     assert diff["mean"] == pytest.approx(expected) and diff["high"] < 0

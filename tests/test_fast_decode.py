@@ -96,3 +96,110 @@ def test_inverse_cdf_sampling_has_the_right_distribution():
     freq = torch.bincount(tok, minlength=5).double() / len(tok)
     se = (probs.double() * (1 - probs.double()) / len(tok)).sqrt()
     assert bool(((freq - probs.double()).abs() <= 4 * se + 1e-12).all()), freq
+
+
+def _matches_step_by_step(model, steps: int = 6) -> None:
+    ids, attn, pos = left_pad(PROMPTS, 0, "cpu")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        fast = StaticKVDecoder(model, ids, attn, pos, max_new_tokens=steps)
+        ref = KVStepper(model, ids, attn, pos)
+        assert torch.allclose(fast.logits, ref.logits, atol=1e-5, rtol=0)
+        p = pos[:, -1:] + 1
+        for _ in range(steps):
+            tok = torch.randint(3, 14, (len(PROMPTS),), generator=g)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+            assert torch.allclose(fast.step(tok, attn, p), ref.step(tok, attn, p), atol=1e-5, rtol=0)
+            p = p + 1
+
+
+def test_lora_layers_and_hooks_are_called_as_modules():
+    """The decoder computes a plain nn.Linear / RMSNorm / gated MLP itself, but a LoRA layer, a module
+    with a forward hook or with a per-instance forward is called as it is: the logits still equal
+    transformers' step by step, and the hook fires once per prefill and per step."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = make_tiny("llama", layers=2)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # non-zero adapters, so a decoder that skipped them would differ
+            torch.nn.init.normal_(p, std=0.5)
+    _matches_step_by_step(lora)
+    plain, _ = make_tiny("llama", layers=2, seed=4)
+    calls = {"n": 0}
+
+    def double(module, args, out):
+        calls["n"] += 1
+        return out * 2
+
+    plain.model.layers[0].mlp.up_proj.register_forward_hook(double)
+    plain.model.layers[1].post_attention_layernorm.register_forward_hook(lambda m, a, o: o + 0.5)
+    _matches_step_by_step(plain, steps=5)
+    assert calls["n"] == 2 * (1 + 5)  # fast and reference: one prefill and five steps each
+
+
+def test_position_dependent_rope_scaling_is_not_tabulated():
+    """Dynamic NTK scaling changes the rotary frequencies with the sequence length, so the decoder
+    must not read a precomputed table for it; the step still matches transformers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=8, pad_token_id=0,
+                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    model = LlamaForCausalLM(cfg).eval()
+    ids, attn, pos = left_pad(PROMPTS, 0, "cpu")
+    assert StaticKVDecoder(model, ids, attn, pos, max_new_tokens=2).table is None
+    _matches_step_by_step(model, steps=6)  # positions reach 13, past the 8 where the scaling starts
+    plain, _ = make_tiny("llama")
+    assert StaticKVDecoder(plain, ids, attn, pos, max_new_tokens=2).table is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), vocab=st.sampled_from([1024, 1500, 4096]), dead=st.floats(0.0, 0.99),
+       dead_blocks=st.integers(0, 6))
+def test_two_level_draw_never_draws_impossible_tokens(seed, vocab, dead, dead_blocks):
+    """Large vocabularies take the two-level draw (block totals, then one block): with random dead
+    tokens and whole dead blocks, every drawn token has positive probability."""
+    from forklens.policy.sample import _block_size, inverse_cdf_draw
+
+    g = torch.Generator().manual_seed(seed)
+    block = _block_size(vocab)
+    assert block and block < vocab
+    logits = torch.randn(32, vocab, generator=g) * 4
+    logits[torch.rand(32, vocab, generator=g) < dead] = float("-inf")
+    for j in range(dead_blocks):
+        logits[:, j * 2 * block:(j * 2 + 1) * block] = float("-inf")
+    logits[:, -1] = 0.0  # at least one live token per row
+    probs = logits.softmax(-1)
+    u = torch.rand(32, 1, generator=g, dtype=torch.float64)
+    u[0] = 1 - 2**-53  # the largest uniform
+    tok = inverse_cdf_draw(probs, u)
+    assert bool((probs.gather(1, tok[:, None]) > 0).all())
+
+
+def test_two_level_draw_equals_the_one_level_inverse_cdf():
+    """The same uniforms pick the same tokens as one cumulative sum over the whole row, except where a
+    uniform falls within float32 rounding of a boundary (at most a handful of 4,000 rows)."""
+    from forklens.policy.sample import inverse_cdf_draw
+
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(4000, 8192, generator=g) * 2).softmax(-1)
+    u = torch.rand(4000, 1, generator=g, dtype=torch.float64)
+    two, one = inverse_cdf_draw(probs, u), inverse_cdf_draw(probs, u, block=0)
+    assert int((two != one).sum()) <= 4
+
+
+def test_two_level_draw_has_the_right_distribution():
+    """200k draws over a 2,048-token vocabulary whose mass sits in a few tokens spread over blocks:
+    each frequency within 4 standard errors, and nothing outside them."""
+    from forklens.policy.sample import inverse_cdf_draw
+
+    probs = torch.zeros(2048)
+    probs[[0, 63, 64, 700, 1500, 2047]] = torch.tensor([0.3, 0.2, 0.15, 0.2, 0.1499, 0.0001])
+    n = 200_000
+    tok = inverse_cdf_draw(probs.expand(n, -1), torch.rand(n, 1, generator=torch.Generator().manual_seed(0),
+                                                              dtype=torch.float64))
+    freq = torch.bincount(tok, minlength=2048).double() / n
+    se = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert bool(((freq - probs.double()).abs() <= 4 * se + 1e-12).all())

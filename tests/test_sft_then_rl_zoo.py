@@ -31,7 +31,8 @@ def _tiny_zoo() -> zoo.SFTThenRLZooConfig:
     ctrl = cfg.control
     organism = replace(ctrl.organism, model=replace(ctrl.organism.model, num_hidden_layers=1),
                        pretrain=replace(ctrl.organism.pretrain, max_steps=2))
-    ctrl = _tiny(ctrl, organism=organism)
+    # the control runs the settings of sft-then-rl-zoo-control.yaml: a fixed target, no offload-bug SFT arm
+    ctrl = _tiny(ctrl, organism=organism, target=0.5, sft_only_bugs=["none"])
     ctrl = replace(ctrl, rl=replace(ctrl.rl, sampling=replace(ctrl.rl.sampling, max_new_tokens=8)))
     return replace(cfg, precondition=pre, control=ctrl)
 
@@ -85,17 +86,41 @@ def test_contrast_is_the_paired_difference_of_the_two_sides_gaps(tiny_zoo_run):
         assert got["low"] <= got["mean"] <= got["high"]
 
 
-def test_summary_has_every_field_the_predictions_name(tiny_zoo_run):
+@pytest.mark.parametrize("name", ["sft-then-rl-zoo.yaml", "sft-then-rl-zoo-control.yaml"])
+def test_summary_has_every_field_the_predictions_name(tiny_zoo_run, name):
     _, summary = tiny_zoo_run
-    preds = load_predictions(ROOT / "results" / "predictions" / "sft-then-rl-zoo.yaml")
+    preds = load_predictions(ROOT / "results" / "predictions" / name)
     data = {"stamp": {}, "summary": summary}
     for p in preds.predictions:
         value = lookup(data, p.field)
-        if ".ratios." in p.field and value is None:  # no seed of a method reached the target: reported missing
+        if "ratio" in p.field and value is None:  # no seed of a method / the reference reached the target
             assert verdict(p, data).outcome == "missing"
             continue
         assert {"mean", "low", "high", "level"} <= set(value) and value["level"] == 0.95
         assert verdict(p, data).outcome in {"supported", "refuted", "inconclusive"}
+
+
+def test_fixed_target_censored_ratios_and_sft_only_arms(tiny_zoo_run):
+    _, summary = tiny_zoo_run
+    ctrl, pre = summary["control"]["comparison"], summary["precondition"]["comparison"]
+    assert ctrl["target"] == 0.5 and ctrl["target_rule"] == "fixed accuracy 0.5"
+    assert pre["target_rule"].startswith("best plateau")
+    assert set(summary["control"]["sft_only"]) == {"none"}  # no offload arm, so no bug difference either
+    assert {"none", "offload-accum", "offload_bug_difference"} <= set(summary["precondition"]["sft_only"])
+    for side in zoo.SIDES:
+        comp = summary[side]["comparison"]
+        curves = summary[side]["curves"]
+        for m in ("luffy", "relift"):
+            lb = comp["flops_to_target_ratio_lb"][f"{m}/sft-then-rl"]["with_search"]
+            ref = comp["methods"]["sft-then-rl"]["per_seed"]
+            mine = comp["methods"][m]["per_seed"]
+            for s in ("3", "4"):
+                if ref[s] is None:
+                    expected = None
+                else:  # the seed's FLOPs to the target, or its whole budget (last evaluation) when never reached
+                    expected = (mine[s] if mine[s] is not None else curves[m][s]["flops"][-1]) / ref[s]
+                got = None if lb is None else lb["per_seed"][s]["ratio_lb"]
+                assert got == (None if expected is None else pytest.approx(expected, rel=1e-12))
 
 
 def test_bad_sides_are_refused_before_anything_is_written(tmp_path):
@@ -107,7 +132,10 @@ def test_bad_sides_are_refused_before_anything_is_written(tmp_path):
         zoo.run_sft_then_rl_zoo(replace(cfg, precondition=replace(cfg.precondition, family="nope")), tmp_path / "b")
     with pytest.raises(ConfigError, match="has no variant 'long'"):
         zoo.run_sft_then_rl_zoo(replace(cfg, precondition=replace(cfg.precondition, variant="long")), tmp_path / "c")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    for bugs in (["offload-accum"], ["none", "typo"]):
+        with pytest.raises(ConfigError, match="sft_only_bugs must include none and only name none, offload-accum"):
+            zoo.run_sft_then_rl_zoo(replace(cfg, control=replace(cfg.control, sft_only_bugs=bugs)), tmp_path / "d")
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_variant_without_family_is_refused_and_arith_stays_the_default():
@@ -122,6 +150,7 @@ def test_variant_without_family_is_refused_and_arith_stays_the_default():
 
 def test_recipes_load_with_the_registered_settings():
     from forklens.config import load_config, packaged_config
+    from forklens.organisms.arith import OrganismConfig, organism_key
 
     cfg = load_config(zoo.SFTThenRLZooConfig, packaged_config("sft-then-rl-zoo"))
     assert (cfg.seeds, cfg.seed) == (5, 10)
@@ -131,3 +160,15 @@ def test_recipes_load_with_the_registered_settings():
     assert (ctrl.family, ctrl.organism.pretrain.max_steps, ctrl.n_validation, ctrl.rl.train.max_steps) == ("", 300, 256, 30)
     quick = load_config(zoo.SFTThenRLZooConfig, packaged_config("sft-then-rl-zoo-quick"))
     assert quick.seeds == 1 and quick.precondition.family == "lengths" and quick.control.family == ""
+    # the control run overlays sft-then-rl-zoo.yaml (the recipe): the default arith organism, fixed 12 steps
+    for name, size in (("sft-then-rl-zoo-control", "full"), ("sft-then-rl-zoo-control-quick", "tiny")):
+        c = load_config(zoo.SFTThenRLZooConfig, ROOT / "src" / "forklens" / "configs" / f"{name}.yaml", base=cfg)
+        for sub in (c.precondition, c.control):
+            assert sub.sft_only_bugs == ["none"] and sub.patience * sub.eval_every > sub.rl.train.max_steps
+        assert (c.precondition.target, c.control.target) == (0.25, 0.95)
+        if size == "full":
+            assert (c.seeds, c.seed) == (5, 20) and c.precondition.sft == cfg.precondition.sft
+            assert organism_key(c.control.organism) == organism_key(OrganismConfig())
+            assert c.control.sft == st.SFTThenRLConfig().sft and c.precondition.rl.train.max_steps == 16
+        else:
+            assert c.seeds == 1 and c.control.organism.pretrain.max_steps == 40

@@ -6,7 +6,9 @@ small class a trainer callback calls once per validation evaluation.
 
 Conventions: accuracies are fractions in [0, 1]; a target "within 1 point of the best plateau" is
 ``best - 0.01``. A seed that never reaches a target is *reported* (``reached=False``, FLOPs ``None``)
-and counted in ``n_unreached``; it is never silently dropped from a table.
+and counted in ``n_unreached``; it is never silently dropped from a table. For a FLOPs ratio such a
+seed is right-censored (it needed more than its whole budget): :func:`flops_ratio_lb` counts it with its
+budget as a lower bound.
 """
 
 from __future__ import annotations
@@ -271,6 +273,49 @@ def flops_ratio(a: MethodReport, b: MethodReport, level: float = 0.95, seed: int
                     min(len(fa), len(fb)), level)
 
 
+def flops_ratio_lb(a: MethodReport, b: MethodReport, budgets_a: Mapping[int, float], level: float = 0.95,
+                   seed: int = 0, include_search: bool = True) -> dict | None:
+    """Right-censored FLOPs-to-target ratio of ``a`` over the reference ``b``, paired by seed.
+
+    A seed of ``a`` that never reached the target within its budget is *censored*, not missing: it
+    would have needed more than its whole budget (``budgets_a[seed]``, the cumulative FLOPs of its last
+    evaluation), so its ratio is at least ``budget / flops_to_target[b]``. Per seed the value is the exact
+    ratio where ``a`` reached the target and that lower bound where it did not (``censored``); it is
+    undefined where the reference never reached the target (no bound either way). Search cost is added
+    on both sides when ``include_search``, as in :func:`flops_ratio`.
+
+    Returns the bootstrap interval of the mean of the per-seed values over the defined seeds (a lower
+    bound of the mean per-seed ratio whenever a seed is censored) with ``lower_bound: True``, the counts
+    ``n_exact``, ``n_censored``, ``n_reference_unreached``, ``censored_min`` (the smallest censored bound;
+    None when no seed is censored) and ``per_seed`` ``{seed: {"ratio_lb", "censored"}}`` (``ratio_lb`` None:
+    reference unreached). None when no seed is defined. :func:`forklens.report.predictions.verdict`
+    judges such an interval by its censoring rule."""
+    add_a = a.search_flops if include_search else 0.0
+    add_b = b.search_flops if include_search else 0.0
+    per_seed: dict[str, dict] = {}
+    values, censored_values = [], []
+    for s in sorted(set(a.per_seed) & set(b.per_seed)):
+        ra, rb = a.per_seed[s], b.per_seed[s]
+        if not ra.reached and s not in budgets_a:
+            raise ValueError(f"seed {s} of {a.method!r} never reached the target and has no budget")
+        if not rb.reached or rb.flops + add_b <= 0:
+            per_seed[str(s)] = {"ratio_lb": None, "censored": not ra.reached}
+            continue
+        num = ra.flops if ra.reached else float(budgets_a[s])
+        value = (num + add_a) / (rb.flops + add_b)
+        per_seed[str(s)] = {"ratio_lb": value, "censored": not ra.reached}
+        values.append(value)
+        if not ra.reached:
+            censored_values.append(value)
+    if not values:
+        return None
+    n_ref_unreached = sum(1 for v in per_seed.values() if v["ratio_lb"] is None)
+    return {**bootstrap_ci(values, level, seed=seed).as_dict(), "lower_bound": True,
+            "n_exact": len(values) - len(censored_values), "n_censored": len(censored_values),
+            "n_reference_unreached": n_ref_unreached,
+            "censored_min": min(censored_values) if censored_values else None, "per_seed": per_seed}
+
+
 def numeric_leaves(data: Mapping, prefix: str = "") -> dict[str, float]:
     """Every finite int/float leaf of a nested summary as ``{"a.b.c": value}`` (bools and lists skipped;
     keys containing dots are bracketed, ``a.[b.c]``)."""
@@ -313,8 +358,10 @@ def compare_methods(curves: Mapping[str, Mapping[int, Curve]], reference: str, *
     stopped. The target is ``target`` or, by default, ``within`` below the best accuracy any run
     reached (the best plateau). Returns the target and its rule, per-method FLOPs-to-target reports
     (seeds that never reach it listed), each method's plateau (best validation accuracy) with a
-    bootstrap interval, and against the reference: the FLOPs ratio with and without search cost and
-    the plateau difference paired by seed."""
+    bootstrap interval, and against the reference: the FLOPs ratio with and without search cost
+    (``ratios``: over the seeds that reached the target; ``flops_to_target_ratio_lb``: censored, paired by
+    seed, :func:`flops_ratio_lb`, where a seed that never reached it counts with its whole budget as a
+    lower bound) and the plateau difference paired by seed."""
     if reference not in curves:
         raise ValueError(f"reference method {reference!r} is not among {sorted(curves)}")
     search = dict(search_flops or {})
@@ -329,7 +376,7 @@ def compare_methods(curves: Mapping[str, Mapping[int, Curve]], reference: str, *
     out: dict = {"target": target, "target_rule": rule, "level": level,
                  "methods": {m: r.as_dict() for m, r in reports.items()},
                  "plateau": {m: bootstrap_ci(list(p.values()), level, seed=seed).as_dict() for m, p in plateaus.items()},
-                 "ratios": {}, "plateau_difference": {}}
+                 "ratios": {}, "flops_to_target_ratio_lb": {}, "plateau_difference": {}}
     for m in curves:
         if m == reference:
             continue
@@ -337,6 +384,10 @@ def compare_methods(curves: Mapping[str, Mapping[int, Curve]], reference: str, *
         without = flops_ratio(reports[m], reports[reference], level, seed, include_search=False)
         out["ratios"][f"{m}/{reference}"] = {"with_search": with_s.as_dict() if with_s else None,
                                              "without_search": without.as_dict() if without else None}
+        budgets = {s: c.flops[-1] for s, c in curves[m].items()}
+        out["flops_to_target_ratio_lb"][f"{m}/{reference}"] = {
+            key: flops_ratio_lb(reports[m], reports[reference], budgets, level, seed, include_search=inc)
+            for key, inc in (("with_search", True), ("without_search", False))}
         out["plateau_difference"][f"{m}-{reference}"] = paired_difference(plateaus[m], plateaus[reference],
                                                                           level, seed=seed).as_dict()
     return out

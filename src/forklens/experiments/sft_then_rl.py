@@ -53,7 +53,8 @@ console = Console(stderr=True)
 METHODS = ["sft-then-rl", "sft-then-rl-short", "sft[offload-accum]-then-rl", "sft[mean-of-means]-then-rl",
            "luffy", "relift"]
 COMPARED = ("sft-then-rl", "luffy", "relift")  # summary.comparison (reference first)
-SFT_ONLY_BUGS = ("none", "offload-accum")  # always trained: summary.sft_only.offload_bug_difference
+SFT_ONLY_BUGS = ("none", "offload-accum")  # trained by default: summary.sft_only.offload_bug_difference
+BUGS = ("none", "offload-accum", "mean-of-means")
 
 
 def _sft_default() -> TrainConfig:
@@ -83,6 +84,11 @@ class SFTThenRLConfig:
     patience: int = field(3, ge=1, help="Plateau rule: stop after this many evaluations without a gain.")
     min_delta: float = field(0.005, ge=0, help="Plateau rule: the smallest validation-accuracy gain that counts.")
     within: float = field(0.01, gt=0, lt=1, help="FLOPs-to-target: target = best plateau over all runs - within.")
+    target: float = field(0.0, ge=0, le=1, help="FLOPs-to-target: a fixed validation accuracy instead (0: the "
+                          "`within` rule).")
+    sft_only_bugs: list[str] = field(default_factory=lambda: list(SFT_ONLY_BUGS), help="SFT variants trained (and "
+                                     "reported before RL) on every seed, whether or not a method starts from them; "
+                                     "must include none.")
     rl: RLConfig = field(default_factory=RLConfig, help="GRPO settings shared by every method (max_steps: the cap).")
     rl_short_steps: int = field(20, ge=1, help="Step cap of the short SFT-then-RL variant.")
     luffy_n_expert: int = field(1, ge=0, help="Expert traces per GRPO group (LUFFY).")
@@ -180,6 +186,12 @@ def run_rl(start: Path, out: Path, task, pool: list, validation: list, cfg: SFTT
             "stopped": res.steps < steps, "history": val.history}
 
 
+def check_sft_only(bugs: list[str]) -> None:
+    unknown = set(bugs) - set(BUGS)
+    if unknown or "none" not in bugs:
+        raise ConfigError(f"sft_only_bugs must include none and only name {', '.join(BUGS)}; got {bugs}")
+
+
 def _check_methods(methods: list[str]) -> list[str]:
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -192,6 +204,7 @@ def _check_methods(methods: list[str]) -> list[str]:
 def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | None = None) -> dict:
     out = Path(out)
     methods = _check_methods(list(methods) if methods is not None else list(cfg.methods))
+    check_sft_only(cfg.sft_only_bugs)
     task = organism_task(cfg)
     pool, validation = split_problems(task, cfg)
     claim_folder(out, "experiment-sft-then-rl")
@@ -207,8 +220,7 @@ def run_sft_then_rl(cfg: SFTThenRLConfig, out: str | Path, methods: list[str] | 
     for seed in seeds:
         work = out / f"seed{seed}"
         sft_models = {}
-        bugs = [b for b in ("none", "offload-accum", "mean-of-means")
-                if b in SFT_ONLY_BUGS or f"sft[{b}]-then-rl" in methods]
+        bugs = [b for b in BUGS if b in cfg.sft_only_bugs or f"sft[{b}]-then-rl" in methods]
         for bug in bugs:
             console.rule(f"seed {seed}: SFT (bug: {bug})")
             sft = run_sft(base, work / f"sft-{bug}", task, pool, validation, cfg, seed, bug)
@@ -276,7 +288,7 @@ def build_summary(cfg: SFTThenRLConfig, seeds: list[int], methods: list[str], ru
     compared = {m: curves[m] for m in COMPARED if m in curves}
     if COMPARED[0] in compared and len(compared) > 1:
         summary["comparison"] = compare_methods(compared, reference=COMPARED[0], within=cfg.within,
-                                                search_flops={m: 0.0 for m in compared})
+                                                target=cfg.target or None, search_flops={m: 0.0 for m in compared})
     summary["curves"] = {m: {str(s): {"flops": list(c.flops), "accuracy": list(c.accuracy)}
                              for s, c in sorted(by_seed.items())} for m, by_seed in curves.items()}
     summary["config"] = asdict(cfg)
@@ -328,6 +340,10 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"target: {100 * comp['target']:.1f}% ({comp['target_rule']})")
         for key, r in comp["ratios"].items():
             lines.append(f"FLOPs-to-target ratio {key}: {_ci(r['with_search'], 1.0, '.3g')}")
+        for key, r in comp.get("flops_to_target_ratio_lb", {}).items():
+            lb = r["with_search"]
+            censored = f" ({lb['n_censored']} censored seed(s), {lb['n_reference_unreached']} without a value)" if lb else ""
+            lines.append(f"FLOPs-to-target ratio {key}, censored lower bound: {_ci(lb, 1.0, '.3g')}{censored}")
     lines.append(f"\nbase organism: validation {100 * summary['base']['validation_accuracy']:.1f}%, test "
                  f"{100 * summary['base']['test_accuracy']:.1f}%  (seeds {summary['seeds']}, intervals: 95% bootstrap)")
     return "\n".join(lines) + "\n"

@@ -25,8 +25,8 @@ from pathlib import Path
 from forklens.analysis.curves import paired_difference
 from forklens.config import field
 from forklens.errors import ConfigError
-from forklens.experiments.sft_then_rl import (COMPARED, SFTThenRLConfig, _ci, curves_of, markdown_table, organism_name,
-                                              organism_task, plot, run_sft_then_rl)
+from forklens.experiments.sft_then_rl import (COMPARED, SFTThenRLConfig, _ci, check_sft_only, curves_of, markdown_table,
+                                              organism_name, organism_task, plot, run_sft_then_rl)
 from forklens.runfolder import claim_folder
 
 SIDES = ("precondition", "control")
@@ -62,6 +62,7 @@ def _check(cfg: SFTThenRLZooConfig) -> None:
         if missing:
             raise ConfigError(f"{side}.methods must include {', '.join(COMPARED)} (missing {sorted(missing)}): "
                               "the contrast compares them on both sides")
+        check_sft_only(sub.sft_only_bugs)
         organism_task(sub)  # unknown family / variant: refused before anything is written
 
 

@@ -4,8 +4,11 @@ Why: on a GPU a decoding step of a small or mid-size model through the transform
 by Python and kernel launches (cache objects, mask builders, keyword plumbing), not by its matrix
 products. This decoder calls the model's own modules (embeddings, norms, projections, MLPs, rotary
 embedding, LoRA layers included) but keeps the keys and values in one preallocated buffer per layer
-and builds the masks itself, so a step has fixed shapes and is replayed as a CUDA graph (on CPU,
-where the matrix products dominate, it saves little: docs/results.md).
+and builds the masks itself, so a step has fixed shapes and is replayed as a CUDA graph. On CPU,
+where the matrix products dominate, a step instead keeps its non-matrix work to a few operations
+(rotary rows from a table, scale and mask inside one ``baddbmm``, residuals inside ``addmm``, plain
+linears and norms without module calls), so sampling runs close to its matrix products alone
+(docs/results.md, "Long traces" and the sampler's floor).
 
 It is an optimisation, never a second source of truth: the first time a model is decoded with it,
 its prefill and first step are compared with the transformers forward of the same tokens
@@ -32,6 +35,62 @@ _GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 def _inner(model):
     """The ``*ForCausalLM`` module inside a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _plain(mod) -> bool:
+    """No hook and no per-instance ``forward``: calling the module is exactly its class's forward, so
+    the decoder may compute that forward itself."""
+    g = torch.nn.modules.module
+    return ("forward" not in vars(mod) and not mod._forward_hooks and not mod._forward_pre_hooks
+            and not g._global_forward_hooks and not g._global_forward_pre_hooks)
+
+
+def _linear(mod):
+    """``mod`` as a function: a plain ``nn.Linear`` becomes ``F.linear`` on its own parameters (the same
+    tensors, so in-place optimizer updates are seen; no module-call overhead per decoding step); any
+    other module (a LoRA layer, a quantised linear) is called as it is."""
+    if type(mod) is torch.nn.Linear and _plain(mod):
+        weight, bias = mod.weight, mod.bias
+        return lambda x: F.linear(x, weight, bias)
+    return mod
+
+
+def _linear_add(mod):
+    """``(x, residual) -> residual + mod(x)``; for a plain bias-free ``nn.Linear`` one ``addmm`` (the
+    residual added inside the matrix product) over the rows of ``x`` [..., in] and ``residual`` [..., out]."""
+    if type(mod) is torch.nn.Linear and _plain(mod) and mod.bias is None:
+        weight = mod.weight
+        return lambda x, res: torch.addmm(res.reshape(-1, res.shape[-1]), x.reshape(-1, x.shape[-1]),
+                                          weight.t()).view(res.shape)
+    return lambda x, res: res + mod(x)
+
+
+def _rms_norm(mod):
+    """A transformers Llama-family RMSNorm (``weight * x / rms(x)``, computed in fp32) as a function,
+    or the module itself if it is anything else."""
+    weight, eps = getattr(mod, "weight", None), getattr(mod, "variance_epsilon", None)
+    if (not type(mod).__name__.endswith("RMSNorm") or not isinstance(weight, torch.Tensor) or eps is None
+            or not _plain(mod)):
+        return mod
+    shape = (weight.shape[-1],)
+    if weight.dtype == torch.float32:
+        return lambda x: F.rms_norm(x, shape, weight, eps) if x.dtype == torch.float32 else mod(x)
+    return mod
+
+
+def _mlp(mlp):
+    """``(x, residual) -> residual + mlp(x)``: the gated MLP ``down(act(gate(x)) * up(x))`` with its
+    linears as functions (the residual added inside the down projection), or the module called."""
+    parts = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")]
+    if (any(p is None for p in parts) or type(mlp).forward.__qualname__.split(".")[0] not in _GATED_MLPS
+            or not _plain(mlp)):
+        return lambda x, res: res + mlp(x)
+    gate, up, down = _linear(parts[0]), _linear(parts[1]), _linear_add(parts[2])
+    act = parts[3]
+    return lambda x, res: down(act(gate(x)) * up(x), res)
+
+
+_GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 
 
 def fast_decode_supported(model, total_len: int) -> bool:
@@ -68,6 +127,10 @@ class StaticKVDecoder:
         m = _inner(model)
         self.body, self.lm_head = m.model, m.lm_head
         self.rotate = sys.modules[type(self.body.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        self.plan = [(_rms_norm(ly.input_layernorm), _linear(ly.self_attn.q_proj), _linear(ly.self_attn.k_proj),
+                      _linear(ly.self_attn.v_proj), _linear_add(ly.self_attn.o_proj),
+                      _rms_norm(ly.post_attention_layernorm), _mlp(ly.mlp)) for ly in self.body.layers]
+        self.final_norm, self.head = _rms_norm(self.body.norm), _linear(self.lm_head)
         b, width = input_ids.shape
         self.cap = cap = width + max_new_tokens
         cfg = m.config
@@ -76,6 +139,10 @@ class StaticKVDecoder:
         head_dim = self.body.layers[0].self_attn.head_dim
         dtype = self.body.embed_tokens.weight.dtype
         dev = input_ids.device
+        self.fixed = dev.type == "cuda" if fixed is None else fixed
+        # zeroed, not empty: a fixed-shape step reads every slot (masked), so unwritten slots must be
+        # finite; and on CPU, zeroing touches the fresh pages in order once, which measured ~4x cheaper
+        # than faulting them in during the strided per-step writes
         self.k = [torch.zeros(b, n_kv, cap, head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
         self.v = [torch.zeros_like(k) for k in self.k]
         self.valid = torch.zeros(b, cap, dtype=torch.bool, device=dev)
@@ -86,13 +153,45 @@ class StaticKVDecoder:
         mask = (causal & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=dev)
         self.logits = self._forward(input_ids, position_ids, mask[:, None], slot=None)
         self.t = width
-        self.fixed = dev.type == "cuda" if fixed is None else fixed
+        self.table = self._rotary_table(int(position_ids.max()) + max_new_tokens + 1, dev)
+        # the CPU step's additive padding mask, one row per (sequence, key/value head): 0 where valid
+        self.bias = (torch.zeros(b, 1, cap, dtype=dtype, device=dev).masked_fill_(~self.valid[:, None], float("-inf"))
+                     .repeat_interleave(n_kv, 0)) if not self.fixed else None
         self.graphs = self.fixed and dev.type == "cuda" and os.environ.get("FORKLENS_CUDA_GRAPHS", "1") != "0"
         self._graph = None
         if self.fixed:
             self._tok = torch.zeros(b, dtype=torch.long, device=dev)
             self._pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
             self._slot = torch.zeros(1, dtype=torch.long, device=dev)
+
+    def _rotary_table(self, n_pos: int, dev):
+        """(cos, sin * sign) for positions ``0 .. n_pos - 1`` from the model's own rotary module, computed
+        once, so a decoding step reads its row instead of recomputing it; ``sign`` folds the negation
+        of ``rotate_half`` into the table (``rotate_half(x) * sin == roll(x, d / 2) * (sin * sign)``,
+        exactly). None (each step calls the module) for position-dependent scalings (dynamic NTK,
+        LongRoPE) or a partial rotary dimension."""
+        rope = getattr(self.body.rotary_emb, "rope_type", "default")
+        if "dynamic" in rope or "longrope" in rope:
+            return None
+        x = self.body.embed_tokens.weight[:1][None]
+        cos, sin = self.body.rotary_emb(x, torch.arange(n_pos, device=dev)[None])
+        d = cos.shape[-1]
+        if d != self.body.layers[0].self_attn.head_dim or d % 2:
+            return None
+        sign = torch.ones(d, dtype=sin.dtype, device=dev)
+        sign[: d // 2] = -1
+        return cos[0], sin[0] * sign
+
+    def _rotary_rows(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table's (cos, signed sin) rows for one decoding step at positions ``pos`` [B, 1], shaped
+        [B, 1, 1, D] to broadcast over heads."""
+        cos_t, sin_t = self.table
+        return cos_t[pos[:, 0]][:, None, None], sin_t[pos[:, 0]][:, None, None]
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x * cos + rotate_half(x) * sin`` with the table's signed ``sin``."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
     def _attend(self, q, k, v, mask, scale):
         if q.shape[2] == 1:  # a decoding step: two small batched products beat the fused CPU kernel
@@ -112,16 +211,21 @@ class StaticKVDecoder:
         b, s = ids.shape
         t1 = self.t + s
         h = self.body.embed_tokens(ids)
-        cos, sin = self.body.rotary_emb(h, pos)
-        for i, layer in enumerate(self.body.layers):
+        table = getattr(self, "table", None) if s == 1 else None
+        cos, sin = self.body.rotary_emb(h, pos) if table is None else self._rotary_rows(pos)
+        for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
+                zip(self.body.layers, self.plan)):
             a = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = a.q_proj(x).view(b, s, -1, a.head_dim)
-            k = a.k_proj(x).view(b, s, -1, a.head_dim)
+            x = norm1(h)
+            q = q_proj(x).view(b, s, -1, a.head_dim)
+            k = k_proj(x).view(b, s, -1, a.head_dim)
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head
                 q, k = a.q_norm(q), a.k_norm(k)
-            q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-            v = a.v_proj(x).view(b, s, -1, a.head_dim).transpose(1, 2)
+            if table is None:
+                q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            else:
+                q, k = self._rotate(q.transpose(1, 2), cos, sin), self._rotate(k.transpose(1, 2), cos, sin)
+            v = v_proj(x).view(b, s, -1, a.head_dim).transpose(1, 2)
             if slot is None:
                 self.k[i][:, :, self.t:t1], self.v[i][:, :, self.t:t1] = k, v
                 keys, values = self.k[i][:, :, :t1], self.v[i][:, :, :t1]
@@ -130,9 +234,39 @@ class StaticKVDecoder:
                 self.v[i].index_copy_(2, slot, v)
                 keys, values = self.k[i], self.v[i]
             o = self._attend(q, keys, values, mask, a.scaling)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(b, s, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.lm_head(self.body.norm(h[:, -1]))
+            h = o_proj(o.transpose(1, 2).reshape(b, s, -1), h)
+            h = mlp(norm2(h), h)
+        return self.head(self.final_norm(h[:, -1]))
+
+    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token per row on the CPU path: attention over the filled slots only, the scale and the
+        padding mask applied inside one ``baddbmm`` (an additive bias per key/value row, 0 or -inf),
+        the rotary rows read once per step from the table, the residual adds inside the products."""
+        b, t = tok.shape[0], self.t
+        n = t + 1
+        self.bias[:, :, t] = 0.0
+        bias = self.bias[:, :, :n]
+        cos, sin = self._rotary_rows(pos)
+        h = self.body.embed_tokens(tok[:, None])
+        for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
+                zip(self.body.layers, self.plan)):
+            a = layer.self_attn
+            d = a.head_dim
+            x = norm1(h)
+            q = q_proj(x).view(b, -1, 1, d)  # [B, heads, 1, D]: one position, so no transpose
+            k = k_proj(x).view(b, -1, 1, d)
+            if hasattr(a, "q_norm"):
+                q, k = a.q_norm(q), a.k_norm(k)
+            q = self._rotate(q, cos, sin)
+            self.k[i][:, :, t:n] = self._rotate(k, cos, sin)
+            self.v[i][:, :, t:n] = v_proj(x).view(b, -1, 1, d)
+            kv = self.k[i].shape[1]
+            keys = self.k[i][:, :, :n].reshape(b * kv, n, d)  # views: the cache is [B, kv, cap, D]
+            values = self.v[i][:, :, :n].reshape(b * kv, n, d)
+            w = torch.baddbmm(bias, q.view(b * kv, -1, d), keys.transpose(1, 2), alpha=a.scaling).softmax(-1)
+            h = o_proj(torch.bmm(w, values).view(b, 1, -1), h)
+            h = mlp(norm2(h), h)
+        return self.head(self.final_norm(h[:, -1]))
 
     def _fixed_step(self) -> torch.Tensor:
         self.valid.index_fill_(1, self._slot, True)
@@ -152,7 +286,9 @@ class StaticKVDecoder:
             self._out = self._fixed_step()
 
     def step(self, tok: torch.Tensor, attn=None, pos: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.fixed:
+        if not self.fixed and self.table is not None:
+            self.logits = self._decode_step(tok, pos)
+        elif not self.fixed:
             self.valid[:, self.t] = True
             self.logits = self._forward(tok[:, None], pos, self.valid[:, None, None, :self.t + 1], slot=None)
         else:

@@ -8,6 +8,7 @@ Temperature 0 is greedy decoding (argmax), token-for-token the same as ``generat
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -43,16 +44,56 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float,
     """Greedy at temperature 0, else one draw per row from softmax(logits / temperature), top-p filtered.
 
     The draw is by inverse CDF: one uniform number per row against the cumulative probabilities
-    (float64), which costs O(V) per row like the softmax itself, whereas ``torch.multinomial`` draws an
-    exponential variate for every vocabulary entry (a fifth of a CPU decoding step at vocabulary 8k).
-    A token of probability 0 is never drawn."""
+    (:func:`inverse_cdf_draw`), which costs O(V) per row like the softmax itself, whereas
+    ``torch.multinomial`` draws an exponential variate for every vocabulary entry (a fifth of a CPU
+    decoding step at vocabulary 8k). A token of probability 0 is never drawn."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_top_p(logits.float() / temperature, top_p)
-    cdf = logits.softmax(-1).double().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=torch.float64, device=cdf.device)
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    return tok.clamp_(max=cdf.shape[-1] - 1)
+    probs = sampling_probs(logits, temperature, top_p)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
+    return inverse_cdf_draw(probs, u)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """float32 softmax(logits / temperature) after top-p filtering: what :func:`next_token` draws from."""
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
+    return filter_top_p(logits, top_p).softmax(-1)
+
+
+def _block_size(vocab: int) -> int:
+    """Tokens per block of the two-level draw: a power of two near sqrt(V), 0 (one level) below 1,024."""
+    return 0 if vocab < 1024 else 1 << max(5, round(math.log2(vocab) / 2))
+
+
+def inverse_cdf_draw(probs: torch.Tensor, u: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """Rows of ``probs`` [B, V] (non-negative, any positive total), uniforms ``u`` [B, 1] in [0, 1)
+    (float64) -> the token whose cumulative-probability interval holds ``u`` times the row total.
+
+    Two levels for large vocabularies (``block`` tokens per block; default :func:`_block_size`): the
+    block totals (float32 sums of ``block`` terms, so as exact as the float32 probabilities themselves)
+    and their float64 running sum pick the block, then the float64 running sum inside that one block
+    picks the token. Only B x block entries are summed sequentially and no float64 copy of the whole
+    row is made (the one-level float64 cumulative sum over V was the largest non-matrix cost of a CPU
+    decoding step at vocabulary 8k). The target is kept strictly below the chosen block's own total, so a token of
+    probability 0 is never drawn, at the block or at the token level; ``block=0`` is the one-level draw."""
+    b, v = probs.shape
+    block = _block_size(v) if block is None else block
+    if not block or block >= v:
+        cdf = probs.double().cumsum(-1)
+        target = torch.minimum(u * cdf[:, -1:], torch.nextafter(cdf[:, -1:], cdf.new_zeros(())))
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=v - 1)
+    nb = -(-v // block)
+    padded = probs if nb * block == v else torch.nn.functional.pad(probs, (0, nb * block - v))
+    blocks = padded.view(b, nb, block)
+    totals = blocks.sum(-1).double()  # float32 sums of `block` terms (no float64 copy of the whole row)
+    ends = totals.cumsum(-1)
+    x = torch.minimum(u * ends[:, -1:], torch.nextafter(ends[:, -1:], ends.new_zeros(())))
+    j = torch.searchsorted(ends, x, right=True).clamp_(max=nb - 1)  # ends[j-1] <= x < ends[j]
+    start = torch.where(j > 0, ends.gather(1, (j - 1).clamp(min=0)), torch.zeros_like(x))
+    inner = blocks.gather(1, j[:, :, None].expand(b, 1, block)).squeeze(1).double().cumsum(-1)
+    r = torch.minimum(x - start, torch.nextafter(inner[:, -1:], inner.new_zeros(())))
+    k = torch.searchsorted(inner, r.clamp(min=0), right=True).clamp_(max=block - 1)
+    return (j * block + k).squeeze(-1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

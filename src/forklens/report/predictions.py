@@ -26,6 +26,15 @@ is supported or refuted.
 
 A missing field (the experiment could not compute it, e.g. no seed reached the target) is the
 verdict *missing*, shown as such; it is never counted as supported.
+
+Censored intervals (``lower_bound: true``, e.g. ``flops_to_target_ratio_lb`` of
+:func:`forklens.analysis.curves.flops_ratio_lb`): a seed that never reached the target counts with its
+whole budget, a lower bound of its value, and a seed whose reference never reached it has no value.
+When every seed has an exact value the ordinary rule applies. Otherwise only what a lower bound can
+show is concluded: ``>`` is *supported* when ``low > threshold``, every censored seed's own bound
+(``censored_min``) already exceeds the threshold and no seed lacks a value; ``<`` is *refuted* when
+``low >= threshold`` and no seed lacks a value; ``between [a, b]`` is *refuted* when ``low > b`` and no
+seed lacks a value; everything else is *inconclusive* (a lower bound can never refute ``>``).
 """
 
 from __future__ import annotations
@@ -158,6 +167,8 @@ def verdict(prediction: Prediction, artifact: Artifact | dict) -> Verdict:
                               f"artifact's interval is at {100 * value['level']:g}%")
     lo, hi = value["low"], value["high"]
     t = prediction.threshold
+    if value.get("lower_bound") and (value.get("n_censored") or value.get("n_reference_unreached")):
+        return _censored_verdict(prediction, value)
     if prediction.direction == "<":
         outcome = "supported" if hi < t else "refuted" if lo >= t else "inconclusive"
     elif prediction.direction == ">":
@@ -166,6 +177,23 @@ def verdict(prediction: Prediction, artifact: Artifact | dict) -> Verdict:
         a, b = t
         outcome = "supported" if a <= lo and hi <= b else "refuted" if hi < a or lo > b else "inconclusive"
     return Verdict(prediction, outcome, value, f"interval [{lo:g}, {hi:g}] vs rule {prediction.rule()}")
+
+
+def _censored_verdict(prediction: Prediction, value: dict) -> Verdict:
+    """The verdict on a censored lower-bound interval (see the module docstring)."""
+    lo, t = value["low"], prediction.threshold
+    whole = not value.get("n_reference_unreached")  # every seed has a value (exact or a lower bound)
+    cmin = value.get("censored_min")
+    if prediction.direction == ">":
+        outcome = "supported" if whole and lo > t and (cmin is None or cmin > t) else "inconclusive"
+    elif prediction.direction == "<":
+        outcome = "refuted" if whole and lo >= t else "inconclusive"
+    else:
+        outcome = "refuted" if whole and lo > t[1] else "inconclusive"
+    return Verdict(prediction, outcome, value,
+                   f"lower bound [{lo:g}, {value['high']:g}] with {value.get('n_censored', 0)} censored seed(s) "
+                   f"(smallest bound {cmin}) and {value.get('n_reference_unreached', 0)} without a value, "
+                   f"vs rule {prediction.rule()}")
 
 
 def verdict_table(predictions: PredictionsFile, artifact: Artifact | dict, fmt=lambda v: f"{v:.3g}") -> str:

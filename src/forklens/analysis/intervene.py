@@ -68,7 +68,7 @@ from typing import Callable, Sequence
 import torch
 
 from forklens.errors import ConfigError, DataError
-from forklens.policy.sample import KVStepper, filter_top_p, left_pad, next_token
+from forklens.policy.sample import KVStepper, inverse_cdf_draw, left_pad, next_token, sampling_probs
 
 ORACLE_TOP_K = 5
 EMITS = ("argmax", "sample", "base")  # what a firing gate emits (Gate.emit); "+sample" / "+base" in a spec
@@ -168,10 +168,7 @@ class PairedDecode:
 
 def _inverse_cdf(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
     """The token :func:`next_token` draws from ``logits`` for the uniform numbers ``u`` ([B, 1], float64)."""
-    logits = filter_top_p(logits.float() / temperature, top_p)
-    cdf = logits.softmax(-1).double().cumsum(-1)
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    return tok.clamp_(max=cdf.shape[-1] - 1)
+    return inverse_cdf_draw(sampling_probs(logits, temperature, top_p), u)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

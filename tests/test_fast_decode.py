@@ -98,11 +98,11 @@ def test_inverse_cdf_sampling_has_the_right_distribution():
     assert bool(((freq - probs.double()).abs() <= 4 * se + 1e-12).all()), freq
 
 
-def _matches_step_by_step(model, steps: int = 6) -> None:
+def _matches_step_by_step(model, steps: int = 6, fixed: bool | None = None) -> None:
     ids, attn, pos = left_pad(PROMPTS, 0, "cpu")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        fast = StaticKVDecoder(model, ids, attn, pos, max_new_tokens=steps)
+        fast = StaticKVDecoder(model, ids, attn, pos, max_new_tokens=steps, fixed=fixed)
         ref = KVStepper(model, ids, attn, pos)
         assert torch.allclose(fast.logits, ref.logits, atol=1e-5, rtol=0)
         p = pos[:, -1:] + 1
@@ -138,7 +138,8 @@ def test_lora_layers_and_hooks_are_called_as_modules():
     assert calls["n"] == 2 * (1 + 5)  # fast and reference: one prefill and five steps each
 
 
-def test_position_dependent_rope_scaling_is_not_tabulated():
+@pytest.mark.parametrize("fixed", [False, True])
+def test_position_dependent_rope_scaling_is_not_tabulated(fixed):
     """Dynamic NTK scaling changes the rotary frequencies with the sequence length, so the decoder
     must not read a precomputed table for it; the step still matches transformers."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -150,7 +151,7 @@ def test_position_dependent_rope_scaling_is_not_tabulated():
     model = LlamaForCausalLM(cfg).eval()
     ids, attn, pos = left_pad(PROMPTS, 0, "cpu")
     assert StaticKVDecoder(model, ids, attn, pos, max_new_tokens=2).table is None
-    _matches_step_by_step(model, steps=6)  # positions reach 13, past the 8 where the scaling starts
+    _matches_step_by_step(model, steps=6, fixed=fixed)  # positions reach 13, past the 8 where the scaling starts
     plain, _ = make_tiny("llama")
     assert StaticKVDecoder(plain, ids, attn, pos, max_new_tokens=2).table is not None
 

@@ -145,18 +145,18 @@ class StaticKVDecoder:
         # than faulting them in during the strided per-step writes
         self.k = [torch.zeros(b, n_kv, cap, head_dim, dtype=dtype, device=dev) for _ in self.body.layers]
         self.v = [torch.zeros_like(k) for k in self.k]
-        self.valid = torch.zeros(b, cap, dtype=torch.bool, device=dev)
-        self.valid[:, :width] = attn.bool()
-        self.t = 0
+        valid = attn.bool()
         causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
         # a left-pad query attends to itself, so no row is fully masked (no NaN in the cache)
-        mask = (causal & self.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=dev)
-        self.logits = self._forward(input_ids, position_ids, mask[:, None], slot=None)
+        mask = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)
+        self.logits = self._prefill(input_ids, position_ids, mask[:, None])
         self.t = width
         self.table = self._rotary_table(int(position_ids.max()) + max_new_tokens + 1, dev)
-        # the CPU step's additive padding mask, one row per (sequence, key/value head): 0 where valid
-        self.bias = (torch.zeros(b, 1, cap, dtype=dtype, device=dev).masked_fill_(~self.valid[:, None], float("-inf"))
-                     .repeat_interleave(n_kv, 0)) if not self.fixed else None
+        # the decoding steps' additive padding mask, one row per (sequence, key/value head): 0 where a
+        # prompt token or a decoded token sits, -inf at left padding and at slots not yet filled
+        bias = torch.full((b, 1, cap), float("-inf"), dtype=dtype, device=dev)
+        bias[:, 0, :width].masked_fill_(valid, 0.0)
+        self.bias = bias.repeat_interleave(n_kv, 0)
         self.graphs = self.fixed and dev.type == "cuda" and os.environ.get("FORKLENS_CUDA_GRAPHS", "1") != "0"
         self._graph = None
         if self.fixed:
@@ -194,25 +194,19 @@ class StaticKVDecoder:
         return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
     def _attend(self, q, k, v, mask, scale):
-        if q.shape[2] == 1:  # a decoding step: two small batched products beat the fused CPU kernel
-            b, h, _, d = q.shape
-            q = q.view(b, h // self.n_rep, self.n_rep, d)  # grouped queries share their key/value head
-            w = (q @ k.transpose(-1, -2)).mul_(scale).masked_fill_(~mask, float("-inf")).softmax(-1)
-            return (w @ v).view(b, h, 1, d)
+        """The prefill's attention (``q`` over several positions) with the fused kernel."""
         if self.n_rep > 1 and not _GQA:
             k, v = k.repeat_interleave(self.n_rep, 1), v.repeat_interleave(self.n_rep, 1)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                               **({"enable_gqa": True} if self.n_rep > 1 else {}))
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, slot) -> torch.Tensor:
-        """Run ``ids`` [B, S] at positions ``pos``; keys/values go to cache slots ``t..t+S`` (``slot``
-        None) or, for one token, to the slot index held in the tensor ``slot`` (whole-cache attention)."""
+    def _prefill(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the prompts ``ids`` [B, S] at positions ``pos`` under ``mask``; their keys and values go to
+        cache slots ``0..S``. Returns the last position's logits."""
         b, s = ids.shape
-        t1 = self.t + s
         h = self.body.embed_tokens(ids)
-        table = getattr(self, "table", None) if s == 1 else None
-        cos, sin = self.body.rotary_emb(h, pos) if table is None else self._rotary_rows(pos)
+        cos, sin = self.body.rotary_emb(h, pos)
         for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
                 zip(self.body.layers, self.plan)):
             a = layer.self_attn
@@ -221,33 +215,32 @@ class StaticKVDecoder:
             k = k_proj(x).view(b, s, -1, a.head_dim)
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head
                 q, k = a.q_norm(q), a.k_norm(k)
-            if table is None:
-                q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-            else:
-                q, k = self._rotate(q.transpose(1, 2), cos, sin), self._rotate(k.transpose(1, 2), cos, sin)
+            q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             v = v_proj(x).view(b, s, -1, a.head_dim).transpose(1, 2)
-            if slot is None:
-                self.k[i][:, :, self.t:t1], self.v[i][:, :, self.t:t1] = k, v
-                keys, values = self.k[i][:, :, :t1], self.v[i][:, :, :t1]
-            else:
-                self.k[i].index_copy_(2, slot, k)
-                self.v[i].index_copy_(2, slot, v)
-                keys, values = self.k[i], self.v[i]
-            o = self._attend(q, keys, values, mask, a.scaling)
+            self.k[i][:, :, :s], self.v[i][:, :, :s] = k, v
+            o = self._attend(q, k, v, mask, a.scaling)
             h = o_proj(o.transpose(1, 2).reshape(b, s, -1), h)
             h = mlp(norm2(h), h)
         return self.head(self.final_norm(h[:, -1]))
 
-    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One token per row on the CPU path: attention over the filled slots only, the scale and the
-        padding mask applied inside one ``baddbmm`` (an additive bias per key/value row, 0 or -inf),
-        the rotary rows read once per step from the table, the residual adds inside the products."""
-        b, t = tok.shape[0], self.t
-        n = t + 1
-        self.bias[:, :, t] = 0.0
+    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row at positions ``pos`` [B, 1]. The attention scale and the padding mask go
+        inside one ``baddbmm`` (an additive bias per key/value row: 0 where valid, -inf elsewhere), the
+        rotary rows come from the table when there is one, the residual adds happen inside the products.
+
+        ``slot`` None (CPU): keys and values go to slot ``t`` and the step attends over the filled slots
+        only. ``slot`` a device tensor holding ``t`` (fixed shapes, for CUDA graphs): they go to that
+        slot and the step attends over the whole cache, the unfilled slots masked by the bias."""
+        b = tok.shape[0]
+        if slot is None:
+            t, n = self.t, self.t + 1
+            self.bias[:, :, t] = 0.0
+        else:
+            n = self.cap
+            self.bias.index_fill_(2, slot, 0.0)
         bias = self.bias[:, :, :n]
-        cos, sin = self._rotary_rows(pos)
         h = self.body.embed_tokens(tok[:, None])
+        cos, sin = self.body.rotary_emb(h, pos) if self.table is None else self._rotary_rows(pos)
         for i, (layer, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, mlp)) in enumerate(
                 zip(self.body.layers, self.plan)):
             a = layer.self_attn
@@ -257,9 +250,16 @@ class StaticKVDecoder:
             k = k_proj(x).view(b, -1, 1, d)
             if hasattr(a, "q_norm"):
                 q, k = a.q_norm(q), a.k_norm(k)
-            q = self._rotate(q, cos, sin)
-            self.k[i][:, :, t:n] = self._rotate(k, cos, sin)
-            self.v[i][:, :, t:n] = v_proj(x).view(b, -1, 1, d)
+            if self.table is None:
+                q, k = self.rotate(q, k, cos, sin)
+            else:
+                q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            v = v_proj(x).view(b, -1, 1, d)
+            if slot is None:
+                self.k[i][:, :, t:n], self.v[i][:, :, t:n] = k, v
+            else:
+                self.k[i].index_copy_(2, slot, k)
+                self.v[i].index_copy_(2, slot, v)
             kv = self.k[i].shape[1]
             keys = self.k[i][:, :, :n].reshape(b * kv, n, d)  # views: the cache is [B, kv, cap, D]
             values = self.v[i][:, :, :n].reshape(b * kv, n, d)
@@ -269,8 +269,7 @@ class StaticKVDecoder:
         return self.head(self.final_norm(h[:, -1]))
 
     def _fixed_step(self) -> torch.Tensor:
-        self.valid.index_fill_(1, self._slot, True)
-        return self._forward(self._tok[:, None], self._pos, self.valid[:, None, None, :], slot=self._slot)
+        return self._decode_step(self._tok, self._pos, slot=self._slot)
 
     def _capture(self) -> None:
         """Record one fixed-shape step as a CUDA graph (after warm-up runs on a side stream, as
@@ -286,11 +285,8 @@ class StaticKVDecoder:
             self._out = self._fixed_step()
 
     def step(self, tok: torch.Tensor, attn=None, pos: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.fixed and self.table is not None:
+        if not self.fixed:
             self.logits = self._decode_step(tok, pos)
-        elif not self.fixed:
-            self.valid[:, self.t] = True
-            self.logits = self._forward(tok[:, None], pos, self.valid[:, None, None, :self.t + 1], slot=None)
         else:
             self._tok.copy_(tok)
             self._pos.copy_(pos)
